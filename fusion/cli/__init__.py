@@ -1,0 +1,1 @@
+"""Command-line entry points of the fusion package (thin click layers over the library)."""
