@@ -1,0 +1,238 @@
+"""`fusion-build`, `fusion-synth`, `fusion-verify`: thin click layers over the library.
+
+Library errors become `click.ClickException` here and nowhere else. Exit status: 0 done (even
+with counted skips), 1 failed / nothing written / problems found, 2 bad usage or a drop that
+cannot be read at all (missing root or labels file; nothing is written then).
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import click
+
+from data_build import splits, windows
+from data_build.cases import DropError
+
+SOURCES = ("auto", "render", "dicom")
+
+
+class DropUnreadable(click.ClickException):
+    """Missing root or labels file: exit status 2, like a usage error."""
+
+    exit_code = 2
+
+
+# Options shared by several commands, defined once.
+OVERWRITE = click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace the output of a previous run in that folder.",
+)
+PROGRESS = click.option(
+    "--progress/--no-progress", default=True, show_default=True, help="Show progress bars."
+)
+
+
+def _window_overrides(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict:
+    overrides: dict[str, windows.Window] = {}
+    for text in values:
+        try:
+            name, window = windows.parse_window_override(text)
+        except ValueError as err:
+            raise click.BadParameter(str(err), ctx, param) from None
+        overrides[name] = window
+    return overrides
+
+
+def _fractions(ctx: click.Context, param: click.Parameter, value: str) -> tuple[float, ...]:
+    try:
+        return splits.parse_fractions(value)
+    except splits.SplitError as err:
+        raise click.BadParameter(str(err), ctx, param) from None
+
+
+def _summarise_build(report: Any) -> None:
+    click.echo(f"Wrote {report.examples} slices to {report.out} "
+               f"({report.shards_written} shards written, {report.shards_reused} reused).")
+    for split, counts in report.counts.items():
+        click.echo(f"  {split:5s}: {counts['slices']:7d} slices, {counts['with_mask']:7d} with masks")
+    by_reason = report.skips_by_reason
+    if by_reason:
+        click.echo(f"Skipped or masks left unknown: {len(report.skips)}")
+        for reason, n in by_reason.items():
+            click.echo(f"  {reason}: {n}")
+    else:
+        click.echo("Skipped: none")
+    if report.warnings:
+        click.echo(f"Warnings: {len(report.warnings)} (listed in the manifest)")
+    click.echo(f"Manifest: {report.manifest_path}")
+
+
+@click.command(
+    epilog="\b\nExamples:\n  fusion-build /data/drop --out shards --workers 8\n"
+    "  fusion-build /data/drop --out shards --resume    # finish an interrupted build\n"
+    "  fusion-build /data/drop --out hu-shards --source dicom",
+)
+@click.argument("root", type=click.Path(path_type=Path, file_okay=False))
+@click.option(
+    "--out", type=click.Path(path_type=Path, file_okay=False), default=Path("tfrecords"),
+    show_default=True, help="Folder for the shards and manifest.json.",
+)
+@click.option(
+    "--source", type=click.Choice(SOURCES), default="auto", show_default=True,
+    help="Pixels to store: the four window renders, or HU from raw DICOM "
+    "(auto: renders when ROOT/renders exists).",
+)
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Conversion processes [default: all cores].")
+@click.option("--shard-size", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Slices per shard (1024 full-size slices make ~100-250 MB).")
+@click.option("--resume", is_flag=True,
+              help="Finish an interrupted build: keep shards whose checksum matches, redo the rest.")
+@OVERWRITE
+@click.option("--strict", is_flag=True,
+              help="Stop at the first bad input with its reason instead of skipping it.")
+@click.option("--window", "window_overrides", multiple=True, callback=_window_overrides,
+              metavar="NAME=LEVEL,WIDTH",
+              help="Override a window preset in HU (repeatable), e.g. subdural_window=75,215.")
+@click.option("--split-fractions", default="0.8,0.1,0.1", show_default=True, callback=_fractions,
+              help="TRAIN,VAL,TEST fractions of patients (else studies, else slices).")
+@PROGRESS
+def build(
+    root: Path,
+    out: Path,
+    source: str,
+    workers: int | None,
+    shard_size: int,
+    resume: bool,
+    overwrite: bool,
+    strict: bool,
+    window_overrides: dict,
+    split_fractions: tuple[float, float, float],
+    progress: bool,
+) -> None:
+    """Convert a hemorrhage drop at ROOT into sharded TFRecords for training.
+
+    Reads renders/<type>/<window>/<ID>.jpg (or raw DICOM with --source dicom),
+    hemorrhage-labels.csv, flagged.txt and the segmentation CSVs; splits by
+    patient into train/val/test; writes <split>-NNNNN-of-NNNNN.tfrecord shards
+    and a manifest.json with counts, checksums and every skipped input.
+    Bad inputs are skipped and counted (see the summary), unless --strict.
+    """
+    from data_build import records
+
+    try:
+        report = records.build(
+            root, out, source=source, workers=workers, shard_size=shard_size, resume=resume,
+            overwrite=overwrite, strict=strict, presets=window_overrides,
+            fractions=split_fractions, progress=progress,
+        )
+    except DropError as err:
+        raise DropUnreadable(str(err)) from None
+    except (records.BuildError, ValueError) as err:
+        raise click.ClickException(str(err)) from None
+    _summarise_build(report)
+    if report.examples == 0:
+        raise click.ClickException(
+            "nothing could be written: every slice was skipped (reasons above, details in the "
+            "manifest's 'skipped')"
+        )
+
+
+@click.command(epilog="\b\nExample:\n  fusion-synth demo-drop --patients 4 --size 128\n"
+               "  fusion-build demo-drop --out demo-shards")
+@click.argument("out", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--patients", type=click.IntRange(min=1), default=12, show_default=True,
+              help="Synthetic patients (folder types cycle through all seven).")
+@click.option("--slices-per-patient", type=click.IntRange(min=1), default=6, show_default=True,
+              help="Consecutive slices per patient.")
+@click.option("--size", type=click.IntRange(min=16), default=512, show_default=True,
+              help="Image side in pixels.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Fixes every byte written.")
+@click.option("--no-dicoms", is_flag=True, help="Write renders only, no raw DICOM slices.")
+@click.option("--no-broken", is_flag=True,
+              help="Do not plant the broken inputs (corrupt JPEG, missing window, bad polygon...).")
+@click.option("--window-set", type=click.Choice(["real", "brief"]), default="real",
+              show_default=True,
+              help="Window folder names: the real drop's (brain_window) or the brief's (bone_window).")
+@OVERWRITE
+@PROGRESS
+def synth(
+    out: Path,
+    patients: int,
+    slices_per_patient: int,
+    size: int,
+    seed: int,
+    no_dicoms: bool,
+    no_broken: bool,
+    window_set: str,
+    overwrite: bool,
+    progress: bool,
+) -> None:
+    """Write a synthetic drop at OUT in exactly the real drop's layout.
+
+    Head phantoms in HU with each hemorrhage type, rendered through the four
+    windows, with labels, flagged list, segmentation CSVs (every polygon form)
+    and DICOM slices; by default a few broken inputs are planted so that
+    fusion-build's skip handling can be seen. No real patient data.
+    """
+    from data_build import synth as synth_module
+
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise click.ClickException(
+                f"{out} exists and is not empty; use --overwrite to replace it or pick another OUT"
+            )
+        if not (out / "hemorrhage-labels.csv").exists():
+            raise click.ClickException(
+                f"{out} does not look like a drop (no hemorrhage-labels.csv); refusing to delete it"
+            )
+        shutil.rmtree(out)
+    try:
+        summary = synth_module.write_synthetic_drop(
+            out, n_patients=patients, slices_per_patient=slices_per_patient, size=size,
+            seed=seed, dicoms=not no_dicoms, broken=not no_broken, window_set=window_set,
+            progress=progress,
+        )
+    except (ValueError, OSError) as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(
+        f"Synthetic drop written to {out}: {summary.n_slices} slices "
+        f"({summary.n_with_polygons} with polygons), {summary.n_renders} renders, "
+        f"{summary.n_dicoms} DICOMs, {summary.n_label_rows} label rows, "
+        f"{len(summary.flagged)} flagged"
+    )
+    if summary.broken:
+        click.echo("Planted broken inputs (fusion-build skips and counts them):")
+        for item in summary.broken:
+            click.echo(f"  {item.kind}: {item.id}")
+    click.echo(f"Next: fusion-build {out} --out {out}-shards")
+
+
+@click.command(epilog="\b\nExample:\n  fusion-verify shards")
+@click.argument("out", type=click.Path(path_type=Path, file_okay=False))
+@PROGRESS
+def verify(out: Path, progress: bool) -> None:
+    """Check the shards in OUT against their manifest.json.
+
+    Re-reads every shard: checksum, size, record count, that every record parses
+    with the schema and that its images and mask decode. Exit status 1 on any problem.
+    """
+    from data_build import records
+
+    try:
+        report = records.verify(out, progress=progress)
+    except records.ManifestError as err:
+        raise click.ClickException(str(err)) from None
+    if report.ok:
+        click.echo(f"ok: {report.shards} shards, {report.examples} records match {out}/manifest.json")
+        return
+    click.echo(f"{len(report.problems)} problems in {out}:")
+    for problem in report.problems[:100]:
+        click.echo(f"  {problem}")
+    if len(report.problems) > 100:
+        click.echo(f"  ... and {len(report.problems) - 100} more")
+    raise SystemExit(1)

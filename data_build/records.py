@@ -1,0 +1,806 @@
+"""Sharded, parallel, resumable TFRecord writer with a manifest; and `verify`.
+
+`build(root, out)`:
+
+1. `drop.discover` finds the cases (and the inputs it had to skip).
+2. Each case gets a split from its group (`splits.split_of`); per split, cases are sorted by id
+   and cut into shards of `shard_size` examples, ``<split>-00000-of-000NN.tfrecord``.
+3. A process pool (``spawn``: workers never inherit TensorFlow) runs `convert.make_example`
+   in order; the main process writes each shard with `tf.io.TFRecordWriter` to a temporary
+   name, then renames it. At most a bounded number of converted slices wait in memory, however
+   large the drop.
+4. After each shard, a line is appended to ``OUT/.progress.jsonl`` (file, examples, sha256,
+   bytes, skips, counts). ``resume=True`` keeps the shards whose file and sha256 still match and
+   redoes the rest; the config must match the one being resumed.
+5. ``manifest.json`` is written atomically, last: a folder with a manifest is complete.
+
+`verify(out)` re-reads every shard against the manifest.
+"""
+from __future__ import annotations
+
+import collections
+import datetime as _dt
+import functools
+import hashlib
+import json
+import multiprocessing
+import os
+import platform
+import threading
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import cv2
+import numpy as np
+
+from data_build import convert, schema, splits, windows
+from data_build.cases import Case, Skip
+
+MANIFEST = "manifest.json"
+PROGRESS = ".progress.jsonl"
+SHARD_SUFFIX = ".tfrecord"
+TMP_SUFFIX = ".tmp"
+#: ~130 MB for full-size 512x512 renders (four JPEGs + mask PNG, ~130 kB a slice).
+DEFAULT_SHARD_SIZE = 1024
+
+
+class BuildError(Exception):
+    """A build that cannot start or go on; the message says what to do."""
+
+
+class OutputExistsError(BuildError):
+    """The output folder holds a previous build and neither resume nor overwrite was asked."""
+
+
+class ResumeMismatchError(BuildError):
+    """`resume` was asked but the interrupted build used another config or another drop."""
+
+
+class StrictStop(BuildError):
+    """`strict` build stopped at the first bad input."""
+
+    def __init__(self, skip: Skip) -> None:
+        where = f" ({skip.path})" if skip.path else ""
+        super().__init__(
+            f"strict build stopped at {skip.id}: {skip.reason}: {skip.detail}{where}. "
+            "Fix or remove that input, or build without --strict to skip and count it."
+        )
+        self.skip = skip
+
+
+class ManifestError(ValueError):
+    """A shard folder without a readable manifest.json."""
+
+
+# --- reports ---------------------------------------------------------------------------------
+
+
+@dataclass
+class BuildReport:
+    """What a build did.
+
+    Attributes:
+      out: the shard folder.
+      manifest_path: its manifest.json.
+      counts: per split {"slices", "with_mask", "by_type", ...} (as in the manifest).
+      skips: every input left out (discovery and conversion) and every mask left unknown.
+      shards_written: shards converted in this run.
+      shards_reused: shards kept from an interrupted run (`resume`).
+      warnings: discovery warnings.
+    """
+
+    out: Path
+    manifest_path: Path
+    counts: dict[str, dict[str, Any]]
+    skips: list[Skip]
+    shards_written: int
+    shards_reused: int
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def examples(self) -> int:
+        """Records written in all splits."""
+        return sum(c["slices"] for c in self.counts.values())
+
+    @property
+    def written(self) -> int:
+        """Records written in all splits (same as `examples`)."""
+        return self.examples
+
+    @property
+    def skips_by_reason(self) -> dict[str, int]:
+        """Skip counts by reason, most frequent first."""
+        return dict(collections.Counter(s.reason for s in self.skips).most_common())
+
+
+@dataclass
+class VerifyReport:
+    """What `verify` found: ``ok`` when `problems` is empty."""
+
+    out: Path
+    shards: int = 0
+    examples: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+# --- plan ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _ShardPlan:
+    file: str
+    split: str
+    cases: tuple[Case, ...]
+
+    @property
+    def digest(self) -> str:
+        """Identifies the shard's content plan: which slice ids, in which order."""
+        return hashlib.sha256("\n".join(c.id for c in self.cases).encode()).hexdigest()
+
+
+def shard_name(split: str, index: int, total: int) -> str:
+    """``train-00003-of-00012.tfrecord``."""
+    return f"{split}-{index:05d}-of-{total:05d}{SHARD_SUFFIX}"
+
+
+def plan_shards(
+    cases: Iterable[Case],
+    shard_size: int,
+    fractions: Sequence[float],
+    salt: str,
+) -> list[_ShardPlan]:
+    """Assign splits, sort by id within a split, and cut into shards (train, val, test order)."""
+    by_split: dict[str, list[Case]] = {s: [] for s in splits.SPLITS}
+    for case in cases:
+        by_split[splits.split_of(case.group, fractions, salt)].append(case)
+    plans = []
+    for split in splits.SPLITS:
+        members = sorted(by_split[split], key=lambda c: c.id)
+        total = -(-len(members) // shard_size)
+        for index in range(total):
+            chunk = tuple(members[index * shard_size : (index + 1) * shard_size])
+            plans.append(_ShardPlan(shard_name(split, index, total), split, chunk))
+    return plans
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}{TMP_SUFFIX}")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _skip_dict(skip: Skip) -> dict[str, str]:
+    return {"id": skip.id, "reason": skip.reason, "detail": skip.detail, "path": skip.path}
+
+
+def _skip_from_dict(d: Mapping[str, Any]) -> Skip:
+    return Skip(str(d["id"]), str(d["reason"]), str(d.get("detail", "")), str(d.get("path", "")))
+
+
+def _empty_counts() -> dict[str, Any]:
+    return {
+        "slices": 0,
+        "with_mask": 0,
+        "with_labels": 0,
+        "by_type": {name: 0 for name in schema.LABEL_NAMES},
+        "by_folder": {},
+        "image_sizes": {},
+    }
+
+
+def _count(counts: dict[str, Any], result: convert.Converted) -> None:
+    counts["slices"] += 1
+    counts["with_mask"] += int(result.has_mask)
+    if result.labels is not None:
+        counts["with_labels"] += 1
+        for name, value in zip(schema.LABEL_NAMES, result.labels):
+            counts["by_type"][name] += int(value)
+    folder = result.folder_type or "unknown"
+    counts["by_folder"][folder] = counts["by_folder"].get(folder, 0) + 1
+    size = f"{result.height}x{result.width}"
+    counts["image_sizes"][size] = counts["image_sizes"].get(size, 0) + 1
+
+
+def _merge_counts(total: dict[str, Any], part: Mapping[str, Any]) -> None:
+    for key in ("slices", "with_mask", "with_labels"):
+        total[key] += int(part[key])
+    for key in ("by_type", "by_folder", "image_sizes"):
+        for name, n in part[key].items():
+            total[key][name] = total[key].get(name, 0) + int(n)
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("fusion", "tensorflow", "numpy", "opencv-python-headless", "pydicom"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def _presets_dict(presets: Mapping[str, Any] | None) -> dict[str, list[float]]:
+    """Window name -> [level, width], every canonical window, overrides applied."""
+    merged = {name: [w.level, w.width] for name, w in windows.PRESETS.items()}
+    for name, value in (presets or {}).items():
+        canonical = windows.canonical_window_name(name)
+        if canonical is None:
+            raise BuildError(
+                f"unknown window {name!r} in presets; expected one of {', '.join(windows.WINDOW_NAMES)}"
+            )
+        if isinstance(value, windows.Window):
+            level, width = value.level, value.width
+        else:
+            level, width = (float(v) for v in value)
+        windows.Window(level, width)  # validates width > 0
+        merged[canonical] = [float(level), float(width)]
+    return {name: merged[name] for name in windows.WINDOW_NAMES}
+
+
+# --- output folder ---------------------------------------------------------------------------
+
+
+def _our_files(out: Path) -> list[Path]:
+    """Files a build writes in OUT (shards, temporaries, manifest, progress)."""
+    found = []
+    for path in out.iterdir():
+        name = path.name
+        if not path.is_file():
+            continue
+        if (
+            name.endswith(SHARD_SUFFIX)
+            or name in (MANIFEST, PROGRESS)
+            or (name.startswith(".") and name.endswith(TMP_SUFFIX))
+        ):
+            found.append(path)
+    return found
+
+
+def _prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
+    if resume and overwrite:
+        raise BuildError("choose either resume or overwrite, not both")
+    if out.exists() and not out.is_dir():
+        raise BuildError(f"output {out} exists and is not a folder; pick another --out")
+    if not out.exists():
+        out.mkdir(parents=True)
+        return
+    ours = _our_files(out)
+    if overwrite:
+        for path in ours:
+            path.unlink()
+        return
+    if resume:
+        for path in ours:  # half-written shards of the killed run
+            if path.name.endswith(TMP_SUFFIX):
+                path.unlink()
+        return
+    if ours:
+        state = "a finished build" if (out / MANIFEST).exists() else "an unfinished build"
+        raise OutputExistsError(
+            f"{out} already holds {state} ({len(ours)} files). Use --resume to finish an "
+            "interrupted build, --overwrite to replace it, or choose another --out."
+        )
+
+
+def _read_progress(out: Path) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]]]:
+    """(config line, shard file -> its latest line); a torn last line (killed run) is ignored."""
+    path = out / PROGRESS
+    config: dict[str, Any] | None = None
+    shards: dict[str, dict[str, Any]] = {}
+    if not path.exists():
+        return None, shards
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("kind") == "config":
+            config = entry["config"]
+        elif entry.get("kind") == "shard":
+            shards[entry["file"]] = entry
+    return config, shards
+
+
+def _append_progress(out: Path, entry: Mapping[str, Any]) -> None:
+    with open(out / PROGRESS, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(entry, sort_keys=True) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _reusable(out: Path, plan: _ShardPlan, entry: Mapping[str, Any] | None) -> bool:
+    if entry is None or entry.get("digest") != plan.digest:
+        return False
+    path = out / plan.file
+    if not path.is_file() or path.stat().st_size != entry.get("bytes"):
+        return False
+    return _sha256_file(path) == entry.get("sha256")
+
+
+# --- conversion ------------------------------------------------------------------------------
+
+
+class _Throttle:
+    """Bounds the slices in flight: the pool's feeder blocks until results are consumed.
+
+    `Pool.imap` would otherwise read the whole case list at once and pile up converted bytes
+    whenever the writer is slower than the workers.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._slots = threading.Semaphore(limit)
+        self.stopped = threading.Event()
+
+    def feed(self, items: Iterable[Case]) -> Iterator[Case]:
+        for item in items:
+            while not self._slots.acquire(timeout=0.1):
+                if self.stopped.is_set():
+                    return
+            if self.stopped.is_set():
+                return
+            yield item
+
+    def consumed(self) -> None:
+        self._slots.release()
+
+
+def _convert_all(
+    cases: Iterable[Case], options: convert.ConvertOptions, workers: int
+) -> Iterator[convert.Converted | Skip]:
+    """`make_example` over cases, in order, in `workers` spawned processes (1: in-process)."""
+    func = functools.partial(convert.make_example, options=options)
+    if workers <= 1:
+        for case in cases:
+            yield func(case)
+        return
+    chunksize = 4
+    throttle = _Throttle(max(64, 4 * workers * chunksize))
+    context = multiprocessing.get_context("spawn")
+    pool = context.Pool(workers)
+    try:
+        for result in pool.imap(func, throttle.feed(cases), chunksize):
+            throttle.consumed()
+            yield result
+        pool.close()
+    finally:
+        throttle.stopped.set()
+        pool.terminate()
+        pool.join()
+
+
+def _write_shard(
+    out: Path,
+    plan: _ShardPlan,
+    results: Iterator[convert.Converted | Skip],
+    strict: bool,
+    on_case: Callable[[], None],
+) -> dict[str, Any]:
+    """Write one shard from the next ``len(plan.cases)`` results; return its progress entry."""
+    import tensorflow as tf
+
+    counts = _empty_counts()
+    skips: list[Skip] = []
+    path = out / plan.file
+    tmp = out / f".{plan.file}{TMP_SUFFIX}"
+    try:
+        with tf.io.TFRecordWriter(str(tmp)) as writer:
+            for _ in plan.cases:
+                result = next(results)
+                on_case()
+                if isinstance(result, Skip):
+                    if strict:
+                        raise StrictStop(result)
+                    skips.append(result)
+                    continue
+                if strict and result.skips:
+                    raise StrictStop(result.skips[0])
+                skips.extend(result.skips)
+                writer.write(result.serialized)
+                _count(counts, result)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return {
+        "kind": "shard",
+        "file": plan.file,
+        "split": plan.split,
+        "examples": counts["slices"],
+        "sha256": _sha256_file(path),
+        "bytes": path.stat().st_size,
+        "digest": plan.digest,
+        "counts": counts,
+        "skips": [_skip_dict(s) for s in skips],
+    }
+
+
+# --- build -----------------------------------------------------------------------------------
+
+
+def build(
+    root: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    source: str = "auto",
+    workers: int | None = None,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    resume: bool = False,
+    overwrite: bool = False,
+    strict: bool = False,
+    presets: Mapping[str, Any] | None = None,
+    fractions: Sequence[float] = splits.DEFAULT_FRACTIONS,
+    salt: str = splits.DEFAULT_SALT,
+    progress: bool = True,
+) -> BuildReport:
+    """Convert a drop into sharded TFRecords plus ``manifest.json``.
+
+    Args:
+      root: the drop (see shared/docs/dataset-format.md).
+      out: shard folder; created if needed, nothing is written before the drop is read.
+      source: "auto", "render" or "dicom" (passed to `drop.discover`).
+      workers: conversion processes; default all cores; 1 converts in this process. Workers
+        are spawned, so a script calling `build` with workers > 1 needs the usual
+        ``if __name__ == "__main__":`` guard.
+      shard_size: examples per shard (> 0).
+      resume: finish an interrupted build in `out` (same config and drop required).
+      overwrite: replace a previous build in `out` (only the build's own files are removed).
+      strict: stop at the first bad input instead of skipping and counting it.
+      presets: window name -> (level, width) HU or `windows.Window`, overriding `windows.PRESETS`.
+      fractions: (train, val, test) fractions of groups.
+      salt: split salt (a different salt = a different, equally valid split).
+      progress: show tqdm bars.
+
+    Returns:
+      `BuildReport`.
+
+    Raises:
+      cases.DropError: missing root or labels file (nothing written).
+      OutputExistsError, ResumeMismatchError, StrictStop, BuildError, splits.SplitError.
+    """
+    from data_build import drop as drop_module  # imported late: `--help` stays fast
+
+    root, out = Path(root), Path(out)
+    _check_options(shard_size, resume, overwrite)
+    if out.is_dir() and not resume and not overwrite and _our_files(out):
+        _prepare_out(out, resume, overwrite)  # raises OutputExistsError before the long scan
+    workers = max(1, int(workers or _available_cores()))
+    # Discovery collects every skip; `write_drop` turns the first into `StrictStop` when
+    # strict, so a strict stop is never confused with a missing root or labels file
+    # (`DropError`, exit status 2).
+    drop = drop_module.discover(root, source=source, workers=workers, strict=False, progress=progress)
+    return write_drop(
+        drop,
+        out,
+        workers=workers,
+        shard_size=shard_size,
+        resume=resume,
+        overwrite=overwrite,
+        strict=strict,
+        presets=presets,
+        fractions=fractions,
+        salt=salt,
+        progress=progress,
+    )
+
+
+def _available_cores() -> int:
+    """Cores this process may run on (a container or taskset may allow fewer than exist)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _check_options(shard_size: int, resume: bool, overwrite: bool) -> None:
+    if shard_size <= 0:
+        raise BuildError(f"shard_size must be a positive number of examples, got {shard_size}")
+    if resume and overwrite:
+        raise BuildError("choose either resume or overwrite, not both")
+
+
+def write_drop(
+    drop: Any,
+    out: str | os.PathLike[str],
+    *,
+    workers: int | None = 1,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    resume: bool = False,
+    overwrite: bool = False,
+    strict: bool = False,
+    presets: Mapping[str, Any] | None = None,
+    fractions: Sequence[float] = splits.DEFAULT_FRACTIONS,
+    salt: str = splits.DEFAULT_SALT,
+    progress: bool = True,
+) -> BuildReport:
+    """Write shards and manifest for an already discovered drop (`build` without discovery).
+
+    Args:
+      drop: a `drop.Drop` or any object with root, source, cases, skips, warnings (and
+        optionally window_set, stats).
+      Others as `build`.
+    """
+    out = Path(out)
+    root = Path(drop.root)
+    _check_options(shard_size, resume, overwrite)
+    fractions = splits.check_fractions(fractions)
+    presets_json = _presets_dict(presets)
+    workers = max(1, int(workers or _available_cores()))
+    if strict and drop.skips:
+        raise StrictStop(drop.skips[0])
+    if drop.source not in convert.SOURCES:
+        raise BuildError(f"drop source {drop.source!r} is not one of {convert.SOURCES}")
+    if not drop.cases:
+        reasons = collections.Counter(s.reason for s in drop.skips)
+        raise BuildError(
+            f"no slices to convert in {root} (skipped at discovery: {dict(reasons) or 'none'}); "
+            "check that it holds renders/<type>/<window>/<ID>.jpg or DICOM slices"
+        )
+    options = convert.ConvertOptions(
+        source=drop.source, presets={k: tuple(v) for k, v in presets_json.items()}
+    )
+    plans = plan_shards(drop.cases, shard_size, fractions, salt)
+    config = {
+        "schema_version": schema.SCHEMA_VERSION,
+        "source": drop.source,
+        "shard_size": shard_size,
+        "fractions": list(fractions),
+        "salt": salt,
+        "presets": presets_json,
+        "plan": hashlib.sha256(
+            "\n".join(f"{p.file}:{p.digest}" for p in plans).encode()
+        ).hexdigest(),
+    }
+
+    _prepare_out(out, resume, overwrite)
+    previous_config, done = _read_progress(out) if resume else (None, {})
+    if resume and previous_config is not None and previous_config != config:
+        changed = sorted(k for k in config if previous_config.get(k) != config[k])
+        raise ResumeMismatchError(
+            f"cannot resume {out}: the interrupted build differs in {', '.join(changed)} "
+            "(a changed drop changes 'plan'). Rerun with the same options, or --overwrite."
+        )
+    if (out / MANIFEST).exists():
+        # From here on the shards may change: a folder without a manifest reads as unfinished.
+        (out / MANIFEST).unlink()
+    if not resume or previous_config is None:
+        progress_path = out / PROGRESS
+        if progress_path.exists():
+            progress_path.unlink()
+        _append_progress(out, {"kind": "config", "config": config})
+
+    entries: dict[str, dict[str, Any]] = {}
+    todo: list[_ShardPlan] = []
+    for plan in plans:
+        if resume and _reusable(out, plan, done.get(plan.file)):
+            entries[plan.file] = done[plan.file]
+        else:
+            todo.append(plan)
+    planned = {p.file for p in plans}
+    for stale in out.glob(f"*{SHARD_SUFFIX}"):
+        if stale.name not in planned:  # e.g. a different shard count from an older plan
+            stale.unlink()
+
+    from tqdm import tqdm
+
+    n_todo = sum(len(p.cases) for p in todo)
+    bar = tqdm(
+        total=n_todo,
+        unit="slice",
+        desc=f"converting ({drop.source})",
+        disable=not progress,
+    )
+    results = _convert_all((c for p in todo for c in p.cases), options, min(workers, n_todo))
+    try:
+        for plan in todo:
+            entry = _write_shard(out, plan, results, strict, lambda: bar.update(1))
+            _append_progress(out, entry)
+            entries[plan.file] = entry
+    finally:
+        results.close()  # stops and joins the pool on errors too
+        bar.close()
+
+    ordered = [entries[p.file] for p in plans]
+    skips = list(drop.skips) + [_skip_from_dict(s) for e in ordered for s in e["skips"]]
+    counts = {s: _empty_counts() for s in splits.SPLITS}
+    for entry in ordered:
+        _merge_counts(counts[entry["split"]], entry["counts"])
+    all_sizes: collections.Counter[str] = collections.Counter()
+    for c in counts.values():
+        all_sizes.update(c["image_sizes"])
+    image_size = (
+        [int(v) for v in all_sizes.most_common(1)[0][0].split("x")] if all_sizes else None
+    )
+    manifest = {
+        "schema_version": schema.SCHEMA_VERSION,
+        "windows": list(windows.WINDOW_NAMES),
+        "labels": list(schema.LABEL_NAMES),
+        "presets": presets_json,
+        "source": drop.source,
+        "image_size": image_size,
+        "counts": counts,
+        "shards": [
+            {k: e[k] for k in ("file", "split", "examples", "sha256", "bytes")} for e in ordered
+        ],
+        "skipped": [_skip_dict(s) for s in skips],
+        "skipped_by_reason": dict(collections.Counter(s.reason for s in skips).most_common()),
+        "warnings": list(drop.warnings),
+        "drop": {
+            "root": str(root.resolve()),
+            "source": drop.source,
+            "window_set": getattr(drop, "window_set", None),
+            "stats": getattr(drop, "stats", {}),
+        },
+        "config": {**config, "workers": workers, "strict": strict},
+        "versions": _versions(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    _atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1, default=str) + "\n")
+    return BuildReport(
+        out=out,
+        manifest_path=out / MANIFEST,
+        counts=counts,
+        skips=skips,
+        shards_written=len(todo),
+        shards_reused=len(plans) - len(todo),
+        warnings=list(drop.warnings),
+    )
+
+
+# --- verify ----------------------------------------------------------------------------------
+
+
+def load_manifest(out: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read ``OUT/manifest.json``.
+
+    Raises:
+      ManifestError: missing (an unfinished or wrong folder) or unreadable.
+    """
+    path = Path(out) / MANIFEST
+    if not path.is_file():
+        hint = (
+            " An interrupted build is there: finish it with fusion-build --resume."
+            if (Path(out) / PROGRESS).exists()
+            else " Build shards first with fusion-build ROOT --out FOLDER."
+        )
+        raise ManifestError(f"no {MANIFEST} in {out}.{hint}")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise ManifestError(f"{path} is not valid JSON ({err}); rebuild with --overwrite") from None
+    if manifest.get("schema_version") != schema.SCHEMA_VERSION:
+        raise ManifestError(
+            f"{path} has schema_version {manifest.get('schema_version')!r}, this fusion reads "
+            f"{schema.SCHEMA_VERSION}; rebuild the shards with this version"
+        )
+    return manifest
+
+
+def _check_record(values: Mapping[str, Any], index: int) -> list[str]:
+    """Problems of one parsed record (images decode, sizes agree)."""
+    problems = []
+    rid = values["id"] or f"#{index}"
+    height, width = int(values["height"]), int(values["width"])
+
+    def decode(key: str, flags: int) -> np.ndarray | None:
+        data = values[key]
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), flags) if data else None
+        if image is None:
+            problems.append(f"record {rid}: {key} does not decode")
+        elif image.shape[:2] != (height, width):
+            problems.append(f"record {rid}: {key} is {image.shape[:2]}, record says {(height, width)}")
+        return image
+
+    if values["source"] == "dicom":
+        hu = decode("image/hu", cv2.IMREAD_UNCHANGED)
+        if hu is not None and hu.dtype != np.uint16:
+            problems.append(f"record {rid}: image/hu is {hu.dtype}, expected uint16 PNG")
+    else:
+        for name in windows.WINDOW_NAMES:
+            key = schema.image_key(name)
+            decode(key, cv2.IMREAD_GRAYSCALE)
+            if values[key] and b"\xff\xd9" not in values[key][-1024:]:
+                problems.append(f"record {rid}: {key} is a truncated JPEG")
+    if values["has_mask"]:
+        decode("mask", cv2.IMREAD_GRAYSCALE)
+    return problems
+
+
+def _check_shard(path: Path, expected: int) -> tuple[int, list[str]]:
+    import tensorflow as tf
+
+    spec = schema.feature_spec()
+    problems: list[str] = []
+    count = 0
+
+    def check_batch(batch: list[bytes]) -> None:
+        try:
+            parsed = tf.io.parse_example(tf.constant(batch), spec)
+        except (tf.errors.InvalidArgumentError, ValueError) as err:
+            problems.append(f"{path.name}: records {count - len(batch)}..{count - 1} do not parse "
+                            f"with the schema ({str(err).splitlines()[0]})")
+            return
+        arrays = {k: v.numpy() for k, v in parsed.items()}
+        for i in range(len(batch)):
+            values = {k: arrays[k][i] for k in arrays}
+            values["id"] = values["id"].decode("utf-8", "replace")
+            values["source"] = values["source"].decode("utf-8", "replace")
+            problems.extend(f"{path.name}: {p}" for p in _check_record(values, count - len(batch) + i))
+
+    batch: list[bytes] = []
+    try:
+        for record in tf.data.TFRecordDataset(str(path)):
+            batch.append(record.numpy())
+            count += 1
+            if len(batch) == 64:
+                check_batch(batch)
+                batch = []
+    except (tf.errors.DataLossError, tf.errors.OutOfRangeError, tf.errors.InvalidArgumentError) as err:
+        problems.append(f"{path.name}: unreadable after {count} records ({str(err).splitlines()[0]})")
+    if batch:
+        check_batch(batch)
+    if count != expected:
+        problems.append(f"{path.name}: {count} records, manifest says {expected}")
+    return count, problems
+
+
+def verify(out: str | os.PathLike[str], progress: bool = False) -> VerifyReport:
+    """Re-read every shard of a build and check it against its manifest.
+
+    Checks each shard's presence, size and sha256, that every record parses with
+    `schema.feature_spec`, that images and masks decode at the size the record states, record
+    counts per shard and per split, and that no unlisted shard lies in the folder.
+
+    Raises:
+      ManifestError: no readable manifest (nothing to verify against).
+    """
+    out = Path(out)
+    manifest = load_manifest(out)
+    report = VerifyReport(out=out)
+    listed = {s["file"] for s in manifest.get("shards", [])}
+    for extra in sorted(p.name for p in out.glob(f"*{SHARD_SUFFIX}") if p.name not in listed):
+        report.problems.append(f"{extra}: shard not listed in the manifest")
+    per_split: collections.Counter[str] = collections.Counter()
+    from tqdm import tqdm
+
+    for shard in tqdm(manifest.get("shards", []), desc="verifying", unit="shard", disable=not progress):
+        path = out / shard["file"]
+        report.shards += 1
+        if not path.is_file():
+            report.problems.append(f"{shard['file']}: missing")
+            continue
+        size = path.stat().st_size
+        if size != shard["bytes"]:
+            report.problems.append(f"{shard['file']}: {size} bytes, manifest says {shard['bytes']}")
+        if _sha256_file(path) != shard["sha256"]:
+            report.problems.append(f"{shard['file']}: sha256 differs from the manifest")
+        count, problems = _check_shard(path, int(shard["examples"]))
+        report.examples += count
+        per_split[shard["split"]] += count
+        report.problems.extend(problems)
+    for split, counts in manifest.get("counts", {}).items():
+        if per_split[split] != counts.get("slices", 0):
+            report.problems.append(
+                f"split {split}: {per_split[split]} records in shards, manifest counts "
+                f"{counts.get('slices', 0)}"
+            )
+    return report

@@ -1,0 +1,293 @@
+"""Shards -> `tf.data.Dataset` of training-ready batches.
+
+Three steps, as in TF Model Garden's parsers:
+
+- `decode`: parse one serialised record with `schema.feature_spec` (no pixel work).
+- `preprocess`: deterministic, shared by training, evaluation and serving checks. Render
+  windows are decoded as one channel (JPEG luma: the renders are grey with a faint tint) with
+  libjpeg's reduced-scale DCT (`ratio` 2/4/8) whenever the target size allows, which is much
+  faster than a full decode, then resized to S x S. DICOM records hold HU: they are resized,
+  then windowed with `windows.apply_windows` and the manifest's presets. Masks are resized and
+  thresholded at 0.5.
+- `augment`: a callable on the per-example dict (e.g. from `fusion.augment`), before batching.
+
+The output dict is documented in docs/design.md, "Reader output".
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import tensorflow as tf
+import tensorflow.experimental.numpy as tnp
+
+from data_build import schema, windows
+
+MANIFEST = "manifest.json"
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+#: Reduced-scale JPEG decode factors libjpeg supports (1 = full size).
+_RATIOS: tuple[int, ...] = (1, 2, 4, 8)
+_SHUFFLE_BUFFER = 1024
+
+
+class ManifestError(ValueError):
+    """A shard folder without a usable manifest.json."""
+
+
+class EmptySplitError(ValueError):
+    """The requested split holds no examples."""
+
+
+def load_manifest(shards_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read ``shards_dir/manifest.json``.
+
+    Raises:
+      ManifestError: the folder or manifest is missing (not built, or the build was
+        interrupted), unreadable, or of another schema version.
+    """
+    folder = Path(shards_dir)
+    path = folder / MANIFEST
+    if not path.is_file():
+        what = "folder does not exist" if not folder.exists() else f"has no {MANIFEST}"
+        raise ManifestError(
+            f"shard folder {folder} {what}. Build shards with `fusion-build ROOT --out "
+            f"{folder}` (or finish an interrupted build with --resume)."
+        )
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise ManifestError(f"{path} is not valid JSON ({err}); rebuild the shards") from None
+    if manifest.get("schema_version") != schema.SCHEMA_VERSION:
+        raise ManifestError(
+            f"{path} has schema_version {manifest.get('schema_version')!r}; this reader needs "
+            f"{schema.SCHEMA_VERSION}. Rebuild the shards with this version of fusion."
+        )
+    return manifest
+
+
+def presets_from_manifest(manifest: Mapping[str, Any]) -> list[windows.Window]:
+    """The manifest's window presets in `windows.WINDOW_NAMES` order (defaults where absent)."""
+    presets = manifest.get("presets") or {}
+    out = []
+    for name in windows.WINDOW_NAMES:
+        if name in presets:
+            level, width = presets[name]
+            out.append(windows.Window(float(level), float(width)))
+        else:
+            out.append(windows.PRESETS[name])
+    return out
+
+
+def decode(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+    """Parse one serialised record (scalar string) into its raw features (see `schema.FIELDS`)."""
+    return tf.io.parse_single_example(serialized, schema.feature_spec())
+
+
+def _jpeg_ratio_index(height: tf.Tensor, width: tf.Tensor, size: int) -> tf.Tensor:
+    """Index into `_RATIOS` of the largest reduction keeping both sides >= size."""
+    smallest = tf.minimum(height, width)
+    index = tf.constant(0, tf.int32)
+    for i, ratio in enumerate(_RATIOS[1:], start=1):
+        # libjpeg scales to ceil(side / ratio).
+        fits = (smallest + ratio - 1) // ratio >= size
+        index = tf.where(fits, tf.constant(i, tf.int32), index)
+    return index
+
+
+def _resize(image: tf.Tensor, size: int) -> tf.Tensor:
+    """[h, w, c] float32 -> [size, size, c], antialiased when shrinking."""
+    return tf.image.resize(image, [size, size], method="bilinear", antialias=True)
+
+
+def _render_image(features: Mapping[str, tf.Tensor], size: int) -> tf.Tensor:
+    """Four window JPEGs -> [S, S, 4] float32 in [0, 1]."""
+    index = _jpeg_ratio_index(features["height"], features["width"], size)
+    channels = []
+    for name in windows.WINDOW_NAMES:
+        data = features[schema.image_key(name)]
+        branches = [
+            (lambda r=r, d=data: tf.image.decode_jpeg(d, channels=1, ratio=r))
+            for r in _RATIOS
+        ]
+        pixels = tf.switch_case(index, branches)
+        channels.append(_resize(tf.cast(pixels, tf.float32) / 255.0, size))
+    return tf.clip_by_value(tf.concat(channels, axis=-1), 0.0, 1.0)
+
+
+def _hu(features: Mapping[str, tf.Tensor], size: int) -> tf.Tensor:
+    """HU PNG -> [S, S, 1] float32 HU."""
+    stored = tf.io.decode_png(features["image/hu"], channels=1, dtype=tf.uint16)
+    hu = tf.cast(stored, tf.float32) - float(schema.HU_OFFSET)
+    return _resize(hu, size)
+
+
+def _mask(features: Mapping[str, tf.Tensor], size: int) -> tf.Tensor:
+    def known() -> tf.Tensor:
+        mask = tf.cast(tf.io.decode_png(features["mask"], channels=1), tf.float32) / 255.0
+        return tf.cast(_resize(mask, size) >= 0.5, tf.float32)
+
+    has = tf.logical_and(features["has_mask"] > 0, tf.strings.length(features["mask"]) > 0)
+    mask = tf.cond(has, known, lambda: tf.zeros([size, size, 1], tf.float32))
+    mask.set_shape([size, size, 1])
+    return mask
+
+
+def preprocess(
+    features: Mapping[str, tf.Tensor],
+    image_size: int,
+    presets: list[windows.Window] | None = None,
+) -> dict[str, tf.Tensor]:
+    """Decoded features -> the reader's per-example dict at S = image_size (deterministic).
+
+    Args:
+      features: output of `decode`.
+      image_size: S, output height and width in pixels (any positive int).
+      presets: windows for HU records, `WINDOW_NAMES` order; default `windows.PRESETS`.
+
+    Returns:
+      image [S, S, 4] float32 in [0, 1]; hu [S, S, 1] float32 HU (zeros for renders); is_hu,
+      has_labels, has_mask, area_fraction, area_mm2, has_area, has_area_mm2, has_spacing []
+      float32; labels [6] float32; mask [S, S, 1] float32 0/1; pixel_spacing [2] float32 mm per
+      pixel at size S; id [] string.
+    """
+    size = int(image_size)
+    if presets is None:
+        presets = [windows.PRESETS[n] for n in windows.WINDOW_NAMES]
+    is_hu = tf.strings.length(features["image/hu"]) > 0
+
+    def from_hu() -> tuple[tf.Tensor, tf.Tensor]:
+        hu = _hu(features, size)
+        image = windows.apply_windows(hu, presets, xp=tnp)
+        return tf.cast(image, tf.float32), hu
+
+    def from_render() -> tuple[tf.Tensor, tf.Tensor]:
+        return _render_image(features, size), tf.zeros([size, size, 1], tf.float32)
+
+    image, hu = tf.cond(is_hu, from_hu, from_render)
+    image.set_shape([size, size, len(windows.WINDOW_NAMES)])
+    hu.set_shape([size, size, 1])
+
+    height = tf.cast(features["height"], tf.float32)
+    width = tf.cast(features["width"], tf.float32)
+    has_area = tf.cast(features["has_area"] > 0, tf.float32)
+    has_spacing = tf.cast(features["has_spacing"] > 0, tf.float32)
+    # Spacing scales with the resize: S pixels now cover what `height` pixels covered.
+    scale = tf.stack([height / float(size), width / float(size)])
+    return {
+        "image": image,
+        "hu": hu,
+        "is_hu": tf.cast(is_hu, tf.float32),
+        "labels": tf.cast(features["labels"], tf.float32),
+        "has_labels": tf.cast(features["has_labels"] > 0, tf.float32),
+        "mask": _mask(features, size),
+        "has_mask": tf.cast(features["has_mask"] > 0, tf.float32),
+        "area_fraction": has_area
+        * features["area_pixels"]
+        / tf.maximum(height * width, 1.0),
+        "area_mm2": features["area_mm2"] * tf.cast(features["has_area_mm2"] > 0, tf.float32),
+        "has_area": has_area,
+        "has_area_mm2": tf.cast(features["has_area_mm2"] > 0, tf.float32),
+        "pixel_spacing": features["pixel_spacing"] * scale * has_spacing,
+        "has_spacing": has_spacing,
+        "id": features["id"],
+    }
+
+
+def shard_files(shards_dir: str | os.PathLike[str], split: str, manifest: Mapping[str, Any]) -> list[str]:
+    """Paths of a split's non-empty shards, in manifest order.
+
+    Raises:
+      ValueError: unknown split.
+      EmptySplitError: the split holds no examples (the message lists what the manifest holds).
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    files = [
+        str(Path(shards_dir) / s["file"])
+        for s in manifest.get("shards", [])
+        if s.get("split") == split and int(s.get("examples", 0)) > 0
+    ]
+    if not files:
+        held = ", ".join(
+            f"{name}: {manifest.get('counts', {}).get(name, {}).get('slices', 0)}" for name in SPLITS
+        )
+        raise EmptySplitError(
+            f"split {split!r} has no examples in {shards_dir} (the manifest holds {held} slices). "
+            "Pick a non-empty split, or rebuild with other --split-fractions or more data."
+        )
+    missing = [f for f in files if not Path(f).is_file()]
+    if missing:
+        raise ManifestError(
+            f"{len(missing)} shard(s) listed in the manifest are missing, e.g. {missing[0]}; "
+            "run fusion-verify and rebuild"
+        )
+    return files
+
+
+def make_dataset(
+    shards_dir: str | os.PathLike[str],
+    split: str,
+    image_size: int = 256,
+    batch_size: int = 8,
+    shuffle: bool = False,
+    seed: int = 0,
+    repeat: bool = False,
+    augment: Callable[[dict[str, tf.Tensor]], dict[str, tf.Tensor]] | None = None,
+    drop_remainder: bool = False,
+) -> tf.data.Dataset:
+    """Batches of one split, ready for training or evaluation.
+
+    Args:
+      shards_dir: a `fusion-build` output folder (with manifest.json).
+      split: "train", "val" or "test".
+      image_size: S, output height and width (any positive int).
+      batch_size: examples per batch (> 0).
+      shuffle: shuffle shard order and records (seeded; otherwise manifest order).
+      seed: shuffle seed.
+      repeat: repeat forever (for `fit` with steps_per_epoch).
+      augment: per-example dict -> dict, applied after `preprocess`, before batching.
+      drop_remainder: drop the last, smaller batch.
+
+    Returns:
+      Dataset of dicts as in docs/design.md "Reader output" (leading batch dim B).
+
+    Raises:
+      ManifestError, EmptySplitError, ValueError (bad arguments).
+    """
+    if int(image_size) <= 0:
+        raise ValueError(f"image_size must be a positive number of pixels, got {image_size}")
+    if int(batch_size) <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    manifest = load_manifest(shards_dir)
+    files = shard_files(shards_dir, split, manifest)
+    presets = presets_from_manifest(manifest)
+    autotune = tf.data.AUTOTUNE
+
+    if shuffle:
+        # Shard order, then records from several shards at once, then a record buffer.
+        dataset = tf.data.Dataset.from_tensor_slices(files)
+        dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.interleave(
+            tf.data.TFRecordDataset,
+            cycle_length=min(len(files), 8),
+            num_parallel_calls=autotune,
+            deterministic=True,
+        )
+        dataset = dataset.shuffle(_SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
+    else:
+        # Manifest order (split sorted by id), so evaluation output lines up with the manifest;
+        # reading is cheap next to decoding, which stays parallel below.
+        dataset = tf.data.TFRecordDataset(files)
+    if repeat:
+        dataset = dataset.repeat()
+    dataset = dataset.map(
+        lambda s: preprocess(decode(s), image_size, presets),
+        num_parallel_calls=autotune,
+        deterministic=True,
+    )
+    if augment is not None:
+        dataset = dataset.map(augment, num_parallel_calls=autotune, deterministic=True)
+    dataset = dataset.batch(int(batch_size), drop_remainder=drop_remainder)
+    return dataset.prefetch(autotune)

@@ -1,0 +1,154 @@
+"""fusion-synth / fusion-build / fusion-verify through click's CliRunner, end to end."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from data_build import cli, synth
+from data_build.windows import WINDOW_NAMES
+from fusion import data
+
+#: What each planted broken input becomes in the manifest.
+BROKEN_TO_SKIP = {
+    "corrupt-jpeg": "corrupt-image",
+    "missing-window": "missing-window",
+    "malformed-polygon": "malformed-polygon",
+    "corrupt-dicom": "corrupt-dicom",
+}
+
+
+@pytest.fixture(scope="module")
+def drop(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, synth.SynthSummary]:
+    root = tmp_path_factory.mktemp("synth") / "drop"
+    summary = synth.write_synthetic_drop(root, n_patients=5, slices_per_patient=3, size=64, seed=1)
+    return root, summary
+
+
+def _run(command: object, *args: object) -> object:
+    result = CliRunner().invoke(command, [str(a) for a in args])  # type: ignore[arg-type]
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+def test_help_teaches() -> None:
+    for command, words in ((cli.build, "--resume"), (cli.synth, "--window-set"), (cli.verify, "manifest")):
+        result = _run(command, "--help")
+        assert result.exit_code == 0 and "Example" in result.output and words in result.output
+
+
+def test_missing_root_or_labels_exit_2_and_write_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "shards"
+    result = _run(cli.build, tmp_path / "nowhere", "--out", out, "--workers", 1)
+    assert result.exit_code == 2 and "does not exist" in result.output
+    assert not out.exists()
+    (tmp_path / "empty" / "renders").mkdir(parents=True)
+    result = _run(cli.build, tmp_path / "empty", "--out", out, "--workers", 1)
+    assert result.exit_code == 2 and "hemorrhage-labels.csv" in result.output
+    assert not out.exists()
+
+
+def test_synth_build_verify_read(drop: tuple[Path, synth.SynthSummary], tmp_path: Path) -> None:
+    root, summary = drop
+    out = tmp_path / "shards"
+    result = _run(cli.build, root, "--out", out, "--workers", 1, "--shard-size", 4,
+                  "--split-fractions", "0.6,0.2,0.2", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "Manifest:" in result.output and "corrupt-image: 1" in result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    reasons = {(s["id"], s["reason"]) for s in manifest["skipped"]}
+    for item in summary.broken:
+        if item.kind != "corrupt-dicom":  # renders build: DICOM pixels are never read
+            assert (item.id, BROKEN_TO_SKIP[item.kind]) in reasons, item
+    for flagged in summary.flagged:
+        assert (flagged, "flagged") in reasons
+    written = sum(c["slices"] for c in manifest["counts"].values())
+    dropped = {i for i, r in reasons if r in ("corrupt-image", "missing-window", "flagged")}
+    assert written == summary.n_slices - len(dropped)
+
+    result = _run(cli.verify, out, "--no-progress")
+    assert result.exit_code == 0 and result.output.startswith("ok:")
+
+    split = next(s for s, c in manifest["counts"].items() if c["slices"])
+    batch = next(iter(data.make_dataset(out, split, image_size=32, batch_size=2)))
+    assert batch["image"].shape == (2, 32, 32, len(WINDOW_NAMES))
+    assert 0.0 <= float(np.min(batch["image"])) and float(np.max(batch["image"])) <= 1.0
+
+    # Second run: refused, then resumed (nothing to redo), then overwritten.
+    again = _run(cli.build, root, "--out", out, "--workers", 1, "--no-progress")
+    assert again.exit_code == 1 and "--overwrite" in again.output
+    resumed = _run(cli.build, root, "--out", out, "--workers", 1, "--shard-size", 4,
+                   "--split-fractions", "0.6,0.2,0.2", "--resume", "--no-progress")
+    assert resumed.exit_code == 0 and "0 shards written" in resumed.output
+    mismatch = _run(cli.build, root, "--out", out, "--workers", 1, "--resume", "--no-progress")
+    assert mismatch.exit_code == 1 and "cannot resume" in mismatch.output
+
+    # A damaged shard makes verify fail with status 1.
+    shard = out / manifest["shards"][0]["file"]
+    shard.write_bytes(shard.read_bytes()[:-10])
+    result = _run(cli.verify, out, "--no-progress")
+    assert result.exit_code == 1 and "problems" in result.output and shard.name in result.output
+
+
+def test_dicom_source_counts_corrupt_dicom(drop: tuple[Path, synth.SynthSummary], tmp_path: Path) -> None:
+    root, summary = drop
+    out = tmp_path / "dicom"
+    result = _run(cli.build, root, "--out", out, "--source", "dicom", "--workers", 1,
+                  "--window", "subdural_window=75,215", "--no-progress")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["source"] == "dicom" and manifest["presets"]["subdural_window"] == [75.0, 215.0]
+    corrupt = [b.id for b in summary.broken if b.kind == "corrupt-dicom"]
+    assert corrupt and all(
+        any(s["id"] == i and s["reason"] == "corrupt-dicom" for s in manifest["skipped"]) for i in corrupt
+    )
+
+
+def test_strict_stops_with_reason(drop: tuple[Path, synth.SynthSummary], tmp_path: Path) -> None:
+    root, _ = drop
+    result = _run(cli.build, root, "--out", tmp_path / "s", "--workers", 1, "--strict", "--no-progress")
+    assert result.exit_code == 1 and "strict build stopped" in result.output
+    assert not (tmp_path / "s" / "manifest.json").exists()
+
+
+def test_bad_options_are_usage_errors(drop: tuple[Path, synth.SynthSummary], tmp_path: Path) -> None:
+    root, _ = drop
+    bad_window = _run(cli.build, root, "--out", tmp_path / "x", "--window", "lung=1,2")
+    assert bad_window.exit_code == 2 and "unknown window" in bad_window.output
+    bad_split = _run(cli.build, root, "--out", tmp_path / "x", "--split-fractions", "0.9,0.9,0.1")
+    assert bad_split.exit_code == 2 and "sum to 1" in bad_split.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_nothing_written_exits_1(tmp_path: Path) -> None:
+    root = tmp_path / "drop"
+    for name in WINDOW_NAMES:
+        path = root / "renders" / "normal" / name / "ID_000000001.jpg"
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"not a jpeg")
+    (root / "hemorrhage-labels.csv").write_text(
+        "Image,any,epidural,intraparenchymal,intraventricular,subarachnoid,subdural\n"
+        "ID_000000001,0,0,0,0,0,0\n"
+    )
+    result = _run(cli.build, root, "--out", tmp_path / "out", "--workers", 1, "--no-progress")
+    assert result.exit_code == 1 and "nothing could be written" in result.output
+    assert "corrupt-image: 1" in result.output
+
+
+def test_synth_cli_refuses_then_overwrites(tmp_path: Path) -> None:
+    out = tmp_path / "drop"
+    args = ["--patients", 1, "--slices-per-patient", 2, "--size", 32, "--no-dicoms", "--no-progress"]
+    first = _run(cli.synth, out, *args)
+    assert first.exit_code == 0 and "fusion-build" in first.output
+    assert (out / "hemorrhage-labels.csv").exists()
+    refused = _run(cli.synth, out, *args)
+    assert refused.exit_code == 1 and "--overwrite" in refused.output
+    assert _run(cli.synth, out, *args, "--overwrite").exit_code == 0
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("keep")
+    kept = _run(cli.synth, tmp_path / "mine", *args, "--overwrite")
+    assert kept.exit_code == 1 and (tmp_path / "mine" / "thesis.tex").exists()
