@@ -49,6 +49,7 @@ from tqdm import tqdm
 
 from data_build import phantom
 from data_build.schema import FOLDER_TYPES, LABEL_NAMES, TYPE_NAMES
+from data_build.renders import BONE_LUT
 from data_build.windows import PRESETS, canonical_window_name, to_uint8, window
 
 #: Render folder names per window set. "real" is the drop's; "brief" names bone_window in place
@@ -95,26 +96,8 @@ URL_PREFIX = "https://synthetic.invalid/hemorrhage/"
 IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.8.498.1"
 JPEG_QUALITY = 95
 
-# matplotlib's "bone" colormap segments (x, value): the real renders are bone-mapped greys
-# (measured on the drop's renders: B > G > R by up to ~30 levels in the mid greys).
-_BONE_SEGMENTS = {
-    "r": ((0.0, 0.0), (0.746032, 0.652778), (1.0, 1.0)),
-    "g": ((0.0, 0.0), (0.365079, 0.319444), (0.746032, 0.777778), (1.0, 1.0)),
-    "b": ((0.0, 0.0), (0.365079, 0.444444), (1.0, 1.0)),
-}
-
-
-def _bone_lut() -> np.ndarray:
-    x = np.arange(256) / 255.0
-    channels = []
-    for key in "rgb":
-        xs, ys = zip(*_BONE_SEGMENTS[key])
-        channels.append(np.clip(np.rint(np.interp(x, xs, ys) * 255.0), 0, 255))
-    return np.stack(channels, axis=-1).astype(np.uint8)  # [256, 3] RGB
-
-
-#: Grey level 0..255 -> RGB, [256, 3] uint8.
-TINT_LUT: np.ndarray = _bone_lut()
+#: Grey level 0..255 -> RGB [256, 3] uint8: the drop's bone colour map (see data_build.renders).
+TINT_LUT: np.ndarray = BONE_LUT
 
 
 class SynthError(ValueError):

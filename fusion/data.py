@@ -4,9 +4,9 @@ Three steps, as in TF Model Garden's parsers:
 
 - `decode`: parse one serialised record with `schema.feature_spec` (no pixel work).
 - `preprocess`: deterministic, shared by training, evaluation and serving checks. Render
-  windows are decoded as one channel (JPEG luma: the renders are grey with a faint tint) with
-  libjpeg's reduced-scale DCT (`ratio` 2/4/8) whenever the target size allows, which is much
-  faster than a full decode, then resized to S x S. DICOM records hold HU: they are resized,
+  windows are decoded with libjpeg's reduced-scale DCT (`ratio` 2/4/8) whenever the target size allows, which is much
+  faster than a full decode; the drop's bone colour map is inverted back to the windowed grey
+  (`data_build.renders`), then the image is resized to S x S. DICOM records hold HU: they are resized,
   then windowed with `windows.apply_windows` and the manifest's presets. Masks are resized and
   thresholded at 0.5.
 - `augment`: a callable on the per-example dict (e.g. from `fusion.augment`), before batching.
@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping
 import tensorflow as tf
 import tensorflow.experimental.numpy as tnp
 
-from data_build import schema, windows
+from data_build import renders, schema, windows
 
 MANIFEST = "manifest.json"
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -107,13 +107,29 @@ def _render_image(features: Mapping[str, tf.Tensor], size: int) -> tf.Tensor:
     channels = []
     for name in windows.WINDOW_NAMES:
         data = features[schema.image_key(name)]
-        branches = [
-            (lambda r=r, d=data: tf.image.decode_jpeg(d, channels=1, ratio=r))
-            for r in _RATIOS
-        ]
-        pixels = tf.switch_case(index, branches)
-        channels.append(_resize(tf.cast(pixels, tf.float32) / 255.0, size))
+        branches = [(lambda r=r, d=data: _decode_render(d, r)) for r in _RATIOS]
+        grey = tf.switch_case(index, branches)
+        channels.append(_resize(grey, size))
     return tf.clip_by_value(tf.concat(channels, axis=-1), 0.0, 1.0)
+
+
+def _decode_render(data: tf.Tensor, ratio: int) -> tf.Tensor:
+    """One window JPEG -> [h, w, 1] grey in [0, 1].
+
+    Colour renders are bone-mapped greys (`data_build.renders`): the colour map is inverted
+    exactly, so a render gives the same values as `windows.window` on the slice's HU. A
+    greyscale JPEG is taken as it is.
+    """
+
+    def colour() -> tf.Tensor:
+        rgb = tf.image.decode_jpeg(data, channels=3, ratio=ratio)
+        return tf.expand_dims(renders.rgb_to_grey(rgb, xp=tnp), -1)
+
+    def grey() -> tf.Tensor:
+        return tf.cast(tf.image.decode_jpeg(data, channels=1, ratio=ratio), tf.float32) / 255.0
+
+    is_colour = tf.image.extract_jpeg_shape(data)[2] == 3
+    return tf.cond(is_colour, colour, grey)
 
 
 def _hu(features: Mapping[str, tf.Tensor], size: int) -> tf.Tensor:
