@@ -13,6 +13,7 @@ import pytest
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
+from data_build import renders
 from data_build.cases import Case, Skip
 from data_build.windows import WINDOW_NAMES
 
@@ -26,10 +27,10 @@ SQUARE = ((0.25, 0.25), (0.5, 0.25), (0.5, 0.5), (0.25, 0.5))
 
 
 def write_jpeg(path: Path, size: int = 64, value: int = 100, seed: int = 0) -> Path:
-    """A tiny RGB render JPEG (3 channels with a faint tint, like the drop's)."""
+    """A tiny RGB render JPEG: a grey through the drop's bone colour map."""
     rng = np.random.default_rng(seed)
     grey = np.clip(value + rng.integers(-20, 20, (size, size)), 0, 255).astype(np.uint8)
-    bgr = np.stack([np.clip(grey.astype(int) + 3, 0, 255).astype(np.uint8), grey, grey], -1)
+    bgr = renders.grey_to_rgb(grey)[..., ::-1]
     ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 95])
     assert ok
     path.parent.mkdir(parents=True, exist_ok=True)

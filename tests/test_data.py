@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import REAL_DATA, SQUARE, FakeDrop, write_dicom
-from data_build import records, windows
+from data_build import records, renders, windows
 from data_build.cases import Case
 from fusion import data
 
@@ -67,11 +67,15 @@ def test_render_values_match_sources(render_drop: FakeDrop, render_shards: Path)
     ids = [i.decode() for i in got["id"]]
     assert ids == sorted(c.id for c in render_drop.cases)  # no shuffle: manifest order
     row = ids.index("ID_000000002")
-    # Channel order WINDOW_NAMES; at full size the image is the JPEG's luma / 255.
+    # Channel order WINDOW_NAMES; the image is the render's grey with the bone map inverted.
     case = render_drop.cases[2]
     for c, name in enumerate(windows.WINDOW_NAMES):
+        rgb = cv2.imread(case.render_paths[name], cv2.IMREAD_COLOR)[..., ::-1]
+        grey = renders.rgb_to_grey(rgb)
         luma = cv2.imread(case.render_paths[name], cv2.IMREAD_GRAYSCALE) / 255.0
-        assert np.abs(got["image"][row, :, :, c] - luma).mean() < 0.02, name
+        err_grey = np.abs(got["image"][row, :, :, c] - grey).mean()
+        err_luma = np.abs(got["image"][row, :, :, c] - luma).mean()
+        assert err_grey < 0.01 and err_grey * 3 < err_luma, name  # the inverse, not luminance
     # Square 0.25..0.5 at 32 px = rows/cols 8..16 -> 81 px of 1024.
     assert got["area_fraction"][row] == pytest.approx(81 / 1024)
     assert got["mask"][row, :, :, 0].sum() == 81
