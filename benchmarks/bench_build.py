@@ -1,0 +1,246 @@
+"""Build and read benchmarks: our shards against the peer's layout, side by side, same inputs.
+
+The peer wrote one unsharded TFRecord of float32 `tf.io.serialize_tensor` image [512, 512, 4] and
+mask [512, 512], built one slice at a time. We time both on the same drop of renders made from the
+real DICOMs (`benchmarks/real_drop.py`), interleaving repetitions and quoting medians.
+
+    python benchmarks/bench_build.py --slices 1000 --repeats 3 [--memory-slices 1000,10000]
+
+Prints a Markdown table for docs/benchmarks.md.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from real_drop import make_drop  # noqa: E402
+
+from data_build import drop as drop_mod  # noqa: E402
+from data_build.polygons import rasterise  # noqa: E402
+from data_build.schema import LABEL_NAMES  # noqa: E402
+from data_build.windows import WINDOW_NAMES  # noqa: E402
+
+BATCH = 16
+
+
+# --- the peer's layout -------------------------------------------------------------------------
+
+
+def peer_build(root: Path, out_file: Path) -> int:
+    """One slice at a time: decode 4 JPEGs to float32, serialise image and mask tensors."""
+    import tensorflow as tf
+
+    found = drop_mod.discover(root, read_dicom_headers=False)
+    n = 0
+    with tf.io.TFRecordWriter(str(out_file)) as writer:
+        for case in found.cases:
+            chans = [
+                cv2.imread(case.render_paths[w], cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255.0
+                for w in WINDOW_NAMES
+            ]
+            image = np.stack(chans, axis=-1)
+            h, w = image.shape[:2]
+            mask = rasterise(case.polygons or (), h, w).astype(np.float32)
+            labels = list(case.labels or (0,) * len(LABEL_NAMES))
+            feature = {
+                "image": tf.train.Feature(
+                    bytes_list=tf.train.BytesList(value=[tf.io.serialize_tensor(image).numpy()])
+                ),
+                "mask": tf.train.Feature(
+                    bytes_list=tf.train.BytesList(value=[tf.io.serialize_tensor(mask).numpy()])
+                ),
+                "labels": tf.train.Feature(int64_list=tf.train.Int64List(value=labels)),
+            }
+            example = tf.train.Example(features=tf.train.Features(feature=feature))
+            writer.write(example.SerializeToString())
+            n += 1
+    return n
+
+
+def peer_dataset(out_file: Path, size: int):
+    import tensorflow as tf
+
+    spec = {
+        "image": tf.io.FixedLenFeature([], tf.string),
+        "mask": tf.io.FixedLenFeature([], tf.string),
+        "labels": tf.io.FixedLenFeature([len(LABEL_NAMES)], tf.int64),
+    }
+
+    def parse(serialized):
+        ex = tf.io.parse_single_example(serialized, spec)
+        image = tf.reshape(tf.io.parse_tensor(ex["image"], tf.float32), [512, 512, 4])
+        mask = tf.reshape(tf.io.parse_tensor(ex["mask"], tf.float32), [512, 512, 1])
+        if size != 512:
+            image = tf.image.resize(image, [size, size])
+            mask = tf.image.resize(mask, [size, size], method="nearest")
+        return image, mask, ex["labels"]
+
+    return (
+        tf.data.TFRecordDataset(str(out_file))
+        .map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+        .batch(BATCH)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
+# --- ours --------------------------------------------------------------------------------------
+
+
+def our_build(root: Path, out: Path, workers: int) -> int:
+    from data_build.records import build
+
+    report = build(
+        root, out, workers=workers, overwrite=True, fractions=(1.0, 0.0, 0.0), progress=False
+    )
+    return int(report.written)
+
+
+def our_dataset(out: Path, size: int):
+    from fusion.data import make_dataset
+
+    return make_dataset(out, "train", image_size=size, batch_size=BATCH)
+
+
+def count_batches(dataset) -> int:
+    n = 0
+    for batch in dataset:
+        first = batch[0] if isinstance(batch, tuple) else batch["image"]
+        n += int(first.shape[0])
+    return n
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.glob("*.tfrecord"))
+
+
+# --- peak memory of a whole build (main process + workers) -------------------------------------
+
+
+def _tree_rss(pid: int) -> int:
+    total, stack = 0, [pid]
+    while stack:
+        p = stack.pop()
+        try:
+            with open(f"/proc/{p}/status") as fh:
+                for line in fh:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+            with open(f"/proc/{p}/task/{p}/children") as fh:
+                stack.extend(int(c) for c in fh.read().split())
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
+
+def peak_build_memory(root: Path, out: Path, workers: int) -> tuple[float, float]:
+    """Run `fusion-build` in a subprocess; return (peak RSS of its process tree in MiB, seconds)."""
+    cmd = [
+        str(Path(sys.executable).parent / "fusion-build"), str(root), "--out", str(out),
+        "--workers", str(workers), "--overwrite",
+    ]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak = 0
+    stop = threading.Event()
+
+    def poll() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, _tree_rss(proc.pid))
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    _, err = proc.communicate()
+    stop.set()
+    thread.join()
+    if proc.returncode != 0:
+        raise SystemExit(f"fusion-build failed: {err.decode()[-2000:]}")
+    return peak / 2**20, time.perf_counter() - start
+
+
+def timed(fn, *args) -> tuple[float, int]:
+    start = time.perf_counter()
+    n = fn(*args)
+    return time.perf_counter() - start, n
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--slices", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--memory-slices", default="1000,10000")
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args()
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="fusion-bench-"))
+    root = work / "drop"
+    if not (root / "hemorrhage-labels.csv").exists():
+        make_drop(root, args.slices)
+    ours, peer = work / "ours", work / "peer"
+    peer.mkdir(parents=True, exist_ok=True)
+    peer_file = peer / "peer.tfrecord"
+    cores = os.cpu_count() or 1
+
+    rates: dict[str, list[float]] = {}
+
+    def add(key: str, seconds: float, n: int) -> None:
+        rates.setdefault(key, []).append(n / seconds)
+
+    for _ in range(args.repeats):  # interleaved, so machine noise hits both alike
+        add("peer build", *timed(peer_build, root, peer_file))
+        add("ours build, 1 worker", *timed(our_build, root, ours, 1))
+        if cores > 1:
+            add(f"ours build, {cores} workers", *timed(our_build, root, ours, cores))
+        for size in (512, 256):
+            add(f"peer read {size}", *timed(count_batches, peer_dataset(peer_file, size)))
+            add(f"ours read {size}", *timed(count_batches, our_dataset(ours, size)))
+
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    n_ours = our_build(root, ours, cores)
+    bytes_ours = folder_bytes(ours) / n_ours
+    bytes_peer = peer_file.stat().st_size / args.slices
+
+    print(f"\nslices: {args.slices}, repeats: {args.repeats}, cores: {cores}\n")
+    print("| measure | peer | ours | ours / peer |")
+    print("|---|---|---|---|")
+    print(f"| bytes per slice | {bytes_peer:,.0f} | {bytes_ours:,.0f} | 1/{bytes_peer / bytes_ours:.0f} |")
+    best_build = max(v for k, v in med.items() if k.startswith("ours build"))
+    print(f"| build slices/s ({cores} workers) | {med['peer build']:.1f} | {best_build:.1f} | "
+          f"{best_build / med['peer build']:.1f}x |")
+    print(f"| build slices/s (1 worker) | {med['peer build']:.1f} | "
+          f"{med['ours build, 1 worker']:.1f} | {med['ours build, 1 worker'] / med['peer build']:.1f}x |")
+    for size in (512, 256):
+        p, o = med[f"peer read {size}"], med[f"ours read {size}"]
+        print(f"| read slices/s into batches at {size} | {p:.1f} | {o:.1f} | {o / p:.1f}x |")
+    if cores > 1:
+        scale = med[f"ours build, {cores} workers"] / med["ours build, 1 worker"]
+        print(f"\nbuild scaling 1 -> {cores} workers: {scale:.2f}x")
+
+    sizes = [int(s) for s in args.memory_slices.split(",") if s]
+    if sizes:
+        print("\n| build of N slices | peak RSS, whole process tree (MiB) | seconds |")
+        print("|---|---|---|")
+        for n in sizes:
+            mroot = work / f"drop-{n}"
+            if not (mroot / "hemorrhage-labels.csv").exists():
+                make_drop(mroot, n)
+            peak, secs = peak_build_memory(mroot, work / f"ours-{n}", cores)
+            print(f"| {n:,} | {peak:,.0f} | {secs:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
