@@ -4,9 +4,13 @@ The drop's window renders are not plain greys: each windowed grey went through m
 "bone" colour map (the "faint bluish tint": B > G > R by up to ~30 levels in the mid greys,
 measured on the real renders in ../shared/data/real/xn-cases). Reading such a JPEG as luminance
 gives greys ~10% darker than `windows.window(hu)`, so a model trained on renders would see other
-values from raw DICOM (the exported `serve_hu` signature). We invert the map instead:
-R + G + B rises strictly with the grey level (0..765), so a 766-entry table maps the channel sum
-back to the grey in [0, 1]; JPEG noise moves the sum by a few levels, i.e. ~1/3 grey level.
+values from raw DICOM (the exported `serve_hu` signature). We invert the map instead, two ways:
+
+- from the JPEG's luma (Y = 0.299 R + 0.587 G + 0.114 B, what libjpeg returns for a one-channel
+  decode of a colour JPEG, without colour conversion): Y rises strictly with the grey level, so a
+  256-entry table maps it back (at most 1.35 grey levels off before JPEG noise). This is the
+  training reader's path: a one-channel decode is ~2x faster than a colour one.
+- from R + G + B (0..765), which also rises strictly: exact, for RGB arrays already decoded.
 """
 from __future__ import annotations
 
@@ -40,6 +44,14 @@ GREY_FROM_SUM: np.ndarray = np.interp(
 ).astype(np.float32)
 
 
+_LUMA_OF_GREY = BONE_LUT.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+
+#: JPEG luma Y (0..255) of a bone-mapped render -> grey in [0, 1], [256] float32.
+GREY_FROM_LUMA: np.ndarray = np.interp(
+    np.arange(256), _LUMA_OF_GREY, np.arange(256) / 255.0
+).astype(np.float32)
+
+
 def grey_to_rgb(grey: np.ndarray) -> np.ndarray:
     """uint8 grey [...] -> uint8 RGB [..., 3] through the bone colour map."""
     return BONE_LUT[np.asarray(grey, dtype=np.uint8)]
@@ -55,3 +67,8 @@ def rgb_to_grey(rgb: Any, xp: Any = np) -> Any:
     """
     total = xp.sum(xp.asarray(rgb, dtype="int32"), axis=-1)
     return xp.take(xp.asarray(GREY_FROM_SUM), total)
+
+
+def luma_to_grey(luma: Any, xp: Any = np) -> Any:
+    """Luma of a bone-mapped render [...] (uint8 values) -> grey [...] float32 in [0, 1]."""
+    return xp.take(xp.asarray(GREY_FROM_LUMA), xp.asarray(luma, dtype="int32"))

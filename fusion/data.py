@@ -5,8 +5,9 @@ Three steps, as in TF Model Garden's parsers:
 - `decode`: parse one serialised record with `schema.feature_spec` (no pixel work).
 - `preprocess`: deterministic, shared by training, evaluation and serving checks. Render
   windows are decoded with libjpeg's reduced-scale DCT (`ratio` 2/4/8) whenever the target size allows, which is much
-  faster than a full decode; the drop's bone colour map is inverted back to the windowed grey
-  (`data_build.renders`), then the image is resized to S x S. DICOM records hold HU: they are resized,
+  faster than a full decode, as one channel (the JPEG's luma); the drop's bone colour map is
+  inverted back to the windowed grey (`data_build.renders`); the image is resized to S x S
+  when it is not that size already. DICOM records hold HU: they are resized,
   then windowed with `windows.apply_windows` and the manifest's presets. Masks are resized and
   thresholded at 0.5.
 - `augment`: a callable on the per-example dict (e.g. from `fusion.augment`), before batching.
@@ -104,32 +105,37 @@ def _resize(image: tf.Tensor, size: int) -> tf.Tensor:
 def _render_image(features: Mapping[str, tf.Tensor], size: int) -> tf.Tensor:
     """Four window JPEGs -> [S, S, 4] float32 in [0, 1]."""
     index = _jpeg_ratio_index(features["height"], features["width"], size)
-    channels = []
-    for name in windows.WINDOW_NAMES:
-        data = features[schema.image_key(name)]
-        branches = [(lambda r=r, d=data: _decode_render(d, r)) for r in _RATIOS]
-        grey = tf.switch_case(index, branches)
-        channels.append(_resize(grey, size))
-    return tf.clip_by_value(tf.concat(channels, axis=-1), 0.0, 1.0)
+    channels = [
+        decode_render(features[schema.image_key(name)], size, index) for name in windows.WINDOW_NAMES
+    ]
+    return tf.concat(channels, axis=-1)
 
 
-def _decode_render(data: tf.Tensor, ratio: int) -> tf.Tensor:
-    """One window JPEG -> [h, w, 1] grey in [0, 1].
+def decode_render(data: tf.Tensor, size: int, ratio_index: tf.Tensor | None = None) -> tf.Tensor:
+    """One window render JPEG -> [S, S, 1] grey in [0, 1], as `windows.window` gives it.
 
-    Colour renders are bone-mapped greys (`data_build.renders`): the colour map is inverted
-    exactly, so a render gives the same values as `windows.window` on the slice's HU. A
-    greyscale JPEG is taken as it is.
+    The JPEG is decoded as one channel (its luma) at the largest reduced scale that keeps both
+    sides >= S. A colour JPEG is taken to be a bone-mapped render (the drop's format) and its
+    colour map is inverted (`data_build.renders`); a greyscale JPEG is taken as it is. The
+    image is resized only when the decoded size is not S already.
     """
-
-    def colour() -> tf.Tensor:
-        rgb = tf.image.decode_jpeg(data, channels=3, ratio=ratio)
-        return tf.expand_dims(renders.rgb_to_grey(rgb, xp=tnp), -1)
-
-    def grey() -> tf.Tensor:
-        return tf.cast(tf.image.decode_jpeg(data, channels=1, ratio=ratio), tf.float32) / 255.0
-
+    if ratio_index is None:
+        shape = tf.image.extract_jpeg_shape(data)
+        ratio_index = _jpeg_ratio_index(shape[0], shape[1], size)
+    branches = [
+        (lambda r=r: tf.image.decode_jpeg(data, channels=1, ratio=r)) for r in _RATIOS
+    ]
+    luma = tf.switch_case(ratio_index, branches)
     is_colour = tf.image.extract_jpeg_shape(data)[2] == 3
-    return tf.cond(is_colour, colour, grey)
+    grey = tf.cond(
+        is_colour,
+        lambda: tf.expand_dims(renders.luma_to_grey(luma[..., 0], xp=tnp), -1),
+        lambda: tf.cast(luma, tf.float32) / 255.0,
+    )
+    same = tf.reduce_all(tf.shape(grey)[:2] == size)
+    grey = tf.cond(same, lambda: grey, lambda: _resize(grey, size))
+    grey.set_shape([size, size, 1])
+    return grey
 
 
 def _hu(features: Mapping[str, tf.Tensor], size: int) -> tf.Tensor:
@@ -142,7 +148,9 @@ def _hu(features: Mapping[str, tf.Tensor], size: int) -> tf.Tensor:
 def _mask(features: Mapping[str, tf.Tensor], size: int) -> tf.Tensor:
     def known() -> tf.Tensor:
         mask = tf.cast(tf.io.decode_png(features["mask"], channels=1), tf.float32) / 255.0
-        return tf.cast(_resize(mask, size) >= 0.5, tf.float32)
+        same = tf.reduce_all(tf.shape(mask)[:2] == size)
+        mask = tf.cond(same, lambda: mask, lambda: _resize(mask, size))
+        return tf.cast(mask >= 0.5, tf.float32)
 
     has = tf.logical_and(features["has_mask"] > 0, tf.strings.length(features["mask"]) > 0)
     mask = tf.cond(has, known, lambda: tf.zeros([size, size, 1], tf.float32))

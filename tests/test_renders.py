@@ -54,3 +54,12 @@ def test_real_renders_lie_on_the_bone_map() -> None:
         nearest = ((sample[:, None, :] - lut[None]) ** 2).sum(-1).min(axis=1)
         # JPEG noise of a few levels per channel; a plain grey image would be ~10x further off.
         assert np.sqrt(nearest.mean()) < 5, path
+
+
+def test_luma_inverse_is_within_a_grey_level_and_a_half() -> None:
+    grey = np.arange(256)
+    rgb = renders.BONE_LUT.astype(float)
+    luma = np.rint(rgb @ np.array([0.299, 0.587, 0.114]))
+    back = renders.luma_to_grey(luma) * 255
+    assert np.abs(back - grey).max() < 1.5
+    assert (np.diff(renders.GREY_FROM_LUMA) >= 0).all()
