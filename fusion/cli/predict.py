@@ -1,0 +1,91 @@
+"""`fusion-predict MODEL INPUTS... --out OUT`: per-slice predictions and per-series volumes."""
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import click
+
+from fusion.cli.evaluate import BATCH_OPTION, OVERWRITE_OPTION, TTA_OPTION
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--out", "out", type=click.Path(path_type=Path, file_okay=False), required=True,
+    help="Output folder (predictions.csv/json, series.csv/json, masks/, overlays/).",
+)
+@TTA_OPTION
+@BATCH_OPTION
+@OVERWRITE_OPTION
+def main(model: Path, inputs: tuple[Path, ...], out: Path, tta: str, batch_size: int,
+         overwrite: bool) -> None:
+    """Predict hemorrhage type, area and mask for INPUTS with MODEL (run folder or SavedModel).
+
+    INPUTS are DICOM files or folders (grouped into series by SeriesInstanceUID, ordered by
+    slice position), render folders of the drop's layout (<type>/<window>/<ID>.jpg), plain
+    PNG/JPEG images (read as a brain-window rendering, L40/W80) or .npy arrays ([H, W, 4]
+    windows in [0, 1], or [H, W] HU). Per series, the bleed volume in mL and the ABC/2
+    estimate are written to series.csv. Unreadable inputs are listed in skipped.json and
+    skipped; exit status 0 when anything was predicted, 1 when nothing could be.
+    With --tta flip and no calibrated thresholds next to the model, decisions are those of
+    the un-flipped image.
+    """
+    from tqdm import tqdm
+
+    from fusion.inference import ModelLoadError, PredictInputError, load_predictor
+    from fusion.predict import PredictError, run_predictions
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if (out / "predictions.csv").exists() and not overwrite:
+        raise click.ClickException(
+            f"{out / 'predictions.csv'} already exists; pass --overwrite or choose another --out"
+        )
+    if overwrite:
+        # Masks and overlays of the previous run would otherwise linger next to the new ones.
+        for sub in ("masks", "overlays"):
+            for stale in (out / sub).glob("*.png") if (out / sub).is_dir() else ():
+                stale.unlink()
+    try:
+        predictor = load_predictor(model)
+    except ModelLoadError as err:
+        raise click.ClickException(str(err)) from err
+    bar = tqdm(unit="slice", desc="predict", delay=0.5)
+
+    def set_total(n: int) -> None:
+        bar.total = n
+        bar.refresh()
+
+    try:
+        summary = run_predictions(
+            predictor, list(inputs), out, tta=tta, batch_size=batch_size,
+            progress=bar.update, on_total=set_total,
+        )
+    except (PredictError, PredictInputError, ModelLoadError, OSError) as err:
+        raise click.ClickException(str(err)) from err
+    finally:
+        bar.close()
+    reasons = Counter(s.reason for s in summary.skipped)
+    detail = ", ".join(f"{n} {r}" for r, n in sorted(reasons.items()))
+    click.echo(
+        f"{summary.predicted} slices predicted in {summary.series} series; "
+        f"{len(summary.skipped)} inputs skipped{f' ({detail})' if detail else ''}"
+    )
+    for s in summary.skipped[:10]:
+        click.echo(f"  skipped {s.path}: {s.reason} {s.detail}", err=True)
+    if len(summary.skipped) > 10:
+        click.echo(f"  ... and {len(summary.skipped) - 10} more (see skipped.json)", err=True)
+    if summary.exit_code:
+        click.echo("nothing could be predicted", err=True)
+    else:
+        click.echo(f"wrote {out}/predictions.csv, series.csv, masks/, overlays/")
+    raise SystemExit(summary.exit_code)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

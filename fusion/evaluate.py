@@ -1,0 +1,479 @@
+"""Held-out evaluation: run an exported model over a split of shards, write metrics.json and a
+self-contained report.html.
+
+``evaluate(model, shards, split, out)`` streams the split through `fusion.data.make_dataset`,
+keeps per-slice predictions (never the full masks: Dice/IoU are computed per batch), and
+writes::
+
+    OUT/metrics.json   per-type AUC, AUPRC, sensitivity, specificity, F1 at the thresholds,
+                       macro averages, "multi" (>= 2 types), Dice / IoU distribution, area
+                       agreement (fraction and mm^2), 95 % bootstrap intervals, notes
+    OUT/report.html    the same as tables, ROC / PR / reliability curves, Dice histogram,
+                       Bland-Altman plots and overlays of the best and worst slices
+    OUT/predictions.csv  one row per slice: id, labels, probabilities, areas, Dice
+
+Thresholds are the run's calibrated ones (`fusion.inference`); without them 0.5 is used and a
+note says so.
+"""
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import heapq
+import io
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+
+from data_build.schema import LABEL_NAMES, TYPE_NAMES
+from fusion import metrics as M
+from fusion.inference import Predictor
+from fusion.report import overlay_png, render_html
+
+log = logging.getLogger(__name__)
+
+#: Probability at which a mask pixel counts as bleed.
+MASK_THRESHOLD = 0.5
+#: Overlays kept for each of the best and worst slices.
+N_OVERLAYS = 4
+
+
+class EvaluateError(Exception):
+    """The evaluation cannot run (empty split, unusable output folder)."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """`atomic_write_bytes` for UTF-8 text."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def multi_probability(p_types: np.ndarray) -> np.ndarray:
+    """P(two or more of the types) from per-type probabilities, assuming independence.
+
+    Args:
+      p_types: [N, T] probabilities of the T types.
+
+    Returns:
+      [N] float64 = 1 - P(none) - P(exactly one).
+    """
+    p = np.clip(np.asarray(p_types, dtype=np.float64), 0.0, 1.0)
+    q = 1.0 - p
+    none = np.prod(q, axis=1)
+    exactly_one = np.zeros(p.shape[0])
+    for j in range(p.shape[1]):
+        exactly_one += p[:, j] * np.prod(np.delete(q, j, axis=1), axis=1)
+    return np.clip(1.0 - none - exactly_one, 0.0, 1.0)
+
+
+@dataclass
+class Collected:
+    """Per-slice results of one pass over the split (numpy, N slices)."""
+
+    ids: list[str] = field(default_factory=list)
+    labels: list[np.ndarray] = field(default_factory=list)
+    has_labels: list[np.ndarray] = field(default_factory=list)
+    probabilities: list[np.ndarray] = field(default_factory=list)
+    decisions: list[np.ndarray] = field(default_factory=list)
+    area_pred: list[np.ndarray] = field(default_factory=list)
+    area_mask: list[np.ndarray] = field(default_factory=list)
+    area_true: list[np.ndarray] = field(default_factory=list)
+    has_area: list[np.ndarray] = field(default_factory=list)
+    area_mm2_true: list[np.ndarray] = field(default_factory=list)
+    has_area_mm2: list[np.ndarray] = field(default_factory=list)
+    mm2_per_fraction: list[np.ndarray] = field(default_factory=list)
+    has_mask: list[np.ndarray] = field(default_factory=list)
+    mask_predicted: list[np.ndarray] = field(default_factory=list)
+    dice: list[np.ndarray] = field(default_factory=list)
+    iou: list[np.ndarray] = field(default_factory=list)
+    true_nonempty: list[np.ndarray] = field(default_factory=list)
+    pred_nonempty: list[np.ndarray] = field(default_factory=list)
+    # (dice, tiebreak, id, image, true, pred) heaps for the overlays
+    best: list[tuple[float, int, str, np.ndarray, np.ndarray, np.ndarray]] = field(
+        default_factory=list
+    )
+    worst: list[tuple[float, int, str, np.ndarray, np.ndarray, np.ndarray]] = field(
+        default_factory=list
+    )
+
+    def cat(self, name: str) -> np.ndarray:
+        parts = getattr(self, name)
+        return np.concatenate(parts) if parts else np.zeros((0,))
+
+
+def _np(value: Any) -> np.ndarray:
+    return value.numpy() if hasattr(value, "numpy") else np.asarray(value)
+
+
+def _ids(value: Any) -> list[str]:
+    arr = _np(value).reshape(-1)
+    return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in arr]
+
+
+def _keep(heap: list[Any], item: tuple[Any, ...], k: int) -> None:
+    if len(heap) < k:
+        heapq.heappush(heap, item)
+    elif item[:2] > heap[0][:2]:
+        heapq.heapreplace(heap, item)
+
+
+def collect(
+    predictor: Predictor,
+    batches: Iterable[Mapping[str, Any]],
+    tta: str = "none",
+    batch_size: int = 8,
+    n_overlays: int = N_OVERLAYS,
+    progress: Callable[[int], None] | None = None,
+) -> Collected:
+    """Run the model over reader batches (`fusion.data` "Reader output" dicts).
+
+    Args:
+      predictor: the loaded model.
+      batches: iterable of dicts with image [B, S, S, 4], labels [B, 6], has_labels, mask
+        [B, S, S, 1], has_mask, area_fraction, has_area, area_mm2, has_area_mm2,
+        pixel_spacing [B, 2] (mm at size S), has_spacing, id.
+      tta: "none" or "flip".
+      batch_size: slices per model call.
+      n_overlays: best and worst slices kept for the report.
+      progress: called with the number of slices done after each batch.
+
+    Returns:
+      The per-slice results.
+    """
+    c = Collected()
+    counter = 0
+    for batch in batches:
+        images = _np(batch["image"]).astype(np.float32)
+        n, s_h, s_w = images.shape[:3]
+        out = predictor.predict(images, batch_size=batch_size, tta=tta)
+        ids = _ids(batch["id"])
+        c.ids.extend(ids)
+        c.labels.append(_np(batch["labels"]).astype(np.float64).reshape(n, -1))
+        c.has_labels.append(_np(batch["has_labels"]).reshape(n) > 0.5)
+        c.probabilities.append(out["probabilities"].astype(np.float64))
+        c.decisions.append(out["decisions"].astype(np.int32))
+        # A model without a mask head returns NaN masks ("not predicted", fusion.export).
+        c.mask_predicted.append(np.isfinite(out["mask"]).reshape(n, -1).all(axis=1))
+        pred_masks = np.nan_to_num(out["mask"][..., 0], nan=0.0) >= MASK_THRESHOLD  # [B, S, S]
+        true_masks = _np(batch["mask"]).reshape(n, s_h, s_w) >= 0.5
+        c.area_pred.append(out["area_fraction"].astype(np.float64))
+        c.area_mask.append(pred_masks.reshape(n, -1).mean(axis=1))
+        c.area_true.append(_np(batch["area_fraction"]).astype(np.float64).reshape(n))
+        c.has_area.append(_np(batch["has_area"]).reshape(n) > 0.5)
+        c.area_mm2_true.append(_np(batch["area_mm2"]).astype(np.float64).reshape(n))
+        spacing = _np(batch["pixel_spacing"]).astype(np.float64).reshape(n, 2)
+        has_spacing = _np(batch["has_spacing"]).reshape(n) > 0.5
+        c.has_area_mm2.append((_np(batch["has_area_mm2"]).reshape(n) > 0.5) & has_spacing)
+        # pixel_spacing is mm per pixel at size S, so the image covers S*S*row*col mm^2
+        c.mm2_per_fraction.append(s_h * s_w * spacing[:, 0] * spacing[:, 1])
+        has_mask = _np(batch["has_mask"]).reshape(n) > 0.5
+        c.has_mask.append(has_mask)
+        d = M.dice(pred_masks, true_masks)
+        j = M.iou(pred_masks, true_masks)
+        c.dice.append(d)
+        c.iou.append(j)
+        true_any = true_masks.reshape(n, -1).any(axis=1)
+        c.true_nonempty.append(true_any)
+        c.pred_nonempty.append(pred_masks.reshape(n, -1).any(axis=1))
+        for i in np.flatnonzero(has_mask & true_any):
+            counter += 1
+            item = (images[i, ..., 0], true_masks[i], pred_masks[i])
+            _keep(c.best, (float(d[i]), -counter, ids[i], *item), n_overlays)
+            _keep(c.worst, (-float(d[i]), -counter, ids[i], *item), n_overlays)
+        if progress is not None:
+            progress(n)
+    return c
+
+
+def _ci(fn: Callable[..., float], *arrays: np.ndarray, n: int, seed: int) -> list[Any] | None:
+    if n <= 0:
+        return None
+    return M.nan_to_none(list(M.bootstrap_ci(fn, *arrays, n=n, seed=seed)))
+
+
+def _class_block(
+    y: np.ndarray, p: np.ndarray, threshold: float, n_boot: int, seed: int
+) -> dict[str, Any]:
+    block = M.class_metrics(y, p, threshold)
+    if n_boot > 0:
+        ci = M.bootstrap_class_metrics(y, p, threshold, n=n_boot, seed=seed)
+        block["ci"] = {k: list(v) for k, v in ci.items()}
+    else:
+        block["ci"] = {}
+    return M.nan_to_none(block)
+
+
+def classification_metrics(
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    decisions: np.ndarray,
+    thresholds: np.ndarray,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Per-label metrics with bootstrap intervals, macro averages and the "multi" category.
+
+    Args:
+      labels: [N, 6] 0/1 in `LABEL_NAMES` order (rows with known labels only).
+      probabilities: [N, 6].
+      decisions: [N, 6] int, the model's decisions at `thresholds`.
+      thresholds: [6].
+      n_boot: bootstrap resamples (0 = no intervals).
+
+    Returns:
+      ``{"n", "per_class": {name: {...metrics, "ci": {...}}}, "macro", "macro_types",
+      "multi"}`` with None for undefined values.
+    """
+    report = M.classification_report(labels, probabilities, thresholds, LABEL_NAMES)
+    for j, name in enumerate(LABEL_NAMES):
+        report["per_class"][name] = _class_block(
+            labels[:, j], probabilities[:, j], float(thresholds[j]), n_boot, seed
+        )
+    keys = ("auc", "auprc", "f1", "sensitivity", "specificity")
+    report["macro_types"] = M.nan_to_none(
+        {
+            k: M.mean_defined([report["per_class"][t][k] for t in TYPE_NAMES])
+            for k in keys
+        }
+    )
+    type_idx = [LABEL_NAMES.index(t) for t in TYPE_NAMES]
+    y_multi = (labels[:, type_idx].sum(axis=1) >= 2).astype(np.float64)
+    p_multi = multi_probability(probabilities[:, type_idx])
+    d_multi = (decisions[:, type_idx].sum(axis=1) >= 2).astype(np.float64)
+    multi = _class_block(y_multi, d_multi, 0.5, n_boot, seed)
+    # Ranking metrics from P(>= 2 types), operating point from the type decisions.
+    multi["auc"] = M.nan_to_none(M.roc_auc(y_multi, p_multi))
+    multi["auprc"] = M.nan_to_none(M.average_precision(y_multi, p_multi))
+    if n_boot > 0:
+        ci = M.bootstrap_class_metrics(y_multi, p_multi, 0.5, n=n_boot, seed=seed)
+        multi["ci"]["auc"] = M.nan_to_none(list(ci["auc"]))
+        multi["ci"]["auprc"] = M.nan_to_none(list(ci["auprc"]))
+    multi["threshold"] = None
+    multi["rule"] = ">= 2 positive type decisions; AUC from P(>=2) assuming independent types"
+    report["multi"] = multi
+    return report
+
+
+def _agreement_block(pred: np.ndarray, true: np.ndarray, n_boot: int, seed: int) -> dict:
+    block: dict[str, Any] = M.agreement(pred, true)
+    block["ci"] = {
+        "mae": _ci(lambda a, b: float(np.mean(np.abs(a - b))), pred, true, n=n_boot, seed=seed),
+        "bias": _ci(lambda a, b: float(np.mean(a - b)), pred, true, n=n_boot, seed=seed),
+    }
+    return M.nan_to_none(block)
+
+
+def compute_metrics(
+    c: Collected, thresholds: np.ndarray, n_boot: int = 1000, seed: int = 0
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """metrics.json content (without run metadata) and the report's plot data."""
+    labels = np.concatenate(c.labels) if c.labels else np.zeros((0, len(LABEL_NAMES)))
+    probs = np.concatenate(c.probabilities) if c.probabilities else np.zeros_like(labels)
+    decisions = np.concatenate(c.decisions) if c.decisions else np.zeros_like(labels, np.int32)
+    has_labels = c.cat("has_labels").astype(bool)
+    notes: list[str] = []
+    plots: dict[str, Any] = {"roc": [], "pr": [], "reliability": []}
+    result: dict[str, Any] = {"n_slices": len(c.ids)}
+
+    if has_labels.any():
+        y, p, d = labels[has_labels], probs[has_labels], decisions[has_labels]
+        result["classification"] = classification_metrics(y, p, d, thresholds, n_boot, seed)
+        for j, name in enumerate(LABEL_NAMES):
+            if 0 < y[:, j].sum() < len(y):
+                fpr, tpr, _ = M.roc_curve(y[:, j], p[:, j])
+                prec, rec, _ = M.precision_recall_curve(y[:, j], p[:, j])
+                plots["roc"].append((name, fpr, tpr))
+                plots["pr"].append((name, np.r_[0.0, rec], np.r_[prec[0], prec]))
+            else:
+                notes.append(f"{name}: only one label value on this split; no ROC/PR curve")
+            rel = M.reliability_curve(y[:, j], p[:, j])
+            plots["reliability"].append((name, rel["mean_predicted"], rel["fraction_positive"]))
+            result["classification"]["per_class"][name]["ece"] = M.nan_to_none(rel["ece"])
+    else:
+        result["classification"] = {"n": 0}
+        notes.append("no slice of this split has labels; classification metrics skipped")
+
+    known_mask = c.cat("has_mask").astype(bool)
+    has_mask = known_mask & c.cat("mask_predicted").astype(bool)
+    if known_mask.any() and not has_mask.any():
+        notes.append("the model predicts no mask (no mask head); segmentation metrics skipped")
+    dice_v, iou_v = c.cat("dice")[has_mask], c.cat("iou")[has_mask]
+    seg = M.segmentation_summary(
+        dice_v, iou_v, c.cat("true_nonempty").astype(bool)[has_mask],
+        c.cat("pred_nonempty").astype(bool)[has_mask],
+    )
+    nonempty = c.cat("true_nonempty").astype(bool)[has_mask]
+    seg["ci"] = {
+        "dice": _ci(np.mean, dice_v, n=n_boot, seed=seed),
+        "iou": _ci(np.mean, iou_v, n=n_boot, seed=seed),
+        "dice_nonempty": _ci(np.mean, dice_v[nonempty], n=n_boot, seed=seed),
+        "iou_nonempty": _ci(np.mean, iou_v[nonempty], n=n_boot, seed=seed),
+    }
+    seg["mask_threshold"] = MASK_THRESHOLD
+    result["segmentation"] = seg
+    plots["dice"] = dice_v.tolist()
+    if not known_mask.any():
+        notes.append("no slice of this split has a known mask; segmentation metrics skipped")
+
+    area: dict[str, Any] = {}
+    area_predicted = np.isfinite(c.cat("area_pred"))
+    if c.ids and not area_predicted.any():
+        notes.append("the model predicts no area (no area head); area metrics skipped")
+    has_area = c.cat("has_area").astype(bool) & area_predicted
+    if has_area.any():
+        pred, true = c.cat("area_pred")[has_area], c.cat("area_true")[has_area]
+        area["fraction"] = _agreement_block(pred, true, n_boot, seed)
+        plots["area_fraction"] = {"mean": (pred + true) / 2, "diff": pred - true}
+        from_mask = has_area & c.cat("mask_predicted").astype(bool)
+        if from_mask.any():
+            area["fraction_from_mask"] = _agreement_block(
+                c.cat("area_mask")[from_mask], c.cat("area_true")[from_mask], n_boot, seed
+            )
+    has_mm2 = c.cat("has_area_mm2").astype(bool) & area_predicted
+    if has_mm2.any():
+        pred = c.cat("area_pred")[has_mm2] * c.cat("mm2_per_fraction")[has_mm2]
+        true = c.cat("area_mm2_true")[has_mm2]
+        area["mm2"] = _agreement_block(pred, true, n_boot, seed)
+        plots["area_mm2"] = {"mean": (pred + true) / 2, "diff": pred - true}
+    else:
+        notes.append("no slice with known pixel spacing and area: no area error in mm^2")
+    result["area"] = area
+    result["notes"] = notes
+    return result, plots
+
+
+def _overlays(c: Collected) -> list[dict[str, Any]]:
+    """Best slices (highest Dice first), then worst (lowest first); a slice shown once."""
+    items: list[dict[str, Any]] = []
+    shown: set[str] = set()
+    ordered = [("best", score, rest) for score, *rest in sorted(c.best, reverse=True)] + [
+        ("worst", -score, rest) for score, *rest in sorted(c.worst, reverse=True)
+    ]
+    for kind, dice_value, (_, sid, image, true, pred) in ordered:
+        if sid in shown:  # small splits: the best and the worst overlap
+            continue
+        shown.add(sid)
+        items.append(
+            {"kind": kind, "id": sid, "dice": dice_value, "png": overlay_png(image, true, pred)}
+        )
+    return items
+
+
+def _predictions_csv(c: Collected) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(
+        ["id", *(f"label_{n}" for n in LABEL_NAMES), *(f"p_{n}" for n in LABEL_NAMES),
+         *(f"decision_{n}" for n in LABEL_NAMES), "has_labels", "area_fraction_true",
+         "area_fraction_pred", "has_mask", "dice", "iou"]
+    )
+    labels = np.concatenate(c.labels) if c.labels else np.zeros((0, 6))
+    probs = np.concatenate(c.probabilities) if c.probabilities else np.zeros((0, 6))
+    dec = np.concatenate(c.decisions) if c.decisions else np.zeros((0, 6), int)
+    cols = [c.cat(k) for k in ("has_labels", "area_true", "area_pred", "has_mask", "dice", "iou")]
+    for i, sid in enumerate(c.ids):
+        hl, at, ap, hm, di, io_ = (col[i] for col in cols)
+        writer.writerow(
+            [sid, *(int(v) for v in labels[i]), *(f"{v:.6f}" for v in probs[i]),
+             *(int(v) for v in dec[i]), int(hl), f"{at:.6f}" if hm else "", f"{ap:.6f}",
+             int(hm), f"{di:.6f}" if hm else "", f"{io_:.6f}" if hm else ""]
+        )
+    return buf.getvalue()
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """What `evaluate` wrote."""
+
+    metrics_path: Path
+    report_path: Path
+    predictions_path: Path
+    metrics: dict[str, Any]
+
+
+def write_outputs(
+    out: Path, metrics: dict[str, Any], plots: dict[str, Any], c: Collected
+) -> EvaluationResult:
+    """Write metrics.json, report.html and predictions.csv into ``out`` (atomically)."""
+    out.mkdir(parents=True, exist_ok=True)
+    metrics_path = out / "metrics.json"
+    report_path = out / "report.html"
+    predictions_path = out / "predictions.csv"
+    atomic_write_text(
+        metrics_path, json.dumps(M.nan_to_none(metrics), indent=2, allow_nan=False) + "\n"
+    )
+    atomic_write_text(report_path, render_html(metrics, plots, _overlays(c)))
+    atomic_write_text(predictions_path, _predictions_csv(c))
+    return EvaluationResult(metrics_path, report_path, predictions_path, metrics)
+
+
+def resolve_thresholds(predictor: Predictor) -> tuple[np.ndarray, str]:
+    """The predictor's calibrated thresholds, else 0.5 per label; and where they came from."""
+    if predictor.thresholds is not None:
+        return np.asarray(predictor.thresholds, dtype=np.float64), "model (calibrated on val)"
+    return np.full(len(LABEL_NAMES), M.DEFAULT_THRESHOLD), "default 0.5 (no thresholds found)"
+
+
+def evaluate(
+    predictor: Predictor,
+    batches: Iterable[Mapping[str, Any]],
+    out: Path,
+    *,
+    model_name: str = "",
+    shards: str = "",
+    split: str = "test",
+    tta: str = "none",
+    batch_size: int = 8,
+    n_boot: int = 1000,
+    seed: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> EvaluationResult:
+    """Evaluate ``predictor`` on reader ``batches`` and write the report into ``out``.
+
+    Raises:
+      EvaluateError: the batches hold no slice.
+    """
+    c = collect(predictor, batches, tta=tta, batch_size=batch_size, progress=progress)
+    if not c.ids:
+        raise EvaluateError(
+            f"split {split!r} of {shards or 'the shards'} holds no slice; check --split and "
+            f"the manifest counts"
+        )
+    thresholds, source = resolve_thresholds(predictor)
+    # Re-cut the probabilities so every reported operating point (also after TTA averaging,
+    # and "multi", which is built from decisions) uses exactly `thresholds`.
+    c.decisions = [(p >= thresholds[None, :]).astype(np.int32) for p in c.probabilities]
+    metrics, plots = compute_metrics(c, thresholds, n_boot=n_boot, seed=seed)
+    if predictor.thresholds is None:
+        metrics["notes"].insert(0, "no calibrated thresholds found with the model; used 0.5")
+    metrics = {
+        "model": model_name,
+        "shards": shards,
+        "split": split,
+        "tta": tta,
+        "bootstrap": n_boot,
+        "threshold_source": source,
+        "thresholds": {n: float(t) for n, t in zip(LABEL_NAMES, thresholds)},
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **metrics,
+    }
+    return write_outputs(out, metrics, plots, c)

@@ -1,0 +1,361 @@
+"""Load an exported model and run it on NumPy batches, with optional flip test-time augmentation.
+
+The export contract (docs/design.md, "Run folder"): ``RUN/export`` is a SavedModel with
+``serving_default(images float32 [B, H, W, 4])`` and ``serve_hu(hu float32 [B, H, W, 1])``,
+each returning ``probabilities [B, 6]``, ``decisions [B, 6] int32``, ``area_fraction [B]`` and
+``mask [B, H, W, 1]`` (probabilities at the input size). `load_predictor` accepts either the
+run folder or the SavedModel folder itself.
+
+Thresholds (needed to turn TTA-averaged probabilities back into decisions, and by the
+evaluation) are looked up in this order: a ``thresholds`` variable on the SavedModel,
+``thresholds.json`` inside the SavedModel folder, then in its parent (the run folder). The
+file is read defensively: ``{"thresholds": {name: t}}``, ``{name: t}`` or a list of 6 numbers.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from data_build.schema import LABEL_NAMES
+
+log = logging.getLogger(__name__)
+
+#: Test-time augmentations understood by `Predictor`.
+TTA_MODES: tuple[str, ...] = ("none", "flip")
+OUTPUT_KEYS: tuple[str, ...] = ("probabilities", "decisions", "area_fraction", "mask")
+
+
+class ModelLoadError(Exception):
+    """The model folder is missing or is not a SavedModel with the expected signatures."""
+
+
+class PredictInputError(ValueError):
+    """An array handed to the predictor has the wrong shape or values."""
+
+
+def _find_savedmodel(path: Path) -> Path:
+    if (path / "saved_model.pb").is_file():
+        return path
+    if (path / "export" / "saved_model.pb").is_file():
+        return path / "export"
+    if not path.exists():
+        raise ModelLoadError(f"model path {path} does not exist; pass a run folder or its export/")
+    raise ModelLoadError(
+        f"{path} is neither a SavedModel (no saved_model.pb) nor a run folder with export/; "
+        f"run fusion-train (it writes RUN/export) or pass the SavedModel folder"
+    )
+
+
+def parse_thresholds(data: Any, names: Sequence[str] = LABEL_NAMES) -> np.ndarray | None:
+    """Thresholds in `names` order from any of the accepted layouts, or None if unusable.
+
+    Accepted: ``{"thresholds": {name: t}}``, ``{"thresholds": [t, ...]}``, ``{name: t}``,
+    ``[t, ...]``. Names missing from a mapping get 0.5 (logged).
+    """
+    if isinstance(data, Mapping) and "thresholds" in data:
+        data = data["thresholds"]
+    if isinstance(data, Mapping):
+        if not any(n in data for n in names):
+            return None
+        out = []
+        for n in names:
+            value = data.get(n)
+            if isinstance(value, Mapping):  # e.g. {"threshold": t, "f1": ...}
+                value = value.get("threshold")
+            if value is None:
+                log.warning("thresholds: no value for %r, using 0.5", n)
+                value = 0.5
+            out.append(float(value))
+        return np.asarray(out, dtype=np.float64)
+    if isinstance(data, (list, tuple)) and len(data) == len(names):
+        try:
+            return np.asarray([float(v) for v in data], dtype=np.float64)
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+def read_thresholds_file(path: Path, names: Sequence[str] = LABEL_NAMES) -> np.ndarray | None:
+    """Thresholds from a JSON file, or None when it is absent or unreadable (logged)."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        log.warning("could not read %s: %s", path, err)
+        return None
+    out = parse_thresholds(data, names)
+    if out is None:
+        log.warning("%s has no usable thresholds for %s", path, ", ".join(names))
+    return out
+
+
+def read_run_config(run_dir: Path) -> dict[str, Any]:
+    """RUN/config.json as a dict ({} when absent or unreadable)."""
+    return read_json_dict(run_dir / "config.json")
+
+
+def read_json_dict(path: Path) -> dict[str, Any]:
+    """A JSON object file as a dict ({} when absent, unreadable or not an object)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def find_image_size(config: Mapping[str, Any]) -> int | None:
+    """``image_size`` anywhere in a (possibly nested) run config, as an int, else None."""
+    stack: list[Any] = [config]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Mapping):
+            if "image_size" in item:
+                value = item["image_size"]
+                if isinstance(value, (list, tuple)) and value:
+                    value = value[0]
+                try:
+                    return int(value)
+                except (TypeError, ValueError):
+                    pass
+            stack.extend(v for v in item.values() if isinstance(v, Mapping))
+    return None
+
+
+def _resize_stack(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """[B, H, W, C] -> [B, size[0], size[1], C] by bilinear resampling (area when shrinking)."""
+    import cv2
+
+    b, h, w, c = arr.shape
+    if (h, w) == size:
+        return arr
+    interp = cv2.INTER_AREA if size[0] < h and size[1] < w else cv2.INTER_LINEAR
+    out = np.empty((b, size[0], size[1], c), dtype=np.float32)
+    for i in range(b):
+        # cv2 takes (width, height) and drops a channel axis of 1
+        resized = cv2.resize(arr[i], (size[1], size[0]), interpolation=interp)
+        out[i] = resized.reshape(size[0], size[1], c)
+    return out
+
+
+@dataclass
+class Predictor:
+    """A loaded SavedModel with the two serving signatures.
+
+    Attributes:
+      path: the SavedModel folder.
+      run_dir: the run folder when the model came from one, else None.
+      thresholds: [6] decision thresholds in `LABEL_NAMES` order, None when unknown.
+      input_size: (H, W) fixed by the signature, None when it accepts any size.
+      config: RUN/config.json contents ({} when unknown).
+      resize_to: (H, W) inputs are resampled to before the model runs: the signature's fixed
+        size; None (inputs go in as they are) when the signature takes any size, as
+        `fusion.export` writes it (it resizes to the training size in the graph, with the
+        same bilinear resampling as the reader). Outputs come back at the caller's size.
+      export_info: ``fusion_export.json`` of the SavedModel ({} when absent).
+    """
+
+    path: Path
+    run_dir: Path | None
+    thresholds: np.ndarray | None
+    input_size: tuple[int, int] | None
+    config: dict[str, Any] = field(default_factory=dict)
+    resize_to: tuple[int, int] | None = None
+    export_info: dict[str, Any] = field(default_factory=dict)
+    _loaded: Any = None
+    _signatures: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return LABEL_NAMES
+
+    @property
+    def image_size(self) -> int | None:
+        """Square training size: the signature's fixed size, else fusion_export.json's, else
+        the run config's image_size (None when none says)."""
+        if self.input_size is not None:
+            return self.input_size[0]
+        return find_image_size(self.export_info) or find_image_size(self.config)
+
+    # -- running ------------------------------------------------------------------------------
+
+    def _run(self, signature: str, key: str, batch: np.ndarray) -> dict[str, np.ndarray]:
+        import tensorflow as tf
+
+        h, w = batch.shape[1:3]
+        x = batch
+        target = self.input_size or self.resize_to
+        if target is not None and target != (h, w):
+            x = _resize_stack(batch, target)
+        out = self._signatures[signature](**{key: tf.constant(x, dtype=tf.float32)})
+        missing = [k for k in OUTPUT_KEYS if k not in out]
+        if missing:
+            raise ModelLoadError(
+                f"signature {signature} of {self.path} lacks outputs {missing}; re-export the "
+                f"model with fusion.export"
+            )
+        res = {k: np.asarray(out[k].numpy()) for k in OUTPUT_KEYS}
+        res["probabilities"] = res["probabilities"].astype(np.float32).reshape(len(batch), -1)
+        res["decisions"] = res["decisions"].astype(np.int32).reshape(len(batch), -1)
+        res["area_fraction"] = res["area_fraction"].astype(np.float32).reshape(len(batch))
+        mask = res["mask"].astype(np.float32)
+        if mask.ndim == 3:
+            mask = mask[..., None]
+        if mask.shape[1:3] != (h, w):
+            mask = np.clip(_resize_stack(mask, (h, w)), 0.0, 1.0)
+        res["mask"] = mask
+        return res
+
+    def _run_tta(
+        self, signature: str, key: str, batch: np.ndarray, tta: str
+    ) -> dict[str, np.ndarray]:
+        base = self._run(signature, key, batch)
+        if tta == "none":
+            return base
+        # Horizontal flip (left-right; the head's midline symmetry makes it label-preserving).
+        flipped = self._run(signature, key, batch[:, :, ::-1, :].copy())
+        out = {
+            "probabilities": (base["probabilities"] + flipped["probabilities"]) / 2.0,
+            "area_fraction": (base["area_fraction"] + flipped["area_fraction"]) / 2.0,
+            "mask": (base["mask"] + flipped["mask"][:, :, ::-1, :]) / 2.0,
+        }
+        if self.thresholds is not None:
+            out["decisions"] = (out["probabilities"] >= self.thresholds[None, :]).astype(np.int32)
+        else:
+            # Without thresholds the averaged probabilities cannot be re-cut: keep the
+            # un-augmented decisions (documented in the CLI help).
+            out["decisions"] = base["decisions"]
+        return out
+
+    def _batched(
+        self, signature: str, key: str, arr: np.ndarray, batch_size: int, tta: str
+    ) -> dict[str, np.ndarray]:
+        if tta not in TTA_MODES:
+            raise PredictInputError(f"tta must be one of {TTA_MODES}, got {tta!r}")
+        if batch_size < 1:
+            raise PredictInputError(f"batch_size must be >= 1, got {batch_size}")
+        parts = [
+            self._run_tta(signature, key, arr[i : i + batch_size], tta)
+            for i in range(0, len(arr), batch_size)
+        ]
+        if not parts:
+            h, w = arr.shape[1:3]
+            return {
+                "probabilities": np.zeros((0, len(LABEL_NAMES)), np.float32),
+                "decisions": np.zeros((0, len(LABEL_NAMES)), np.int32),
+                "area_fraction": np.zeros((0,), np.float32),
+                "mask": np.zeros((0, h, w, 1), np.float32),
+            }
+        return {k: np.concatenate([p[k] for p in parts], axis=0) for k in OUTPUT_KEYS}
+
+    def predict(
+        self, images: np.ndarray, batch_size: int = 8, tta: str = "none"
+    ) -> dict[str, np.ndarray]:
+        """Run ``serving_default`` on windowed images.
+
+        Args:
+          images: [N, H, W, 4] float32 in [0, 1], channels in `windows.WINDOW_NAMES` order.
+          batch_size: slices per model call.
+          tta: "none" or "flip" (average with the horizontally flipped image).
+
+        Returns:
+          ``probabilities [N, 6] float32, decisions [N, 6] int32, area_fraction [N] float32
+          (bleed pixels / all pixels), mask [N, H, W, 1] float32 probabilities`` at the
+          input size.
+        """
+        arr = np.asarray(images, dtype=np.float32)
+        if arr.ndim != 4 or arr.shape[-1] != 4:
+            raise PredictInputError(f"images must be [N, H, W, 4]; got shape {arr.shape}")
+        if arr.size and (np.nanmin(arr) < -1e-3 or np.nanmax(arr) > 1 + 1e-3):
+            raise PredictInputError(
+                "images must be windowed to [0, 1]; got values in "
+                f"[{float(arr.min()):.3g}, {float(arr.max()):.3g}] (HU? use predict_hu)"
+            )
+        return self._batched("serving_default", "images", arr, batch_size, tta)
+
+    def predict_hu(
+        self, hu: np.ndarray, batch_size: int = 8, tta: str = "none"
+    ) -> dict[str, np.ndarray]:
+        """Run ``serve_hu`` on Hounsfield units (the model windows them itself).
+
+        Args:
+          hu: [N, H, W] or [N, H, W, 1] float32 HU.
+          batch_size, tta: as for `predict`.
+
+        Returns:
+          As `predict`.
+        """
+        arr = np.asarray(hu, dtype=np.float32)
+        if arr.ndim == 3:
+            arr = arr[..., None]
+        if arr.ndim != 4 or arr.shape[-1] != 1:
+            raise PredictInputError(f"hu must be [N, H, W] or [N, H, W, 1]; got {arr.shape}")
+        return self._batched("serve_hu", "hu", arr, batch_size, tta)
+
+
+def _signature_input(fn: Any) -> tuple[str, tuple[int | None, ...]]:
+    _, kwargs = fn.structured_input_signature
+    if len(kwargs) != 1:
+        raise ModelLoadError(f"expected one input per signature, got {sorted(kwargs)}")
+    (name, spec), = kwargs.items()
+    return name, tuple(spec.shape.as_list())
+
+
+def load_predictor(path: str | os.PathLike[str]) -> Predictor:
+    """Load a run folder (uses RUN/export) or a SavedModel folder.
+
+    Raises:
+      ModelLoadError: the folder is missing, not a SavedModel, or lacks a signature.
+    """
+    import tensorflow as tf
+
+    folder = _find_savedmodel(Path(path))
+    run_dir = folder.parent if folder.name == "export" and folder != Path(path) else None
+    if run_dir is None and (folder.parent / "config.json").is_file():
+        run_dir = folder.parent
+    try:
+        loaded = tf.saved_model.load(str(folder))
+    except Exception as err:  # TF raises many types for a broken SavedModel
+        raise ModelLoadError(f"could not load the SavedModel in {folder}: {err}") from err
+    signatures = dict(loaded.signatures)
+    for name, key in (("serving_default", "images"), ("serve_hu", "hu")):
+        if name not in signatures:
+            raise ModelLoadError(
+                f"{folder} has no {name!r} signature (found {sorted(signatures)}); export the "
+                f"model with fusion.export"
+            )
+        got, _ = _signature_input(signatures[name])
+        if got != key:
+            raise ModelLoadError(f"signature {name} takes {got!r}, expected {key!r}")
+    _, shape = _signature_input(signatures["serving_default"])
+    input_size = None
+    if len(shape) == 4 and shape[1] is not None and shape[2] is not None:
+        input_size = (int(shape[1]), int(shape[2]))
+
+    thresholds = None
+    variable = getattr(loaded, "thresholds", None)
+    if variable is not None and hasattr(variable, "numpy"):
+        values = np.asarray(variable.numpy(), dtype=np.float64).reshape(-1)
+        if values.size == len(LABEL_NAMES):
+            thresholds = values
+    for candidate in (folder / "thresholds.json", folder.parent / "thresholds.json"):
+        if thresholds is None:
+            thresholds = read_thresholds_file(candidate)
+    config = read_run_config(run_dir) if run_dir is not None else {}
+    return Predictor(
+        path=folder,
+        run_dir=run_dir,
+        thresholds=thresholds,
+        input_size=input_size,
+        config=config,
+        resize_to=input_size,
+        export_info=read_json_dict(folder / "fusion_export.json"),
+        _loaded=loaded,
+        _signatures=signatures,
+    )

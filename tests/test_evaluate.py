@@ -1,0 +1,250 @@
+"""fusion.inference + fusion.evaluate + fusion-evaluate on a tiny fake SavedModel."""
+from __future__ import annotations
+
+import json
+import os
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any, Iterator
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from data_build.schema import LABEL_NAMES
+from fusion import evaluate as E
+from fusion.inference import ModelLoadError, PredictInputError, load_predictor
+from fusion.report import SECTIONS
+from test_predict import make_fake_savedmodel  # noqa: E402  (tests/ is on sys.path)
+
+S = 32
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("run")
+    make_fake_savedmodel(run / "export")
+    (run / "thresholds.json").write_text(
+        json.dumps({"thresholds": {n: 0.5 for n in LABEL_NAMES}}), encoding="utf-8"
+    )
+    (run / "config.json").write_text(json.dumps({"data": {"image_size": S}}), encoding="utf-8")
+    return run
+
+
+def fake_batches(n_batches: int = 3, b: int = 4, seed: int = 0) -> list[dict[str, Any]]:
+    """Reader-output dicts: channel 0 holds a square of intensity v (the fake model's mask)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(n_batches):
+        image = np.zeros((b, S, S, 4), np.float32)
+        mask = np.zeros((b, S, S, 1), np.float32)
+        labels = np.zeros((b, 6), np.float32)
+        for i in range(b):
+            side = int(rng.integers(0, 12))
+            image[i, 4 : 4 + side, 2 : 2 + side, 0] = 0.9
+            # truth shifted by one pixel: Dice < 1 but > 0
+            mask[i, 5 : 5 + side, 2 : 2 + side, 0] = 1.0
+            labels[i, 0] = float(side > 6)
+            labels[i, 1] = float(side > 8)
+            labels[i, 2] = float(rng.random() < 0.5)
+            labels[i, 3] = float(side > 9)
+        area = mask.reshape(b, -1).mean(axis=1)
+        out.append(
+            {
+                "image": image,
+                "hu": np.zeros((b, S, S, 1), np.float32),
+                "is_hu": np.zeros(b, np.float32),
+                "labels": labels,
+                "has_labels": np.ones(b, np.float32),
+                "mask": mask,
+                "has_mask": np.resize(np.float32([1, 1, 1, 0]), b),
+                "area_fraction": area.astype(np.float32),
+                "area_mm2": (area * S * S * 0.25).astype(np.float32),
+                "has_area": np.resize(np.float32([1, 1, 1, 0]), b),
+                "has_area_mm2": np.resize(np.float32([1, 1, 0, 0]), b),
+                "pixel_spacing": np.full((b, 2), 0.5, np.float32),
+                "has_spacing": np.resize(np.float32([1, 1, 0, 0]), b),
+                "id": np.array([f"ID_{k}{i}".encode() for i in range(b)]),
+            }
+        )
+    return out
+
+
+class _Collector(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: set[str] = set()
+        self.urls: list[str] = []
+        self.imgs = 0
+        self.svgs = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if a.get("id"):
+            self.ids.add(a["id"] or "")
+        if tag == "img":
+            self.imgs += 1
+        if tag == "svg":
+            self.svgs += 1
+        for key in ("src", "href"):
+            if a.get(key):
+                self.urls.append(a[key] or "")
+
+
+def test_predictor_outputs_and_flip(model_dir: Path) -> None:
+    pred = load_predictor(model_dir)
+    assert pred.path == model_dir / "export" and pred.run_dir == model_dir
+    assert pred.thresholds is not None and pred.image_size == S
+    x = np.zeros((3, S, S, 4), np.float32)
+    x[:, :, : S // 2, 0] = 1.0  # left half bright: p = 1 plain, 0.5 averaged with the flip
+    out = pred.predict(x, batch_size=2)
+    assert out["probabilities"].shape == (3, 6) and out["decisions"].dtype == np.int32
+    assert out["mask"].shape == (3, S, S, 1) and out["area_fraction"].shape == (3,)
+    np.testing.assert_allclose(out["probabilities"][:, 0], 1.0)
+    tta = pred.predict(x, tta="flip")
+    np.testing.assert_allclose(tta["probabilities"][:, 0], 0.5, atol=1e-6)
+    # mask flipped back: equal to the un-augmented (equivariant) mask averaged with itself
+    np.testing.assert_allclose(tta["mask"], out["mask"], atol=1e-6)
+    hu = pred.predict_hu(np.full((2, S, S), 80.0, np.float32))
+    np.testing.assert_allclose(hu["mask"], 1.0)
+    with pytest.raises(PredictInputError, match=r"\[N, H, W, 4\]"):
+        pred.predict(np.zeros((2, S, S, 3), np.float32))
+    with pytest.raises(PredictInputError, match="predict_hu"):
+        pred.predict(np.full((1, S, S, 4), 40.0, np.float32))
+
+
+def test_load_predictor_errors(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_predictor(tmp_path / "missing")
+    with pytest.raises(ModelLoadError, match="saved_model.pb"):
+        load_predictor(tmp_path)
+
+
+def test_multi_probability() -> None:
+    p = np.array([[0.5, 0.5, 0.0], [1.0, 1.0, 0.0], [0.2, 0.0, 0.0]])
+    np.testing.assert_allclose(E.multi_probability(p), [0.25, 1.0, 0.0])
+
+
+def test_evaluate_writes_metrics_and_self_contained_report(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    pred = load_predictor(model_dir)
+    res = E.evaluate(pred, fake_batches(), tmp_path / "rep", split="test", n_boot=30)
+    m = json.loads(res.metrics_path.read_text(encoding="utf-8"))
+    assert m["n_slices"] == 12
+    cls = m["classification"]
+    assert set(cls["per_class"]) == set(LABEL_NAMES)
+    assert "multi" in cls and "macro_types" in cls
+    # channel 0 is 0 on the left half except the square: p_any rises with square size,
+    # so the AUC of "any" (side > 6) is high
+    assert cls["per_class"]["any"]["auc"] > 0.9
+    assert cls["per_class"]["any"]["ci"]["auc"] is not None
+    seg = m["segmentation"]
+    assert seg["n"] == 9  # has_mask on 3 of 4 per batch
+    assert 0.0 < seg["dice"]["mean"] <= 1.0
+    assert m["area"]["fraction"]["n"] == 9 and m["area"]["mm2"]["n"] == 6
+    assert m["thresholds"]["any"] == 0.5
+    text = res.report_path.read_text(encoding="utf-8")
+    parser = _Collector()
+    parser.feed(text)
+    assert set(SECTIONS) <= parser.ids
+    assert parser.svgs >= 5 and parser.imgs >= 2
+    assert all(u.startswith("data:image/png;base64,") for u in parser.urls), parser.urls
+    assert "http://" not in text.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    assert "https://" not in text
+    rows = res.predictions_path.read_text(encoding="utf-8").splitlines()
+    assert len(rows) == 13 and rows[0].startswith("id,label_any")
+
+
+def test_evaluate_empty_split_raises(model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(E.EvaluateError, match="no slice"):
+        E.evaluate(load_predictor(model_dir), [], tmp_path / "x", n_boot=0)
+
+
+def test_cli_evaluate(model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fusion.cli import evaluate as cli
+
+    seen: dict[str, Any] = {}
+
+    def fake_dataset(shards: Any, split: str, image_size: int, batch_size: int) -> Iterator:
+        seen.update(split=split, image_size=image_size, batch_size=batch_size)
+        return iter(fake_batches(2))
+
+    monkeypatch.setattr(cli, "_load_batches", fake_dataset)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "manifest.json").write_text("{}", encoding="utf-8")
+    out = tmp_path / "rep"
+    runner = CliRunner()
+    args = [str(model_dir), str(shards), "--out", str(out), "--bootstrap", "10", "--tta", "flip"]
+    res = runner.invoke(cli.main, args)
+    assert res.exit_code == 0, res.output
+    assert seen == {"split": "test", "image_size": S, "batch_size": 8}
+    assert (out / "metrics.json").is_file() and (out / "report.html").is_file()
+    assert json.loads((out / "metrics.json").read_text())["tta"] == "flip"
+    # refuses to overwrite without --overwrite
+    res = runner.invoke(cli.main, args)
+    assert res.exit_code != 0 and "--overwrite" in res.output
+    assert runner.invoke(cli.main, [*args, "--overwrite"]).exit_code == 0
+    # a missing model is a clean error, not a traceback
+    res = runner.invoke(cli.main, [str(tmp_path / "nope"), str(shards), "--out", str(out / "b")])
+    assert res.exit_code != 0 and "does not exist" in res.output
+
+
+def test_end_to_end_with_real_reader_and_export(tmp_path: Path) -> None:
+    """fusion-synth -> fusion-build -> an untrained model exported by fusion.export ->
+    fusion-evaluate and fusion-predict (checks the contracts between the modules)."""
+    import dataclasses
+
+    cli_build = pytest.importorskip("data_build.cli")
+    export = pytest.importorskip("fusion.export")
+    pytest.importorskip("fusion.data")
+    import keras
+
+    from fusion.cli import evaluate as cli_eval
+    from fusion.cli import predict as cli_pred
+    from fusion.config import preset
+    from fusion.model import build_model
+
+    runner = CliRunner()
+    drop, shards, run = tmp_path / "drop", tmp_path / "shards", tmp_path / "run"
+    res = runner.invoke(cli_build.synth, [str(drop), "--patients", "5", "--slices-per-patient",
+                                          "2", "--size", "64", "--no-progress", "--no-broken"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(cli_build.build, [str(drop), "--out", str(shards), "--workers", "1",
+                                          "--split-fractions", "0.4,0.2,0.4", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    cfg = preset("demo")
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, image_size=32, width=4))
+    keras.utils.set_random_seed(0)
+    thresholds = [0.5] * len(LABEL_NAMES)
+    export.write_savedmodel(build_model(cfg.model), run / "export", 32, thresholds, None)
+    (run / "config.json").write_text(cfg.to_json())
+    assert load_predictor(run).image_size == 32
+    res = runner.invoke(cli_eval.main, [str(run), str(shards), "--out", str(tmp_path / "rep"),
+                                        "--bootstrap", "5"])
+    assert res.exit_code == 0, res.output
+    m = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    manifest = json.loads((shards / "manifest.json").read_text())
+    assert m["n_slices"] == manifest["counts"]["test"]["slices"] > 0
+    res = runner.invoke(cli_pred.main, [str(run), str(drop / "dcms"), str(drop / "renders"),
+                                        "--out", str(tmp_path / "pred")])
+    assert res.exit_code == 0, res.output
+    series = json.loads((tmp_path / "pred" / "series.json").read_text())
+    dicom_series = [s for s in series if s["source"] == "dicom"]
+    assert dicom_series and all(s["volume_ml"] is not None for s in dicom_series)
+    assert any(s["source"] == "render" for s in series)
+
+
+def test_cli_evaluate_bad_shards_is_a_clean_error(model_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("fusion.data")
+    from fusion.cli import evaluate as cli
+
+    shards = tmp_path / "shards"
+    shards.mkdir()  # no manifest.json
+    res = CliRunner().invoke(cli.main, [str(model_dir), str(shards), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 1
+    assert "Error:" in res.output and "manifest" in res.output.lower()
+    assert res.exception is None or isinstance(res.exception, SystemExit)

@@ -1,0 +1,110 @@
+"""fusion.report: SVG charts and the self-contained HTML document."""
+from __future__ import annotations
+
+import math
+import re
+from html.parser import HTMLParser
+
+import cv2
+import numpy as np
+
+from fusion import report as R
+
+
+class _Tags(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.ids: set[str] = set()
+        self.urls: list[str] = []
+        self.scripts = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        a = dict(attrs)
+        if a.get("id"):
+            self.ids.add(a["id"] or "")
+        self.urls += [a[k] or "" for k in ("src", "href") if a.get(k)]
+        self.scripts += tag == "script"
+
+
+def test_svg_lines_maps_points_and_skips_nan() -> None:
+    svg = R.svg_lines([("a", [0.0, 0.5, 1.0], [0.0, float("nan"), 1.0])], "t", "x", "y",
+                      diagonal=True)
+    assert svg.startswith("<svg") and svg.endswith("</svg>")
+    pts = re.search(r'<polyline points="([^"]+)"', svg).group(1).split()
+    assert len(pts) == 2  # the NaN point is left out
+    (x0, y0), (x1, y1) = (tuple(map(float, p.split(","))) for p in pts)
+    assert x0 < x1 and y0 > y1  # SVG y grows downwards
+    assert "stroke-dasharray" in svg  # the diagonal
+
+
+def test_svg_histogram_counts() -> None:
+    svg = R.svg_histogram([0.05, 0.05, 0.95, float("nan")], "h", "x", bins=10)
+    titles = re.findall(r"<title>(\d+) in", svg)
+    assert sorted(map(int, titles)) == [1, 2]
+
+
+def test_bland_altman_draws_limits() -> None:
+    svg = R.svg_bland_altman([1, 2, 3], [0.1, -0.1, 0.0], 0.0, -0.2, 0.2, "ba", "mm²")
+    assert svg.count("<circle") == 3 and "bias" in svg and "+1.96 SD" in svg
+    empty = R.svg_bland_altman([], [], None, None, None, "ba", "mm²")
+    assert empty.startswith("<svg") and "<circle" not in empty
+
+
+def test_overlay_png_panels() -> None:
+    img = np.zeros((64, 64), np.float32)
+    t = np.zeros((64, 64), bool)
+    t[10:20, 10:20] = True
+    png = R.overlay_png(img, t, np.zeros_like(t))
+    arr = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    factor = math.ceil(R.MIN_OVERLAY_PX / 64)
+    assert arr.shape == (64 * factor, 3 * 64 * factor + 8, 3)
+    # green tint in the true-mask panel, none in the prediction panel
+    mid = arr[15 * factor, 64 * factor + 4 + 15 * factor]
+    assert mid[1] > mid[2] and mid[1] > 50
+    assert arr[15 * factor, 2 * 64 * factor + 8 + 15 * factor].max() == 0
+
+
+def test_render_html_minimal_and_escaped() -> None:
+    metrics = {
+        "model": "<script>alert(1)</script>",
+        "split": "test",
+        "classification": {"n": 0},
+        "segmentation": {"n": 0},
+        "area": {},
+        "notes": ["a <b>note</b>"],
+    }
+    overlays = [{"kind": "worst", "id": '"><script>x</script>', "dice": 0.1,
+                 "png": R.overlay_png(np.zeros((8, 8)), np.ones((8, 8), bool),
+                                      np.zeros((8, 8), bool))}]
+    text = R.render_html(metrics, {}, overlays)
+    p = _Tags()
+    p.feed(text)
+    assert set(R.SECTIONS) <= p.ids
+    assert p.scripts == 0 and "<script>" not in text
+    assert all(u.startswith("data:image/png;base64,") for u in p.urls) and len(p.urls) == 1
+    assert "no slice of this split has a known mask".lower() in text.lower()
+
+
+def test_render_html_full_tables() -> None:
+    ci = {"auc": [0.7, 0.9]}
+    metrics = {
+        "classification": {
+            "n": 10,
+            "per_class": {"any": {"auc": 0.8, "auprc": 0.7, "positives": 4, "negatives": 6,
+                                  "threshold": 0.4, "sensitivity": 0.75, "specificity": None,
+                                  "f1": 0.6, "ci": ci}},
+            "macro": {"auc": 0.8}, "macro_types": {"auc": 0.8},
+            "multi": {"auc": None, "positives": 0, "negatives": 10, "ci": {}},
+        },
+        "segmentation": {"n": 3, "dice": {"mean": 0.5, "median": 0.4, "quantiles": {}}},
+        "area": {"fraction": {"n": 3, "mae": 0.01, "bias": 0.0, "loa_low": -0.02,
+                              "loa_high": 0.02, "pearson_r": 0.9}},
+    }
+    plots = {"roc": [("any", [0, 0, 1], [0, 1, 1])], "pr": [], "reliability": [],
+             "dice": [0.1, 0.5, 0.9], "area_fraction": {"mean": [0.1], "diff": [0.0]}}
+    text = R.render_html(metrics, plots, [])
+    assert "0.800 <span class=ci>(0.700, 0.900)</span>" in text
+    assert "multi (≥2 types)" in text
+    assert text.count("<svg") == 5  # ROC, PR, reliability, Dice histogram, one Bland-Altman
