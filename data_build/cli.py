@@ -6,11 +6,15 @@ cannot be read at all (missing root or labels file; nothing is written then).
 """
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import click
+
+# TensorFlow's C++ start-up lines (oneDNN, CUDA probing) say nothing a user can act on.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from data_build import splits, windows
 from data_build.cases import DropError
