@@ -1,0 +1,127 @@
+"""``fusion-train SHARDS --out RUN``: train, calibrate, evaluate on val and export.
+
+A thin click layer over `fusion.train.train`: it builds the run config (preset, then
+``--config`` file, then single options), and turns library errors into usage errors (exit 2).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from fusion.config import PRESETS, ConfigError, RunConfig, preset
+
+
+def build_config(
+    preset_name: str,
+    config_file: Path | None,
+    epochs: int | None,
+    image_size: int | None,
+    batch_size: int | None,
+    seed: int | None,
+    learning_rate: float | None,
+    width: int | None,
+    fusion: str | None,
+) -> RunConfig:
+    """Preset < config file < command-line options.
+
+    Raises:
+      ConfigError: unknown preset, unreadable config file or an invalid value.
+    """
+    cfg = preset(preset_name)
+    if config_file is not None:
+        cfg = RunConfig.load(config_file)
+    model: dict[str, Any] = {}
+    train: dict[str, Any] = {}
+    if image_size is not None:
+        model["image_size"] = image_size
+    if width is not None:
+        model["width"] = width
+    if fusion is not None:
+        model["fusion"] = fusion
+    if epochs is not None:
+        train["epochs"] = epochs
+    if batch_size is not None:
+        train["batch_size"] = batch_size
+    if seed is not None:
+        train["seed"] = seed
+    if learning_rate is not None:
+        train["learning_rate"] = learning_rate
+    return cfg.replace(model=model, train=train)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("shards", type=click.Path(path_type=Path))
+@click.option("--out", "run_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Run folder (config.json, best.keras, metrics.json, export/ ...).")
+@click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="Run config JSON (as written to RUN/config.json); replaces the preset.")
+@click.option("--preset", "preset_name", default="fusion", show_default=True,
+              help=f"Starting config: {', '.join(PRESETS)}.")
+@click.option("--epochs", type=click.IntRange(min=1), help="Maximum epochs.")
+@click.option("--image-size", type=click.IntRange(min=1), help="Training size in pixels (multiple of the encoder stride).")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Global batch size.")
+@click.option("--seed", type=int, help="Seed of weights, shuffling and augmentation.")
+@click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), help="Peak AdamW learning rate.")
+@click.option("--width", type=click.IntRange(min=1), help="Encoder width (channels of the first stage).")
+@click.option("--fusion", type=click.Choice(["early", "attention"]), help="Window fusion.")
+@click.option("--strategy", type=click.Choice(["default", "mirrored"]), default="default", show_default=True,
+              help="tf.distribute strategy (mirrored: all local GPUs).")
+@click.option("--resume", is_flag=True, help="Continue a killed run from RUN/backup (uses RUN/config.json).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing run folder.")
+@click.option("--no-export", is_flag=True, help="Skip RUN/model.keras and RUN/export.")
+@click.option("--export-only", is_flag=True, help="Only re-export a finished run (best.keras + thresholds.json).")
+@click.option("--quiet", is_flag=True, help="One line per epoch instead of a progress bar.")
+def main(
+    shards: Path,
+    run_dir: Path,
+    config_file: Path | None,
+    preset_name: str,
+    epochs: int | None,
+    image_size: int | None,
+    batch_size: int | None,
+    seed: int | None,
+    learning_rate: float | None,
+    width: int | None,
+    fusion: str | None,
+    strategy: str,
+    resume: bool,
+    overwrite: bool,
+    no_export: bool,
+    export_only: bool,
+    quiet: bool,
+) -> None:
+    """Train the multi-task hemorrhage model on SHARDS (a fusion-build output folder)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = build_config(preset_name, config_file, epochs, image_size, batch_size, seed,
+                           learning_rate, width, fusion)
+    except ConfigError as err:
+        raise click.UsageError(str(err)) from None
+
+    # Imported here: TensorFlow takes seconds to load and --help should not wait for it.
+    from fusion.export import ExportError, export_run
+    from fusion.train import TrainError, check_inputs, train
+
+    try:
+        if export_only:
+            path = export_run(run_dir, shards)
+            click.echo(f"exported {path}")
+            return
+        check_inputs(shards, cfg)  # fail fast, before TensorFlow builds anything
+        result = train(
+            shards, run_dir, cfg, resume=resume, overwrite=overwrite, strategy=strategy,
+            export=not no_export, verbose=2 if quiet or not sys.stdout.isatty() else 1,
+        )
+    except (TrainError, ConfigError) as err:
+        raise click.UsageError(str(err)) from None
+    except ExportError as err:
+        raise click.ClickException(str(err)) from None
+    summary = result.metrics.get("summary", {})
+    click.echo(f"run {result.run_dir}: {result.epochs_run} epochs; validation " + json.dumps(summary))

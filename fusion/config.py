@@ -1,0 +1,377 @@
+"""Typed, frozen run configuration: model, losses, augmentation and training, with presets.
+
+A run is reproduced from ``RUN/config.json`` alone: `RunConfig.to_json` writes every field and
+`RunConfig.from_json` reads it back (unknown keys are refused, so a typo never passes silently).
+
+Presets (`PRESETS`, `preset(name)`):
+
+- ``fusion``     ours: attention window fusion, every labelled slice trains the class head, mask
+                 and area losses on the slices whose mask is known, weighted tasks.
+- ``peer-unet``  the peer's model: early fusion (stacked channels) U-Net trained only on slices
+                 with a mask, all task weights equal.
+- ``peer-cls``   the peer's classification-only CNN (early fusion, no decoder).
+- ``demo``       small and fast (128 px, narrow): for ``make demo`` on two CPU cores.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+#: Model heads, in the order of the model's outputs.
+HEADS: tuple[str, ...] = ("class", "area", "mask")
+FUSIONS: tuple[str, ...] = ("early", "attention")
+#: Optional keras.applications backbones and their total stride.
+BACKBONES: Mapping[str, int] = {"resnet50": 32, "efficientnetb0": 32}
+CLASS_LOSSES: tuple[str, ...] = ("focal", "bce")
+SCHEDULES: tuple[str, ...] = ("cosine", "plateau", "constant")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid, or a config file cannot be read."""
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture.
+
+    Attributes:
+      image_size: training input height = width in pixels; must be divisible by `stride`.
+      fusion: "early" (the 4 windows stacked as channels) or "attention" (one stem per window,
+        attention across windows giving per-pixel softmax weights over the 4 windows).
+      width: channels of the first encoder stage; stage i has width * 2**i (capped at 8x).
+      depth: number of stride-2 encoder stages; the encoder stride is 2**depth.
+      blocks: residual blocks per stage.
+      groups: GroupNormalization groups (reduced to a divisor of the channel count).
+      fusion_width: channels of each per-window stem in attention fusion.
+      backbone: None for the built-in residual encoder, or a keras.applications name
+        ("resnet50", "efficientnetb0"); its stride is 32.
+      backbone_weights: None (random init, default) or "imagenet" (downloads weights: needs
+        internet access the first time).
+      dropout: dropout before the class and area heads.
+      heads: which of "class", "area", "mask" the model has ("class" is required).
+    """
+
+    image_size: int = 256
+    fusion: str = "attention"
+    width: int = 16
+    depth: int = 4
+    blocks: int = 1
+    groups: int = 8
+    fusion_width: int = 8
+    backbone: str | None = None
+    backbone_weights: str | None = None
+    dropout: float = 0.1
+    heads: tuple[str, ...] = HEADS
+
+    def __post_init__(self) -> None:
+        # JSON gives lists; keep the dataclass hashable and frozen-friendly.
+        object.__setattr__(self, "heads", tuple(self.heads))
+        _check(self.fusion in FUSIONS, f"model.fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        _check(self.width >= 1, f"model.width must be >= 1, got {self.width}")
+        _check(1 <= self.depth <= 6, f"model.depth must be in 1..6, got {self.depth}")
+        _check(self.blocks >= 1, f"model.blocks must be >= 1, got {self.blocks}")
+        _check(self.groups >= 1, f"model.groups must be >= 1, got {self.groups}")
+        _check(self.fusion_width >= 1, f"model.fusion_width must be >= 1, got {self.fusion_width}")
+        _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
+        _check(
+            self.backbone is None or self.backbone in BACKBONES,
+            f"model.backbone must be None or one of {sorted(BACKBONES)}, got {self.backbone!r}",
+        )
+        _check(
+            self.backbone_weights in (None, "imagenet"),
+            f"model.backbone_weights must be None or 'imagenet', got {self.backbone_weights!r}",
+        )
+        _check(
+            "class" in self.heads and set(self.heads) <= set(HEADS),
+            f"model.heads must include 'class' and be a subset of {HEADS}, got {self.heads}",
+        )
+        _check(
+            self.image_size >= self.stride and self.image_size % self.stride == 0,
+            f"model.image_size must be a positive multiple of the encoder stride {self.stride}, "
+            f"got {self.image_size}",
+        )
+
+    @property
+    def stride(self) -> int:
+        """Total downsampling of the encoder: input sizes must be multiples of it."""
+        return BACKBONES[self.backbone] if self.backbone else 2**self.depth
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Multi-task loss.
+
+    Attributes:
+      class_weight, area_weight, mask_weight: task weights of the total loss.
+      class_loss: "focal" (binary focal, `focal_gamma`, `focal_alpha`) or "bce".
+      class_pos_weight: weight of positive labels in the class loss (class imbalance), one
+        value for all 6 labels or 6 values in LABEL_NAMES order.
+      auto_pos_weight: replace `class_pos_weight` by sqrt(negatives / positives) per label from
+        the training split's counts in the manifest, clipped to [1, 10] (rare types weigh more).
+      mask_bce_weight, mask_dice_weight, mask_batch_dice_weight: parts of the mask loss: BCE,
+        soft Dice per slice (mean over slices with a known mask) and soft Dice over all the
+        batch's known masks together (guards against collapse to all-background).
+      mask_pos_weight: weight of bleed pixels in the mask BCE (bleeds are a few % of a slice).
+      area_delta: Huber delta in the transformed area space (see `fusion.losses`).
+    """
+
+    class_weight: float = 1.0
+    area_weight: float = 0.5
+    mask_weight: float = 1.0
+    class_loss: str = "focal"
+    focal_gamma: float = 2.0
+    focal_alpha: float = 0.5
+    class_pos_weight: tuple[float, ...] = (1.0,)
+    auto_pos_weight: bool = False
+    mask_bce_weight: float = 1.0
+    mask_dice_weight: float = 1.0
+    mask_batch_dice_weight: float = 0.5
+    mask_pos_weight: float = 5.0
+    area_delta: float = 1.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "class_pos_weight", tuple(float(v) for v in self.class_pos_weight))
+        _check(
+            self.class_loss in CLASS_LOSSES,
+            f"loss.class_loss must be one of {CLASS_LOSSES}, got {self.class_loss!r}",
+        )
+        _check(
+            len(self.class_pos_weight) in (1, 6) and min(self.class_pos_weight) > 0,
+            f"loss.class_pos_weight must be 1 or 6 positive values, got {self.class_pos_weight}",
+        )
+        for name in ("class_weight", "area_weight", "mask_weight", "mask_bce_weight",
+                     "mask_dice_weight", "mask_batch_dice_weight", "focal_gamma"):
+            _check(getattr(self, name) >= 0, f"loss.{name} must be >= 0, got {getattr(self, name)}")
+        _check(0 < self.focal_alpha < 1, f"loss.focal_alpha must be in (0, 1), got {self.focal_alpha}")
+        _check(self.mask_pos_weight > 0, f"loss.mask_pos_weight must be > 0, got {self.mask_pos_weight}")
+        _check(self.area_delta > 0, f"loss.area_delta must be > 0, got {self.area_delta}")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training-only augmentation (`fusion.augment`), applied alike to image, HU and mask.
+
+    Attributes:
+      enabled: master switch.
+      flip_left_right, flip_up_down: random flips (probability 0.5 each).
+      rotation_deg: maximum absolute rotation in degrees.
+      scale: maximum relative zoom, e.g. 0.1 for [0.9, 1.1].
+      level_jitter_hu: maximum window level shift in HU (DICOM/HU records only).
+      width_jitter: maximum relative window width change (HU records only).
+      noise_std: standard deviation of Gaussian noise added to the [0, 1] image.
+    """
+
+    enabled: bool = True
+    flip_left_right: bool = True
+    flip_up_down: bool = False
+    rotation_deg: float = 10.0
+    scale: float = 0.1
+    level_jitter_hu: float = 10.0
+    width_jitter: float = 0.1
+    noise_std: float = 0.01
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.rotation_deg <= 180, f"augment.rotation_deg must be in [0, 180], got {self.rotation_deg}")
+        _check(0 <= self.scale < 1, f"augment.scale must be in [0, 1), got {self.scale}")
+        _check(self.level_jitter_hu >= 0, f"augment.level_jitter_hu must be >= 0, got {self.level_jitter_hu}")
+        _check(0 <= self.width_jitter < 1, f"augment.width_jitter must be in [0, 1), got {self.width_jitter}")
+        _check(self.noise_std >= 0, f"augment.noise_std must be >= 0, got {self.noise_std}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and data.
+
+    Attributes:
+      epochs: maximum epochs (early stopping may end sooner).
+      batch_size: global batch size.
+      learning_rate: peak AdamW learning rate.
+      weight_decay: AdamW decoupled weight decay.
+      schedule: "cosine" (decay over all steps after `warmup_epochs`), "plateau"
+        (ReduceLROnPlateau on val_loss) or "constant".
+      warmup_epochs: linear warm-up length for "cosine".
+      patience: early-stopping patience in epochs on val_loss (0 disables).
+      seed: seeds weights, shuffling and augmentation.
+      masked_only: train only on slices with a known mask (the peer's choice).
+      steps_per_epoch: None for one pass over the training split.
+      clipnorm: gradient clipping by global norm (None: off).
+      jit_compile: XLA-compile the train step; None = only when a GPU is visible (on CPU the
+        compile costs tens of seconds and rarely pays back on small runs).
+    """
+
+    epochs: int = 30
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"
+    warmup_epochs: int = 1
+    patience: int = 8
+    seed: int = 0
+    masked_only: bool = False
+    steps_per_epoch: int | None = None
+    clipnorm: float | None = 1.0
+    jit_compile: bool | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs}")
+        _check(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
+        _check(self.learning_rate > 0, f"train.learning_rate must be > 0, got {self.learning_rate}")
+        _check(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        _check(self.schedule in SCHEDULES, f"train.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        _check(self.warmup_epochs >= 0, f"train.warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        _check(self.patience >= 0, f"train.patience must be >= 0, got {self.patience}")
+        _check(
+            self.steps_per_epoch is None or self.steps_per_epoch >= 1,
+            f"train.steps_per_epoch must be None or >= 1, got {self.steps_per_epoch}",
+        )
+        _check(self.clipnorm is None or self.clipnorm > 0, f"train.clipnorm must be None or > 0, got {self.clipnorm}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run needs; written to ``RUN/config.json``."""
+
+    preset: str = "fusion"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "RunConfig":
+        """Build from a dict as written by `to_dict`; missing keys take defaults.
+
+        Raises:
+          ConfigError: unknown keys or invalid values.
+        """
+        return _from_dict(cls, data, "config")
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunConfig":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"config is not valid JSON: {err}") from None
+        if not isinstance(data, dict):
+            raise ConfigError("config JSON must be an object")
+        return cls.from_dict(data)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write atomically to `path` (temporary file in the same folder, then rename)."""
+        atomic_write_text(Path(path), self.to_json())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> "RunConfig":
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as err:
+            raise ConfigError(f"cannot read config {path}: {err.strerror}") from None
+        return cls.from_json(text)
+
+    def replace(self, **sections: Mapping[str, Any]) -> "RunConfig":
+        """Copy with fields of sections replaced, e.g. ``replace(train={"epochs": 3})``.
+
+        Raises:
+          ConfigError: an unknown section or field, or an invalid value.
+        """
+        updated: dict[str, Any] = {}
+        for name, changes in sections.items():
+            current = getattr(self, name, None)
+            if not dataclasses.is_dataclass(current):
+                raise ConfigError(f"unknown config section {name!r}")
+            merged = {**dataclasses.asdict(current), **dict(changes)}
+            updated[name] = _from_dict(type(current), merged, name)
+        return dataclasses.replace(self, **updated)
+
+
+def _from_dict(cls: type, data: Mapping[str, Any], where: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ConfigError(f"unknown keys in {where}: {sorted(unknown)}; known: {sorted(fields)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        default = fields[name].default_factory if fields[name].default_factory is not dataclasses.MISSING else None
+        if default is not None and dataclasses.is_dataclass(default):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{where}.{name} must be an object")
+            value = _from_dict(default, value, f"{where}.{name}")
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise ConfigError(f"invalid {where}: {err}") from None
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write text to `path` via a temporary file in the same folder and `os.replace`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _presets() -> dict[str, RunConfig]:
+    fusion = RunConfig(preset="fusion", loss=LossConfig(auto_pos_weight=True))
+    peer_unet = RunConfig(
+        preset="peer-unet",
+        model=ModelConfig(fusion="early"),
+        loss=LossConfig(
+            class_weight=1.0, area_weight=1.0, mask_weight=1.0, class_loss="bce",
+            mask_batch_dice_weight=0.0, mask_pos_weight=1.0,
+        ),
+        train=TrainConfig(masked_only=True),
+    )
+    peer_cls = RunConfig(
+        preset="peer-cls",
+        model=ModelConfig(fusion="early", heads=("class",)),
+        loss=LossConfig(class_loss="bce", area_weight=0.0, mask_weight=0.0),
+    )
+    demo = RunConfig(
+        preset="demo",
+        model=ModelConfig(image_size=128, fusion="attention", width=8, depth=4, fusion_width=4,
+                          groups=4, dropout=0.1),
+        loss=LossConfig(auto_pos_weight=True),
+        augment=AugmentConfig(rotation_deg=8.0, scale=0.08),
+        train=TrainConfig(epochs=30, batch_size=8, learning_rate=3e-3, patience=8, warmup_epochs=1),
+    )
+    return {c.preset: c for c in (fusion, peer_unet, peer_cls, demo)}
+
+
+PRESETS: Mapping[str, RunConfig] = _presets()
+
+
+def preset(name: str) -> RunConfig:
+    """The preset config called `name`.
+
+    Raises:
+      ConfigError: unknown name (the message lists the known ones).
+    """
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None

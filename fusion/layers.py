@@ -1,0 +1,109 @@
+"""Custom Keras 3 layers (backend-agnostic: keras.layers and keras.ops only).
+
+`WindowAttentionFusion` is the "attention" window fusion: each of the 4 CT windows gets its own
+convolutional stem; a query computed from all windows together scores each window's features
+per pixel, and a softmax across the windows gives per-pixel weights that sum to 1. The fused
+feature map is the weighted sum of the window features. The weights are the layer's second
+output, so they can be inspected (`fusion.model.window_weights`).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import keras
+from keras import ops
+
+
+def group_count(channels: int, groups: int) -> int:
+    """Largest divisor of `channels` that is <= `groups` (GroupNormalization needs a divisor)."""
+    return math.gcd(channels, max(1, groups))
+
+
+@keras.saving.register_keras_serializable(package="fusion")
+class WindowAttentionFusion(keras.layers.Layer):
+    """Per-window stems + attention across windows.
+
+    Input: image [B, H, W, N] float in [0, 1] (N windows, 4 in this project).
+    Outputs: ``[fused, weights]``: fused [B, H, W, filters], weights [B, H, W, N] (softmax over
+    the windows at every pixel).
+
+    Args:
+      filters: channels of each window's stem and of the fused output.
+      key_dim: size of the attention query/key vectors.
+      groups: GroupNormalization groups of the stems.
+      num_windows: N, the channels of the input image.
+    """
+
+    def __init__(
+        self,
+        filters: int,
+        key_dim: int = 8,
+        groups: int = 4,
+        num_windows: int = 4,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if filters < 1 or key_dim < 1 or num_windows < 1:
+            raise ValueError(
+                f"filters, key_dim and num_windows must be >= 1, got {filters}, {key_dim}, {num_windows}"
+            )
+        self.filters = filters
+        self.key_dim = key_dim
+        self.groups = groups
+        self.num_windows = num_windows
+        g = group_count(filters, groups)
+        # One stem per window: each window's intensities mean different tissues, so the first
+        # filters are not shared.
+        self.stems = [
+            keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"stem_{i}")
+            for i in range(num_windows)
+        ]
+        self.norms = [
+            keras.layers.GroupNormalization(groups=g, name=f"stem_norm_{i}")
+            for i in range(num_windows)
+        ]
+        self.query = keras.layers.Conv2D(key_dim, 1, name="query")
+        self.key = keras.layers.Dense(key_dim, name="key")
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        if input_shape[-1] != self.num_windows:
+            raise ValueError(
+                f"WindowAttentionFusion expects {self.num_windows} channels (one per window), "
+                f"got input shape {tuple(input_shape)}"
+            )
+        spatial = tuple(input_shape[:-1])
+        for stem, norm in zip(self.stems, self.norms):
+            stem.build(spatial + (1,))
+            norm.build(spatial + (self.filters,))
+        self.query.build(spatial + (self.filters * self.num_windows,))
+        self.key.build(spatial + (self.num_windows, self.filters))
+        self.built = True
+
+    def call(self, image: Any) -> list[Any]:
+        feats = [
+            keras.activations.silu(norm(stem(image[..., i : i + 1])))
+            for i, (stem, norm) in enumerate(zip(self.stems, self.norms))
+        ]  # N x [B, H, W, F]
+        stacked = ops.stack(feats, axis=-2)  # [B, H, W, N, F]
+        query = self.query(ops.concatenate(feats, axis=-1))  # [B, H, W, D]
+        keys = self.key(stacked)  # [B, H, W, N, D]
+        scores = ops.sum(keys * ops.expand_dims(query, -2), axis=-1)  # [B, H, W, N]
+        scores = scores / math.sqrt(self.key_dim)
+        weights = ops.softmax(scores, axis=-1)  # [B, H, W, N], sums to 1 over windows
+        fused = ops.sum(stacked * ops.expand_dims(weights, -1), axis=-2)  # [B, H, W, F]
+        return [fused, weights]
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> list[tuple[int | None, ...]]:
+        spatial = tuple(input_shape[:-1])
+        return [spatial + (self.filters,), spatial + (self.num_windows,)]
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            filters=self.filters,
+            key_dim=self.key_dim,
+            groups=self.groups,
+            num_windows=self.num_windows,
+        )
+        return config

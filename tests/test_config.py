@@ -1,0 +1,96 @@
+"""Run config: JSON round trip, validation, presets."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from fusion.config import (
+    PRESETS,
+    AugmentConfig,
+    ConfigError,
+    LossConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    preset,
+)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_round_trips_through_json(name: str) -> None:
+    cfg = preset(name)
+    again = RunConfig.from_json(cfg.to_json())
+    assert again == cfg
+    assert again.preset == name
+
+
+def test_save_and_load_file(tmp_path: Path) -> None:
+    cfg = preset("demo").replace(train={"epochs": 3, "seed": 7}, model={"fusion": "early"})
+    path = tmp_path / "run" / "config.json"
+    cfg.save(path)
+    assert RunConfig.load(path) == cfg
+    assert json.loads(path.read_text())["train"]["epochs"] == 3
+    # Atomic write leaves no temporary file behind.
+    assert [p.name for p in path.parent.iterdir()] == ["config.json"]
+
+
+def test_missing_keys_take_defaults_and_tuples_survive() -> None:
+    cfg = RunConfig.from_dict({"model": {"heads": ["class", "mask"], "image_size": 64}})
+    assert cfg.model.heads == ("class", "mask")
+    assert cfg.train == TrainConfig()
+    assert cfg.loss == LossConfig()
+    assert hash(cfg)  # frozen and hashable after JSON lists became tuples
+
+
+def test_unknown_key_is_refused() -> None:
+    with pytest.raises(ConfigError, match="unknown keys in config.train"):
+        RunConfig.from_dict({"train": {"epoch": 3}})
+    with pytest.raises(ConfigError, match="unknown config section"):
+        RunConfig().replace(nonsense={"a": 1})
+
+
+def test_invalid_json_and_values() -> None:
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        RunConfig.from_json("{")
+    with pytest.raises(ConfigError, match="model.fusion"):
+        ModelConfig(fusion="late")
+    with pytest.raises(ConfigError, match="train.epochs"):
+        TrainConfig(epochs=0)
+    with pytest.raises(ConfigError, match="augment.scale"):
+        AugmentConfig(scale=1.5)
+    with pytest.raises(ConfigError, match="class_pos_weight"):
+        LossConfig(class_pos_weight=(1.0, 2.0))
+    with pytest.raises(ConfigError, match="heads"):
+        ModelConfig(heads=("mask",))
+
+
+def test_image_size_must_be_multiple_of_stride() -> None:
+    assert ModelConfig(image_size=64, depth=3).stride == 8
+    with pytest.raises(ValueError, match="image_size"):
+        ModelConfig(image_size=100, depth=4)
+    with pytest.raises(ValueError, match="image_size.*stride 32"):
+        ModelConfig(image_size=48, backbone="resnet50")
+
+
+def test_unknown_preset_lists_known_ones() -> None:
+    with pytest.raises(ConfigError, match="peer-unet"):
+        preset("nope")
+
+
+def test_presets_encode_the_documented_choices() -> None:
+    assert preset("fusion").model.fusion == "attention"
+    assert not preset("fusion").train.masked_only
+    peer = preset("peer-unet")
+    assert peer.model.fusion == "early" and peer.train.masked_only
+    assert peer.loss.class_weight == peer.loss.area_weight == peer.loss.mask_weight
+    assert preset("peer-cls").model.heads == ("class",)
+    demo = preset("demo")
+    assert demo.model.image_size <= 128 and demo.model.width <= 16
+
+
+def test_configs_are_frozen() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        preset("demo").train.epochs = 3  # type: ignore[misc]

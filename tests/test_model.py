@@ -1,0 +1,101 @@
+"""Model factory: heads, both fusions, window weights, size validation, save/load."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from fusion.config import ModelConfig
+from fusion.layers import WindowAttentionFusion
+from fusion.model import FUSION_LAYER, build_model, window_weights
+
+SIZE = 32
+
+
+def tiny(**kwargs: object) -> ModelConfig:
+    base = dict(image_size=SIZE, width=4, depth=2, fusion_width=4, groups=2)
+    base.update(kwargs)
+    return ModelConfig(**base)  # type: ignore[arg-type]
+
+
+def images(n: int = 2, size: int = SIZE, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, size, size, 4), dtype=np.float32)
+
+
+@pytest.mark.parametrize("fusion", ["early", "attention"])
+def test_heads_have_documented_shapes(fusion: str) -> None:
+    model = build_model(tiny(fusion=fusion))
+    out = model(images(3), training=False)
+    assert set(out) == {"class", "area", "mask"}
+    assert tuple(out["class"].shape) == (3, 6)
+    assert tuple(out["area"].shape) == (3, 1)
+    assert tuple(out["mask"].shape) == (3, SIZE, SIZE, 1)
+    for key in ("class", "mask"):
+        values = np.asarray(out[key])
+        assert values.min() >= 0.0 and values.max() <= 1.0, key  # sigmoid probabilities
+        assert values.dtype == np.float32
+    assert (FUSION_LAYER in [layer.name for layer in model.layers]) == (fusion == "attention")
+
+
+def test_other_sizes_divisible_by_stride_are_accepted() -> None:
+    model = build_model(tiny())
+    out = model(images(1, size=48), training=False)  # 48 = 12 x stride 4
+    assert tuple(out["mask"].shape) == (1, 48, 48, 1)
+
+
+def test_window_weights_are_a_softmax_over_the_windows() -> None:
+    model = build_model(tiny(fusion="attention"))
+    weights = window_weights(model, images(2))
+    assert weights.shape == (2, SIZE, SIZE, 4)
+    assert weights.min() >= 0.0
+    np.testing.assert_allclose(weights.sum(axis=-1), 1.0, atol=1e-5)
+    # The weights depend on the image (attention, not a constant mix).
+    assert np.abs(weights - weights.mean(axis=(1, 2), keepdims=True)).max() > 1e-4
+
+
+def test_window_weights_need_attention_fusion() -> None:
+    with pytest.raises(ValueError, match="no attention window fusion"):
+        window_weights(build_model(tiny(fusion="early")), images(1))
+
+
+def test_size_not_divisible_by_stride_is_rejected() -> None:
+    with pytest.raises(ValueError, match="image_size"):
+        build_model(tiny(image_size=36, depth=3))
+
+
+def test_classification_only_model() -> None:
+    model = build_model(tiny(heads=("class",)))
+    out = model(images(1), training=False)
+    assert set(out) == {"class"}
+    assert not any("dec" in layer.name for layer in model.layers)  # no decoder
+
+
+def test_keras_save_load_round_trip(tmp_path: Path) -> None:
+    model = build_model(tiny(fusion="attention"))
+    x = images(2)
+    before = model(x, training=False)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    after = loaded(x, training=False)
+    for key in before:
+        np.testing.assert_allclose(np.asarray(after[key]), np.asarray(before[key]), atol=1e-6)
+    np.testing.assert_allclose(window_weights(loaded, x), window_weights(model, x), atol=1e-6)
+
+
+def test_fusion_layer_config_round_trip() -> None:
+    layer = WindowAttentionFusion(6, key_dim=4, groups=3, name="f")
+    clone = WindowAttentionFusion.from_config(layer.get_config())
+    assert (clone.filters, clone.key_dim, clone.groups, clone.num_windows) == (6, 4, 3, 4)
+    with pytest.raises(ValueError, match="4 channels"):
+        clone.build((None, 8, 8, 3))
+
+
+def test_optional_keras_applications_backbone() -> None:
+    model = build_model(ModelConfig(image_size=64, backbone="resnet50", width=4, groups=2))
+    out = model(images(1, size=64), training=False)
+    assert tuple(out["class"].shape) == (1, 6)
+    assert tuple(out["mask"].shape) == (1, 64, 64, 1)
+    assert model.count_params() > 20_000_000  # really ResNet50 inside

@@ -1,0 +1,297 @@
+"""Training: target packing, loss goes down, resume after a kill, the fusion-train CLI."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import cv2
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from click.testing import CliRunner
+
+from data_build import schema, windows
+from fusion.cli.train import main
+from fusion.config import RunConfig, preset
+from fusion.model import build_model
+from fusion.train import compile_model, evaluate_predictions, fit, to_model_io
+
+S = 32
+TINY = {"image_size": S, "width": 4, "depth": 2, "fusion_width": 4, "groups": 2}
+#: Smallest model for tests of the training loop itself (tracing time dominates them).
+LOOP = {**TINY, "fusion": "early", "depth": 1}
+
+
+# --- tiny data -------------------------------------------------------------------------------
+
+
+def synthetic_example(i: int, rng: np.random.Generator) -> dict[str, Any]:
+    """One render-like slice: a bright blob (bleed) on noise for odd i, a normal slice else."""
+    image = rng.normal(0.3, 0.05, (S, S)).clip(0, 1)
+    mask = np.zeros((S, S), np.float32)
+    labels = np.zeros(6, np.float32)
+    if i % 2:
+        r, c = rng.integers(6, S - 10, 2)
+        mask[r : r + 6, c : c + 6] = 1.0
+        image = np.where(mask > 0, 0.9, image)
+        labels[0] = labels[1 + i % 5] = 1.0
+    return {"image": image.astype(np.float32), "mask": mask, "labels": labels}
+
+
+def batch_of(examples: list[dict[str, Any]], has_mask: list[float]) -> dict[str, tf.Tensor]:
+    image = np.stack([np.repeat(e["image"][..., None], 4, -1) for e in examples])
+    mask = np.stack([e["mask"][..., None] for e in examples])
+    b = len(examples)
+    return {
+        "image": tf.constant(image), "hu": tf.zeros([b, S, S, 1]), "is_hu": tf.zeros([b]),
+        "labels": tf.constant(np.stack([e["labels"] for e in examples])), "has_labels": tf.ones([b]),
+        "mask": tf.constant(mask), "has_mask": tf.constant(has_mask, tf.float32),
+        "area_fraction": tf.constant(mask.mean(axis=(1, 2, 3))), "has_area": tf.constant(has_mask, tf.float32),
+    }
+
+
+def xy_dataset(n_batches: int = 3, b: int = 4, seed: int = 0) -> tf.data.Dataset:
+    """(image, packed targets) batches; every 3rd slice of a batch has an unknown mask."""
+    rng = np.random.default_rng(seed)
+    n = n_batches * b
+    batch = batch_of([synthetic_example(i, rng) for i in range(n)], [0.0 if i % 4 == 2 else 1.0 for i in range(n)])
+    image, y = to_model_io(batch, ("class", "area", "mask"))
+    return tf.data.Dataset.from_tensor_slices((image, y)).batch(b)
+
+
+def write_shards(folder: Path, n_train: int = 16, n_val: int = 8, seed: int = 0) -> Path:
+    """Tiny render shards in the fusion-build layout (records from `schema.encode_example`)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    shards, counts = [], {}
+    for split, n in (("train", n_train), ("val", n_val), ("test", 0)):
+        name = f"{split}-00000-of-00001.tfrecord"
+        with tf.io.TFRecordWriter(str(folder / name)) as writer:
+            for i in range(n):
+                ex = synthetic_example(i, rng)
+                pixels = windows.to_uint8(ex["image"])
+                jpeg = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+                mask_png = cv2.imencode(".png", (ex["mask"] * 255).astype(np.uint8))[1].tobytes()
+                known = i % 4 != 2  # every 4th slice: mask unknown
+                values = {
+                    "id": f"ID_{split}{i:03d}", "source": "render", "height": S, "width": S,
+                    **{schema.image_key(w): jpeg for w in windows.WINDOW_NAMES},
+                    "labels": ex["labels"].astype(int).tolist(), "has_labels": 1,
+                    "mask": mask_png if known else b"", "has_mask": int(known),
+                    "area_pixels": float(ex["mask"].sum()) if known else 0.0, "has_area": int(known),
+                }
+                writer.write(schema.encode_example(values))
+        shards.append({"file": name, "split": split, "examples": n})
+        counts[split] = {"slices": n, "with_mask": sum(1 for i in range(n) if i % 4 != 2)}
+    manifest = {
+        "schema_version": schema.SCHEMA_VERSION, "windows": list(windows.WINDOW_NAMES),
+        "presets": {n: [windows.PRESETS[n].level, windows.PRESETS[n].width] for n in windows.WINDOW_NAMES},
+        "source": "render", "image_size": [S, S], "counts": counts, "shards": shards,
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+# --- tests -----------------------------------------------------------------------------------
+
+
+def test_targets_are_packed_with_presence_flags() -> None:
+    rng = np.random.default_rng(0)
+    batch = batch_of([synthetic_example(1, rng), synthetic_example(2, rng)], [1.0, 0.0])
+    image, y = to_model_io(batch, ("class", "area", "mask"))
+    assert image.shape == (2, S, S, 4)
+    assert y["class"].shape == (2, 7) and np.all(y["class"].numpy()[:, 6] == 1)
+    np.testing.assert_allclose(y["area"].numpy()[:, 1], [1, 0])
+    np.testing.assert_allclose(y["area"].numpy()[0, 0], np.log1p(batch["area_fraction"].numpy()[0] * 1e3), rtol=1e-6)
+    assert y["mask"].shape == (2, S, S, 2)
+    assert np.all(y["mask"].numpy()[0, ..., 1] == 1) and np.all(y["mask"].numpy()[1, ..., 1] == 0)
+    _, only = to_model_io(batch, ("class",))
+    assert set(only) == {"class"}
+
+
+def test_a_few_steps_lower_the_loss() -> None:
+    keras.utils.set_random_seed(0)
+    cfg = RunConfig().replace(model=LOOP, train={"epochs": 5, "learning_rate": 3e-3, "warmup_epochs": 0})
+    model = compile_model(build_model(cfg.model), cfg, steps_per_epoch=3)
+    ds = xy_dataset()
+    before = model.evaluate(ds, verbose=0, return_dict=True)
+    model.fit(ds, epochs=5, verbose=0)
+    after = model.evaluate(ds, verbose=0, return_dict=True)
+    assert after["loss"] < 0.8 * before["loss"]
+    for head in ("class_loss", "mask_loss", "area_loss"):
+        assert after[head] < before[head], head
+
+
+class Interrupt(keras.callbacks.Callback):
+    """Simulates a kill at the end of an epoch (after the backup was written)."""
+
+    def __init__(self, at_epoch: int) -> None:
+        super().__init__()
+        self.at_epoch = at_epoch
+
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        if epoch == self.at_epoch:
+            raise KeyboardInterrupt("simulated kill")
+
+
+def test_interrupted_fit_resumes_from_backup(tmp_path: Path) -> None:
+    cfg = RunConfig().replace(model=LOOP, train={"epochs": 3, "patience": 0, "warmup_epochs": 0})
+    keras.utils.set_random_seed(0)
+    first = compile_model(build_model(cfg.model), cfg, steps_per_epoch=3)
+    with pytest.raises(KeyboardInterrupt):
+        fit(first, xy_dataset(), xy_dataset(2, seed=1), tmp_path, cfg, verbose=0, callbacks=[Interrupt(0)])
+    assert (tmp_path / "backup").is_dir()
+    weights_at_kill = [w.copy() for w in first.get_weights()]
+    # A new process would build a fresh model: its weights differ until the backup is restored.
+    keras.utils.set_random_seed(1)
+    second = compile_model(build_model(cfg.model), cfg, steps_per_epoch=3)
+    restored: list[Any] = []
+
+    class Capture(keras.callbacks.Callback):
+        def on_train_begin(self, logs: Any = None) -> None:
+            restored.extend(w.copy() for w in self.model.get_weights())
+
+    epochs = fit(second, xy_dataset(), xy_dataset(2, seed=1), tmp_path, cfg, resume=True, verbose=0,
+                 callbacks=[Capture()])
+    assert epochs == [1, 2]  # continued after the finished epoch
+    for a, b in zip(restored, weights_at_kill):
+        np.testing.assert_allclose(a, b)
+    assert not (tmp_path / "backup").exists()  # cleaned up once training finished
+    with open(tmp_path / "history.csv") as handle:
+        assert [int(r["epoch"]) for r in csv.DictReader(handle)] == [0, 1, 2]
+    assert (tmp_path / "best.keras").is_file()
+
+
+def test_metrics_report_collapse_and_area() -> None:
+    n = 4
+    true = np.zeros((n, S, S), bool)
+    true[:3, 4:10, 4:10] = True
+    pred = true.copy()
+    pred[1] = False  # a bleeding slice predicted empty: collapse check counts it
+    fraction = true.mean(axis=(1, 2))
+    preds = {
+        "probabilities": np.array([[0.9] * 6, [0.8] * 6, [0.7] * 6, [0.1] * 6], np.float32),
+        "labels": np.array([[1] * 6, [1] * 6, [1] * 6, [0] * 6], np.float32),
+        "has_labels": np.ones(n, np.float32), "pred_mask": pred, "true_mask": true,
+        "has_mask": np.array([1, 1, 1, 1], np.float32), "pred_area": fraction + 0.01,
+        "area_fraction": fraction, "has_area": np.ones(n, np.float32),
+        "area_mm2": fraction * S * S * 0.25, "has_area_mm2": np.ones(n, np.float32),
+        "pixel_spacing": np.full((n, 2), 0.5, np.float32),
+    }
+    result = evaluate_predictions(preds, np.full(6, 0.5), S)
+    summary = result["summary"]
+    assert summary["macro_auc"] == pytest.approx(1.0)
+    assert summary["empty_prediction_rate"] == pytest.approx(1 / 3)
+    assert summary["dice"] == pytest.approx(0.75)  # 1, 0, 1 and the both-empty slice = 1
+    assert summary["area_fraction_mae"] == pytest.approx(0.01)
+    assert summary["area_mm2_mae"] == pytest.approx(0.01 * S * S * 0.25, rel=1e-5)
+    json.dumps(result)  # JSON-ready
+
+
+# --- CLI -------------------------------------------------------------------------------------
+
+
+def invoke(*args: str) -> Any:
+    return CliRunner().invoke(main, list(args))
+
+
+def test_cli_missing_shards_folder(tmp_path: Path) -> None:
+    result = invoke(str(tmp_path / "nope"), "--out", str(tmp_path / "run"))
+    assert result.exit_code == 2
+    assert "does not exist" in result.output and "fusion-build" in result.output
+
+
+def test_cli_folder_without_manifest(tmp_path: Path) -> None:
+    (tmp_path / "shards").mkdir()
+    result = invoke(str(tmp_path / "shards"), "--out", str(tmp_path / "run"))
+    assert result.exit_code == 2
+    assert "manifest.json" in result.output
+
+
+def test_cli_empty_split(tmp_path: Path) -> None:
+    shards = write_shards(tmp_path / "shards", n_train=4, n_val=0)
+    result = invoke(str(shards), "--out", str(tmp_path / "run"))
+    assert result.exit_code == 2
+    assert "'val' has no examples" in result.output
+    assert not (tmp_path / "run").exists()  # nothing written before the checks pass
+
+
+def test_cli_image_size_not_divisible(tmp_path: Path) -> None:
+    shards = write_shards(tmp_path / "shards", n_train=4, n_val=2)
+    result = invoke(str(shards), "--out", str(tmp_path / "run"), "--image-size", "100")
+    assert result.exit_code == 2
+    assert "image_size" in result.output and "stride 16" in result.output
+
+
+def test_cli_unknown_preset(tmp_path: Path) -> None:
+    result = invoke(str(tmp_path), "--out", str(tmp_path / "run"), "--preset", "bigger")
+    assert result.exit_code == 2
+    assert "unknown preset 'bigger'" in result.output
+
+
+def test_cli_trains_calibrates_and_exports(tmp_path: Path) -> None:
+    shards = write_shards(tmp_path / "shards")
+    run = tmp_path / "run"
+    config = tmp_path / "tiny.json"
+    preset("demo").replace(model=TINY).save(config)
+    args = [str(shards), "--out", str(run), "--config", str(config), "--width", "4", "--epochs", "1",
+            "--batch-size", "4", "--quiet"]
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    for name in ("config.json", "best.keras", "model.keras", "thresholds.json", "metrics.json",
+                 "history.csv", "export/saved_model.pb"):
+        assert (run / name).exists(), name
+    assert any((run / "logs").rglob("*tfevents*"))  # TensorBoard
+    cfg = RunConfig.load(run / "config.json")
+    assert (cfg.preset, cfg.model.image_size, cfg.model.width, cfg.train.epochs) == ("demo", S, 4, 1)
+    thresholds = json.loads((run / "thresholds.json").read_text())["thresholds"]
+    assert list(thresholds) == list(schema.LABEL_NAMES)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["split"] == "val" and metrics["n_slices"] == 8
+    assert set(metrics["classification"]["per_class"]) == set(schema.LABEL_NAMES)
+    assert metrics["segmentation"]["n"] == 6  # val slices with a known mask
+    assert "empty_prediction_rate" in metrics["summary"] and "area_fraction_mae" in metrics["summary"]
+    # A second run into the same folder is refused without --resume / --overwrite.
+    again = invoke(*args)
+    assert again.exit_code == 2 and "--resume" in again.output
+
+
+def test_resume_rules_and_best_so_far(tmp_path: Path) -> None:
+    from fusion.train import TrainError, best_logged, prepare_run_dir
+
+    cfg = preset("demo")
+    run = tmp_path / "run"
+    with pytest.raises(TrainError, match="cannot resume"):
+        prepare_run_dir(run, cfg, resume=True, overwrite=False)
+    assert prepare_run_dir(run, cfg, resume=False, overwrite=False) == cfg
+    (run / "history.csv").write_text("epoch,loss,val_loss\n0,2.0,1.5\n1,1.0,0.7\n2,0.9,0.9\n")
+    assert best_logged(run / "history.csv") == pytest.approx(0.7)
+    assert best_logged(tmp_path / "missing.csv") is None
+    (run / "metrics.json").write_text("{}")
+    with pytest.raises(TrainError, match="finished run"):
+        prepare_run_dir(run, cfg, resume=True, overwrite=False)
+    (run / "backup").mkdir()  # killed mid-way: resumable
+    assert prepare_run_dir(run, preset("fusion"), resume=True, overwrite=False) == cfg
+    with pytest.raises(TrainError, match="--overwrite"):
+        prepare_run_dir(run, cfg, resume=False, overwrite=False)
+
+
+def test_auto_positive_weights_from_manifest_counts() -> None:
+    from fusion.train import auto_pos_weights, resolve_loss_config
+
+    manifest = {"counts": {"train": {"slices": 100, "with_labels": 100, "by_type": {
+        "any": 50, "epidural": 4, "intraparenchymal": 20, "intraventricular": 0, "subarachnoid": 1, "subdural": 99}}}}
+    weights = auto_pos_weights(manifest)
+    assert weights is not None
+    assert weights[0] == pytest.approx(1.0)  # balanced
+    assert weights[1] == pytest.approx(np.sqrt(96 / 4))
+    assert weights[2] == pytest.approx(2.0)
+    assert weights[3] == 10.0 and weights[4] == pytest.approx(np.sqrt(99))  # clipped / rare
+    assert weights[5] == 1.0  # more positives than negatives: never below 1
+    cfg = resolve_loss_config(preset("demo"), manifest)
+    assert cfg.loss.class_pos_weight == weights
+    assert auto_pos_weights({"counts": {}}) is None
+    assert resolve_loss_config(preset("demo"), {}).loss.class_pos_weight == (1.0,)
