@@ -103,6 +103,10 @@ def _summarise_build(report: Any) -> None:
               help="Override a window preset in HU (repeatable), e.g. subdural_window=75,215.")
 @click.option("--split-fractions", default="0.8,0.1,0.1", show_default=True, callback=_fractions,
               help="TRAIN,VAL,TEST fractions of patients (else studies, else slices).")
+@click.option("--split-method", type=click.Choice(["stratified", "hash"]), default="stratified",
+              show_default=True,
+              help="stratified: balance hemorrhage types across splits (small drops); hash: a "
+                   "patient's split never changes as the drop grows.")
 @PROGRESS
 def build(
     root: Path,
@@ -115,13 +119,14 @@ def build(
     strict: bool,
     window_overrides: dict,
     split_fractions: tuple[float, float, float],
+    split_method: str,
     progress: bool,
 ) -> None:
     """Convert a hemorrhage drop at ROOT into sharded TFRecords for training.
 
     Reads renders/<type>/<window>/<ID>.jpg (or raw DICOM with --source dicom),
     hemorrhage-labels.csv, flagged.txt and the segmentation CSVs; splits by
-    patient into train/val/test; writes <split>-NNNNN-of-NNNNN.tfrecord shards
+    patient into train/val/test, balancing hemorrhage types; writes <split>-NNNNN-of-NNNNN.tfrecord shards
     and a manifest.json with counts, checksums and every skipped input.
     Bad inputs are skipped and counted (see the summary), unless --strict.
     """
@@ -131,7 +136,7 @@ def build(
         report = records.build(
             root, out, source=source, workers=workers, shard_size=shard_size, resume=resume,
             overwrite=overwrite, strict=strict, presets=window_overrides,
-            fractions=split_fractions, progress=progress,
+            fractions=split_fractions, split_method=split_method, progress=progress,
         )
     except DropError as err:
         raise DropUnreadable(str(err)) from None

@@ -154,11 +154,17 @@ def plan_shards(
     shard_size: int,
     fractions: Sequence[float],
     salt: str,
+    split_method: str = splits.DEFAULT_METHOD,
 ) -> list[_ShardPlan]:
     """Assign splits, sort by id within a split, and cut into shards (train, val, test order)."""
+    cases = list(cases)
+    group_labels: dict[str, list[tuple[int, ...] | None]] = {}
+    for case in cases:
+        group_labels.setdefault(case.group, []).append(case.labels)
+    assigned = splits.assign_groups(group_labels, fractions, salt, split_method)
     by_split: dict[str, list[Case]] = {s: [] for s in splits.SPLITS}
     for case in cases:
-        by_split[splits.split_of(case.group, fractions, salt)].append(case)
+        by_split[assigned[case.group]].append(case)
     plans = []
     for split in splits.SPLITS:
         members = sorted(by_split[split], key=lambda c: c.id)
@@ -450,6 +456,7 @@ def build(
     presets: Mapping[str, Any] | None = None,
     fractions: Sequence[float] = splits.DEFAULT_FRACTIONS,
     salt: str = splits.DEFAULT_SALT,
+    split_method: str = splits.DEFAULT_METHOD,
     progress: bool = True,
 ) -> BuildReport:
     """Convert a drop into sharded TFRecords plus ``manifest.json``.
@@ -468,6 +475,8 @@ def build(
       presets: window name -> (level, width) HU or `windows.Window`, overriding `windows.PRESETS`.
       fractions: (train, val, test) fractions of groups.
       salt: split salt (a different salt = a different, equally valid split).
+      split_method: "stratified" (default: balance hemorrhage types across splits) or "hash"
+        (a group's split never changes as the drop grows); see `splits`.
       progress: show tqdm bars.
 
     Returns:
@@ -499,6 +508,7 @@ def build(
         presets=presets,
         fractions=fractions,
         salt=salt,
+        split_method=split_method,
         progress=progress,
     )
 
@@ -530,6 +540,7 @@ def write_drop(
     presets: Mapping[str, Any] | None = None,
     fractions: Sequence[float] = splits.DEFAULT_FRACTIONS,
     salt: str = splits.DEFAULT_SALT,
+    split_method: str = splits.DEFAULT_METHOD,
     progress: bool = True,
 ) -> BuildReport:
     """Write shards and manifest for an already discovered drop (`build` without discovery).
@@ -558,13 +569,14 @@ def write_drop(
     options = convert.ConvertOptions(
         source=drop.source, presets={k: tuple(v) for k, v in presets_json.items()}
     )
-    plans = plan_shards(drop.cases, shard_size, fractions, salt)
+    plans = plan_shards(drop.cases, shard_size, fractions, salt, split_method)
     config = {
         "schema_version": schema.SCHEMA_VERSION,
         "source": drop.source,
         "shard_size": shard_size,
         "fractions": list(fractions),
         "salt": salt,
+        "split_method": split_method,
         "presets": presets_json,
         "plan": hashlib.sha256(
             "\n".join(f"{p.file}:{p.digest}" for p in plans).encode()

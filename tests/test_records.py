@@ -9,9 +9,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import FakeDrop, render_case
-from data_build import records, schema
+from data_build import records, schema, splits
 from data_build.cases import Skip
-from data_build.splits import split_of
 from data_build.windows import WINDOW_NAMES
 
 
@@ -34,7 +33,11 @@ def test_shards_manifest_and_parser_round_trip(render_drop: FakeDrop, tmp_path: 
     out = tmp_path / "out"
     report = _write(render_drop, out)
     manifest = json.loads((out / "manifest.json").read_text())
-    expected = {s: sorted(c.id for c in render_drop.cases if split_of(c.group) == s)
+    groups: dict[str, list] = {}
+    for c in render_drop.cases:
+        groups.setdefault(c.group, []).append(c.labels)
+    assigned = splits.assign_groups(groups)  # the build's default: stratified by type
+    expected = {s: sorted(c.id for c in render_drop.cases if assigned[c.group] == s)
                 for s in ("train", "val", "test")}
     assert sum(len(v) for v in expected.values()) == 12 and report.examples == 12
     for split, ids in expected.items():

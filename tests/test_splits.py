@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from data_build.cases import Case
+from data_build import splits
 from data_build.splits import SplitError, parse_fractions, split_of
 
 GROUPS = [f"patient:ID_{i:08x}" for i in range(4000)]
@@ -62,3 +63,59 @@ def test_bad_fractions_raise(bad: str) -> None:
 
 def test_parse_fractions() -> None:
     assert parse_fractions("0.7, 0.2, 0.1") == (0.7, 0.2, 0.1)
+
+
+# --- stratified group splits -------------------------------------------------------------------
+
+
+def _labels(*types: int) -> tuple[int, ...]:
+    lab = [0] * 6
+    for t in types:
+        lab[0] = lab[t] = 1
+    return tuple(lab)
+
+
+def test_stratified_balances_every_type_and_never_splits_a_group() -> None:
+    # 5 types x 10 patients, 3 slices each, plus 20 patients without bleeds.
+    groups = {f"patient:t{t}-{i}": [_labels(t)] * 3 for t in range(1, 6) for i in range(10)}
+    groups.update({f"patient:n{i}": [_labels()] * 3 for i in range(20)})
+    assigned = splits.assign_groups(groups, (0.8, 0.1, 0.1), method="stratified")
+    assert set(assigned) == set(groups)
+    for t in range(1, 6):
+        got = [assigned[f"patient:t{t}-{i}"] for i in range(10)]
+        assert (got.count("train"), got.count("val"), got.count("test")) == (8, 1, 1), t
+    normal = [assigned[f"patient:n{i}"] for i in range(20)]
+    assert (normal.count("train"), normal.count("val"), normal.count("test")) == (16, 2, 2)
+
+
+def test_stratified_beats_hash_on_a_small_drop() -> None:
+    # 8 patients per type: the hash alone leaves some type without a test (or val) patient
+    # for most salts; systematic sampling gives every split its expected share within 1.
+    groups = {f"patient:t{t}-{i}": [_labels(t)] for t in range(1, 6) for i in range(8)}
+    worst = 0
+    for salt in ("a", "b", "c", "d"):
+        assigned = splits.assign_groups(groups, (0.5, 0.25, 0.25), salt=salt)
+        for t in range(1, 6):
+            got = [assigned[f"patient:t{t}-{i}"] for i in range(8)]
+            worst = max(worst, abs(got.count("train") - 4), abs(got.count("val") - 2),
+                        abs(got.count("test") - 2))
+    assert worst <= 1
+
+
+def test_stratified_is_deterministic_and_order_free_and_uses_rarest_type() -> None:
+    groups = {f"patient:{i}": [_labels(1 + i % 5), None] for i in range(40)}
+    a = splits.assign_groups(groups, method="stratified")
+    b = splits.assign_groups(dict(reversed(list(groups.items()))), method="stratified")
+    assert a == b
+    rarity = {1: 10, 4: 2}
+    assert splits.stratum_of([_labels(1), _labels(4)], rarity) == "type:4"
+    assert splits.stratum_of([_labels()], rarity) == "none"
+    assert splits.stratum_of([None, None], rarity) == "unlabelled"
+
+
+def test_hash_method_matches_split_of_and_unknown_method_is_refused() -> None:
+    groups = {f"slice:ID_{i:09x}": [None] for i in range(50)}
+    assigned = splits.assign_groups(groups, method="hash")
+    assert all(assigned[g] == splits.split_of(g) for g in groups)
+    with pytest.raises(splits.SplitError, match="unknown split method"):
+        splits.assign_groups(groups, method="random")
