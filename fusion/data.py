@@ -123,7 +123,8 @@ def decode_render(data: tf.Tensor, size: int, ratio_index: tf.Tensor | None = No
         shape = tf.image.extract_jpeg_shape(data)
         ratio_index = _jpeg_ratio_index(shape[0], shape[1], size)
     branches = [
-        (lambda r=r: tf.image.decode_jpeg(data, channels=1, ratio=r)) for r in _RATIOS
+        (lambda r=r: tf.image.decode_jpeg(data, channels=1, ratio=r, dct_method="INTEGER_FAST"))
+        for r in _RATIOS
     ]
     luma = tf.switch_case(ratio_index, branches)
     is_colour = tf.image.extract_jpeg_shape(data)[2] == 3
@@ -146,14 +147,18 @@ def _hu(features: Mapping[str, tf.Tensor], size: int) -> tf.Tensor:
 
 
 def _mask(features: Mapping[str, tf.Tensor], size: int) -> tf.Tensor:
-    def known() -> tf.Tensor:
+    """Mask PNG -> [S, S, 1] float32 0/1; zeros when unknown or known empty (no decode)."""
+
+    def decoded() -> tf.Tensor:
         mask = tf.cast(tf.io.decode_png(features["mask"], channels=1), tf.float32) / 255.0
         same = tf.reduce_all(tf.shape(mask)[:2] == size)
-        mask = tf.cond(same, lambda: mask, lambda: _resize(mask, size))
+        # Area averaging then >= 0.5: a pixel is bleed when most of what it covers is.
+        mask = tf.cond(same, lambda: mask, lambda: tf.image.resize(mask, [size, size], "area"))
         return tf.cast(mask >= 0.5, tf.float32)
 
     has = tf.logical_and(features["has_mask"] > 0, tf.strings.length(features["mask"]) > 0)
-    mask = tf.cond(has, known, lambda: tf.zeros([size, size, 1], tf.float32))
+    nonempty = tf.logical_and(has, features["area_pixels"] > 0)
+    mask = tf.cond(nonempty, decoded, lambda: tf.zeros([size, size, 1], tf.float32))
     mask.set_shape([size, size, 1])
     return mask
 
