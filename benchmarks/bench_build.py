@@ -254,14 +254,15 @@ def main() -> None:
 
     sizes = [int(s) for s in args.memory_slices.split(",") if s]
     if sizes:
-        print("\n| build of N slices | peak RSS, whole process tree (MiB) | seconds |")
-        print("|---|---|---|")
+        print("\n| build of N slices (fusion-build, end to end) | workers | peak RSS, whole process tree (MiB) | seconds | slices/s |")
+        print("|---|---|---|---|---|")
         for n in sizes:
             mroot = work / f"drop-{n}"
             if not (mroot / "hemorrhage-labels.csv").exists():
                 make_drop(mroot, n)
-            peak, secs = peak_build_memory(mroot, work / f"ours-{n}", cores)
-            print(f"| {n:,} | {peak:,.0f} | {secs:.0f} |")
+            for workers in sorted({1, cores}):
+                peak, secs = peak_build_memory(mroot, work / f"ours-{n}", workers)
+                print(f"| {n:,} | {workers} | {peak:,.0f} | {secs:.0f} | {n / secs:.0f} |")
 
 
 if __name__ == "__main__":

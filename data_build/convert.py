@@ -104,19 +104,45 @@ def _read_bytes(case_id: str, path: str, what: str) -> bytes:
         raise _CaseSkip(Skip(case_id, f"unreadable-{what}", str(err), path)) from None
 
 
+#: Start-of-frame markers (baseline, extended, progressive, lossless): they carry the size.
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) from a JPEG's start-of-frame header, None when there is none."""
+    i = 2
+    while i + 9 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in _SOF_MARKERS:
+            return int.from_bytes(data[i + 5 : i + 7], "big"), int.from_bytes(data[i + 7 : i + 9], "big")
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return None
+
+
 def _check_jpeg(case_id: str, data: bytes, path: str) -> tuple[int, int]:
-    """Decode one JPEG to prove it is readable; return its (height, width)."""
+    """Decode one JPEG to prove it is readable; return its (height, width).
+
+    The decode runs at 1/8 scale: libjpeg still reads every entropy-coded block (what breaks
+    in a corrupt file) but skips most of the inverse DCT, ~2x faster than a full decode, which
+    was nearly all of the build's time per slice.
+    """
     if not data:
         raise _CaseSkip(Skip(case_id, "corrupt-image", "empty file", path))
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
-    if image is None or image.size == 0:
-        raise _CaseSkip(Skip(case_id, "corrupt-image", "not a decodable image", path))
     if not data.startswith(b"\xff\xd8"):
         # The reader decodes with tf.io.decode_jpeg: PNG or BMP renders under .jpg would fail.
         raise _CaseSkip(Skip(case_id, "corrupt-image", "not a JPEG (no SOI marker)", path))
+    size = jpeg_size(data)
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_8)
+    if size is None or image is None or image.size == 0:
+        raise _CaseSkip(Skip(case_id, "corrupt-image", "not a decodable image", path))
     if _JPEG_EOI not in data[-_EOI_TAIL:]:
         raise _CaseSkip(Skip(case_id, "corrupt-image", "truncated JPEG (no EOI marker)", path))
-    return int(image.shape[0]), int(image.shape[1])
+    return size
 
 
 def _render_pixels(case: Case) -> tuple[dict[str, Any], int, int]:

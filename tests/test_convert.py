@@ -146,3 +146,14 @@ def test_real_dicom_converts_losslessly() -> None:
     hu, _ = read_hu(path)
     assert np.array_equal(convert.decode_hu_png(record["image/hu"]), np.rint(hu).astype(np.int32))
     assert record["has_spacing"] == 1 and record["height"] == 512
+
+
+def test_jpeg_size_reads_the_frame_header_of_baseline_and_progressive_files() -> None:
+    from data_build.convert import jpeg_size
+
+    image = np.random.default_rng(0).integers(0, 255, (37, 53), dtype=np.uint8)
+    for params in ([cv2.IMWRITE_JPEG_QUALITY, 90], [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]):
+        ok, data = cv2.imencode(".jpg", image, params)
+        assert ok and jpeg_size(data.tobytes()) == (37, 53)
+    assert jpeg_size(b"\xff\xd8\xff\xd9") is None
+    assert jpeg_size(b"not a jpeg at all") is None
