@@ -204,6 +204,9 @@ def make_datasets(
     )
     if t.masked_only:
         train_ds = _masked_only(train_ds, t.batch_size)
+    counts = data.load_manifest(shards_dir).get("counts", {})
+    if t.steps_per_epoch is None:
+        train_ds = _with_batch_count(train_ds, counts, "train", t.batch_size, t.masked_only)
     train_ds = augment_dataset(train_ds, cfg.augment, t.seed, presets)
     heads = cfg.model.heads
     train_ds = train_ds.map(lambda b: to_model_io(b, heads), num_parallel_calls=tf.data.AUTOTUNE)
@@ -211,7 +214,24 @@ def make_datasets(
         shards_dir, "val", image_size=size, batch_size=t.batch_size, shuffle=False, seed=t.seed,
         repeat=False, augment=None,
     )
+    val_ds = _with_batch_count(val_ds, counts, "val", t.batch_size)
     return train_ds.prefetch(tf.data.AUTOTUNE), val_ds
+
+
+def _with_batch_count(
+    dataset: tf.data.Dataset, counts: Mapping[str, Any], split: str, batch_size: int,
+    masked_only: bool = False,
+) -> tf.data.Dataset:
+    """Declare a finite split's batch count from the manifest's exact counts.
+
+    Keras otherwise learns an epoch's length by running off its end on the first epoch, with a
+    "Your input ran out of data" warning that reads like a failure.
+    """
+    key = "with_mask" if masked_only else "slices"
+    if key not in counts.get(split, {}):
+        return dataset
+    batches = math.ceil(int(counts[split][key]) / batch_size)
+    return dataset.apply(tf.data.experimental.assert_cardinality(batches))
 
 
 # --- model and callbacks ---------------------------------------------------------------------
@@ -384,6 +404,7 @@ def fit(
         steps_per_epoch=cfg.train.steps_per_epoch,
         callbacks=all_callbacks,
         verbose=verbose,
+        shuffle=False,  # the tf.data pipeline shuffles, seeded; Keras cannot shuffle a Dataset
     )
     return counter.epochs
 
