@@ -42,7 +42,8 @@ print("  %-18s %6s %6s %6s %6s %6s" % ("type", "AUC", "AUPRC", "sens", "spec", "
 for name, r in c["per_class"].items():
     f = lambda v: "   n/a" if v is None else "%6.3f" % v
     print("  %-18s %s %s %s %s %s" % (name, f(r["auc"]), f(r["auprc"]), f(r["sensitivity"]), f(r["specificity"]), f(r["f1"])))
-print("  macro AUC %.3f | Dice %.3f over %d slices with known masks" % (c["macro"]["auc"], s["dice"]["mean"], s["n"]))
+print("  macro AUC: 5 types %.3f, all 6 labels %.3f | mean Dice %.3f over %d slices with known masks"
+      % (c["macro_types"]["auc"], c["macro"]["auc"], s["dice"]["mean"], s["n"]))
 PY
 printf '\nDone. Held-out report: %s/report/report.html  metrics: %s/report/metrics.json\n' "$OUT" "$OUT"
 printf 'Per-series volumes: %s/predictions/series.csv\n' "$OUT"
