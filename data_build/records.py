@@ -37,6 +37,7 @@ import numpy as np
 
 from data_build import convert, schema, splits, windows
 from data_build.cases import Case, Skip
+from data_build.files import atomic_write_text
 
 MANIFEST = "manifest.json"
 PROGRESS = ".progress.jsonl"
@@ -184,15 +185,6 @@ def _sha256_file(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}{TMP_SUFFIX}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def _skip_dict(skip: Skip) -> dict[str, str]:
@@ -666,7 +658,7 @@ def write_drop(
         "versions": _versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    _atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1, default=str) + "\n")
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1, default=str) + "\n")
     return BuildReport(
         out=out,
         manifest_path=out / MANIFEST,

@@ -17,10 +17,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+
+from data_build.files import atomic_write_text
 
 #: Model heads, in the order of the model's outputs.
 HEADS: tuple[str, ...] = ("class", "area", "mask")
@@ -319,20 +320,6 @@ def _from_dict(cls: type, data: Mapping[str, Any], where: str) -> Any:
         return cls(**kwargs)
     except TypeError as err:
         raise ConfigError(f"invalid {where}: {err}") from None
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write text to `path` via a temporary file in the same folder and `os.replace`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _presets() -> dict[str, RunConfig]:

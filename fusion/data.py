@@ -16,7 +16,6 @@ The output dict is documented in docs/design.md, "Reader output".
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -25,47 +24,17 @@ import tensorflow as tf
 import tensorflow.experimental.numpy as tnp
 
 from data_build import renders, schema, windows
+# One manifest loader for build, verify and training (schema-version check, resume hint).
+from data_build.records import ManifestError, load_manifest
 
-MANIFEST = "manifest.json"
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 #: Reduced-scale JPEG decode factors libjpeg supports (1 = full size).
 _RATIOS: tuple[int, ...] = (1, 2, 4, 8)
 _SHUFFLE_BUFFER = 1024
 
 
-class ManifestError(ValueError):
-    """A shard folder without a usable manifest.json."""
-
-
 class EmptySplitError(ValueError):
     """The requested split holds no examples."""
-
-
-def load_manifest(shards_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read ``shards_dir/manifest.json``.
-
-    Raises:
-      ManifestError: the folder or manifest is missing (not built, or the build was
-        interrupted), unreadable, or of another schema version.
-    """
-    folder = Path(shards_dir)
-    path = folder / MANIFEST
-    if not path.is_file():
-        what = "folder does not exist" if not folder.exists() else f"has no {MANIFEST}"
-        raise ManifestError(
-            f"shard folder {folder} {what}. Build shards with `fusion-build ROOT --out "
-            f"{folder}` (or finish an interrupted build with --resume)."
-        )
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as err:
-        raise ManifestError(f"{path} is not valid JSON ({err}); rebuild the shards") from None
-    if manifest.get("schema_version") != schema.SCHEMA_VERSION:
-        raise ManifestError(
-            f"{path} has schema_version {manifest.get('schema_version')!r}; this reader needs "
-            f"{schema.SCHEMA_VERSION}. Rebuild the shards with this version of fusion."
-        )
-    return manifest
 
 
 def presets_from_manifest(manifest: Mapping[str, Any]) -> list[windows.Window]:

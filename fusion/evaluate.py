@@ -23,14 +23,13 @@ import heapq
 import io
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
+from data_build.files import atomic_write_text
 from data_build.schema import LABEL_NAMES, TYPE_NAMES
 from fusion import metrics as M
 from fusion.inference import Predictor
@@ -46,25 +45,6 @@ N_OVERLAYS = 4
 
 class EvaluateError(Exception):
     """The evaluation cannot run (empty split, unusable output folder)."""
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """`atomic_write_bytes` for UTF-8 text."""
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def multi_probability(p_types: np.ndarray) -> np.ndarray:

@@ -34,7 +34,8 @@ import tensorflow as tf
 
 from data_build import windows
 from data_build.schema import LABEL_NAMES
-from fusion.config import RunConfig, atomic_write_text
+from data_build.files import atomic_write_text
+from fusion.config import RunConfig
 from fusion.losses import AREA_SCALE
 
 

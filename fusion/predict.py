@@ -42,7 +42,7 @@ import numpy as np
 
 from data_build.schema import LABEL_NAMES
 from data_build.windows import WINDOW_NAMES, canonical_window_name
-from fusion.evaluate import atomic_write_bytes, atomic_write_text
+from data_build.files import atomic_write_bytes, atomic_write_text
 from fusion.inference import Predictor
 from fusion.volumes import series_volume
 

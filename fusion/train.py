@@ -33,7 +33,8 @@ import tensorflow as tf
 from data_build.schema import LABEL_NAMES
 from fusion import metrics
 from fusion.augment import augment_dataset
-from fusion.config import RunConfig, atomic_write_text
+from data_build.files import atomic_write_text
+from fusion.config import RunConfig
 from fusion.losses import AREA_SCALE, build_losses
 from fusion.model import build_model
 
