@@ -680,6 +680,11 @@ def load_manifest(out: str | os.PathLike[str]) -> dict[str, Any]:
       ManifestError: missing (an unfinished or wrong folder) or unreadable.
     """
     path = Path(out) / MANIFEST
+    if not Path(out).exists():
+        raise ManifestError(
+            f"shard folder {out} does not exist. Build shards first with "
+            f"fusion-build ROOT --out {out}."
+        )
     if not path.is_file():
         hint = (
             " An interrupted build is there: finish it with fusion-build --resume."
