@@ -28,10 +28,13 @@ PRESETS = ("fusion", "peer-unet", "peer-cls")
 def run_preset(name: str, shards: Path, out: Path, args: argparse.Namespace) -> dict:
     demo = config.preset("demo")
     size_fields = {k: getattr(demo.model, k) for k in ("image_size", "width", "depth", "fusion_width", "groups")}
+    schedule = {}
+    if args.schedule == "demo":  # the demo's tuned optimiser schedule, for every preset alike
+        schedule = {k: getattr(demo.train, k) for k in ("learning_rate", "warmup_epochs", "schedule")}
     cfg = config.preset(name).replace(
         model=size_fields,
         train={"epochs": args.epochs, "steps_per_epoch": args.steps, "batch_size": demo.train.batch_size,
-               "seed": args.seed, "patience": args.epochs},
+               "seed": args.seed, "patience": args.epochs, **schedule},
         augment={"rotation_deg": demo.augment.rotation_deg, "scale": demo.augment.scale},
     )
     start = time.perf_counter()
@@ -55,10 +58,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--steps", type=int, default=27, help="optimizer steps per epoch, all presets")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--schedule", choices=("preset", "demo"), default="preset",
+                        help="each preset's own learning-rate schedule, or the demo's for all")
     args = parser.parse_args()
     rows = [run_preset(name, args.shards, args.out, args) for name in PRESETS]
     (args.out / "compare.json").write_text(json.dumps(rows, indent=2))
-    print(f"\n{args.epochs} epochs x {args.steps} steps, seed {args.seed}; test split, "
+    print(f"\n{args.epochs} epochs x {args.steps} steps, {args.schedule} schedule, seed {args.seed}; test split, "
           f"{rows[0]['n_test']} slices\n")
     print("| preset | macro AUC | macro AUPRC | macro F1 | Dice | empty masks on bleeds | area MAE (fraction) | train s |")
     print("|---|---|---|---|---|---|---|---|")
