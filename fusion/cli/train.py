@@ -10,7 +10,6 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -36,22 +35,11 @@ def build_config(
     cfg = preset(preset_name)
     if config_file is not None:
         cfg = RunConfig.load(config_file)
-    model: dict[str, Any] = {}
-    train: dict[str, Any] = {}
-    if image_size is not None:
-        model["image_size"] = image_size
-    if width is not None:
-        model["width"] = width
-    if fusion is not None:
-        model["fusion"] = fusion
-    if epochs is not None:
-        train["epochs"] = epochs
-    if batch_size is not None:
-        train["batch_size"] = batch_size
-    if seed is not None:
-        train["seed"] = seed
-    if learning_rate is not None:
-        train["learning_rate"] = learning_rate
+    # Only the options given on the command line override the preset or config file.
+    model = {k: v for k, v in {"image_size": image_size, "width": width, "fusion": fusion}.items()
+             if v is not None}
+    train = {k: v for k, v in {"epochs": epochs, "batch_size": batch_size, "seed": seed,
+                               "learning_rate": learning_rate}.items() if v is not None}
     return cfg.replace(model=model, train=train)
 
 
