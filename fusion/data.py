@@ -12,6 +12,11 @@ Three steps, as in TF Model Garden's parsers:
   thresholded at 0.5.
 - `augment`: a callable on the per-example dict (e.g. from `fusion.augment`), before batching.
 
+`make_dataset` reads render shards on a faster path with the same output: `render_codes` keeps
+each window's decoded luma as uint8 through batching and `grey_from_codes` inverts the colour
+map once per batch (bit-identical to `preprocess` when S is the side / 1, 2, 4 or 8; within
+0.5/255 otherwise). Render shards' batches carry no ``hu``.
+
 The output dict is documented in docs/design.md, "Reader output".
 """
 from __future__ import annotations
@@ -20,6 +25,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import cv2
+import numpy as np
 import tensorflow as tf
 import tensorflow.experimental.numpy as tnp
 
@@ -115,21 +122,142 @@ def _hu(features: Mapping[str, tf.Tensor], size: int) -> tf.Tensor:
     return _resize(hu, size)
 
 
-def _mask(features: Mapping[str, tf.Tensor], size: int) -> tf.Tensor:
-    """Mask PNG -> [S, S, 1] float32 0/1; zeros when unknown or known empty (no decode)."""
+def _mask_u8(features: Mapping[str, tf.Tensor], size: int) -> tf.Tensor:
+    """Mask PNG -> [S, S, 1] uint8 0/1; zeros when unknown or known empty (no decode)."""
 
     def decoded() -> tf.Tensor:
-        mask = tf.cast(tf.io.decode_png(features["mask"], channels=1), tf.float32) / 255.0
+        mask = tf.io.decode_png(features["mask"], channels=1)
         same = tf.reduce_all(tf.shape(mask)[:2] == size)
         # Area averaging then >= 0.5: a pixel is bleed when most of what it covers is.
-        mask = tf.cond(same, lambda: mask, lambda: tf.image.resize(mask, [size, size], "area"))
-        return tf.cast(mask >= 0.5, tf.float32)
+        return tf.cond(
+            same,
+            lambda: tf.cast(mask >= 128, tf.uint8),
+            lambda: tf.cast(
+                tf.image.resize(tf.cast(mask, tf.float32) / 255.0, [size, size], "area") >= 0.5,
+                tf.uint8,
+            ),
+        )
 
     has = tf.logical_and(features["has_mask"] > 0, tf.strings.length(features["mask"]) > 0)
     nonempty = tf.logical_and(has, features["area_pixels"] > 0)
-    mask = tf.cond(nonempty, decoded, lambda: tf.zeros([size, size, 1], tf.float32))
+    mask = tf.cond(nonempty, decoded, lambda: tf.zeros([size, size, 1], tf.uint8))
     mask.set_shape([size, size, 1])
     return mask
+
+
+def _mask(features: Mapping[str, tf.Tensor], size: int) -> tf.Tensor:
+    """Mask PNG -> [S, S, 1] float32 0/1; zeros when unknown or known empty (no decode)."""
+    return tf.cast(_mask_u8(features, size), tf.float32)
+
+
+def _targets(features: Mapping[str, tf.Tensor], size: int) -> dict[str, tf.Tensor]:
+    """The per-example labels, flags, areas, spacing and id at size S (no pixels)."""
+    height = tf.cast(features["height"], tf.float32)
+    width = tf.cast(features["width"], tf.float32)
+    has_area = tf.cast(features["has_area"] > 0, tf.float32)
+    has_spacing = tf.cast(features["has_spacing"] > 0, tf.float32)
+    # Spacing scales with the resize: S pixels now cover what `height` pixels covered.
+    scale = tf.stack([height / float(size), width / float(size)])
+    return {
+        "labels": tf.cast(features["labels"], tf.float32),
+        "has_labels": tf.cast(features["has_labels"] > 0, tf.float32),
+        "has_mask": tf.cast(features["has_mask"] > 0, tf.float32),
+        "area_fraction": has_area * features["area_pixels"] / tf.maximum(height * width, 1.0),
+        "area_mm2": features["area_mm2"] * tf.cast(features["has_area_mm2"] > 0, tf.float32),
+        "has_area": has_area,
+        "has_area_mm2": tf.cast(features["has_area_mm2"] > 0, tf.float32),
+        "pixel_spacing": features["pixel_spacing"] * scale * has_spacing,
+        "has_spacing": has_spacing,
+        "id": features["id"],
+    }
+
+
+# --- the fast path for render shards: uint8 through batching, one table lookup per batch ------
+
+#: [2, 256] float32: row 0 inverts the bone colour map (a colour JPEG's luma -> grey), row 1
+#: is a greyscale JPEG's value / 255.
+_GREY_TABLES = np.stack(
+    [renders.GREY_FROM_LUMA.astype(np.float32), np.arange(256, dtype=np.float32) / 255.0]
+)
+
+
+def render_codes(features: Mapping[str, tf.Tensor], size: int) -> dict[str, tf.Tensor]:
+    """One render record -> compact per-example tensors, batched before any float work.
+
+    Returns:
+      `_targets` plus ``codes`` [S, S, 4] uint8, ``table`` [4] int32 and ``mask`` [S, S, 1]
+      uint8 0/1; `grey_from_codes` turns a batch of them into the reader's float tensors. A
+      window decoded straight to S x S (the usual case: S = side / 1, 2, 4 or 8) keeps its
+      JPEG luma as codes with table 0 (invert the bone colour map) or, for a greyscale JPEG,
+      table 1 (value / 255). Otherwise its grey is resized to S and stored rounded to 1/255,
+      table 1 (within 0.5/255 of `preprocess`).
+    """
+    index = _jpeg_ratio_index(features["height"], features["width"], size)
+    lut = tf.constant(_GREY_TABLES[0])
+    codes, tables = [], []
+    for name in windows.WINDOW_NAMES:
+        data = features[schema.image_key(name)]
+        branches = [
+            (lambda r=r: tf.image.decode_jpeg(data, channels=1, ratio=r, dct_method="INTEGER_FAST"))
+            for r in _RATIOS
+        ]
+        luma = tf.switch_case(index, branches)
+        is_colour = tf.image.extract_jpeg_shape(data)[2] == 3
+
+        def exact(luma=luma, is_colour=is_colour) -> tuple[tf.Tensor, tf.Tensor]:
+            return luma, tf.where(is_colour, 0, 1)
+
+        def resized(luma=luma, is_colour=is_colour) -> tuple[tf.Tensor, tf.Tensor]:
+            grey = tf.cond(
+                is_colour,
+                lambda: tf.gather(lut, tf.cast(luma, tf.int32)),
+                lambda: tf.cast(luma, tf.float32) / 255.0,
+            )
+            grey = tf.round(_resize(grey, size) * 255.0)
+            return tf.cast(tf.clip_by_value(grey, 0.0, 255.0), tf.uint8), tf.constant(1)
+
+        same = tf.reduce_all(tf.shape(luma)[:2] == size)
+        code, table = tf.cond(same, exact, resized)
+        code.set_shape([size, size, 1])
+        codes.append(code)
+        tables.append(table)
+    out = _targets(features, size)
+    out["codes"] = tf.concat(codes, axis=-1)
+    out["table"] = tf.stack(tables)
+    out["mask"] = _mask_u8(features, size)
+    return out
+
+
+def _codes_to_grey(codes: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """uint8 codes [B, S, S, 4] + table [B, 4] -> grey float32 [B, S, S, 4] (numpy, OpenCV)."""
+    if codes.size == 0:
+        return np.zeros(codes.shape, np.float32)
+    codes = np.ascontiguousarray(codes)
+    b, h, w, c = codes.shape
+    if (table == table.flat[0]).all():
+        # One table for every pixel: OpenCV's vectorised lookup, which releases the GIL.
+        lut = _GREY_TABLES[int(table.flat[0])]
+        return cv2.LUT(codes.reshape(b * h, w * c), lut).reshape(codes.shape)
+    out = np.empty(codes.shape, np.float32)
+    for i in range(b):
+        for j in range(c):
+            out[i, :, :, j] = _GREY_TABLES[int(table[i, j])][codes[i, :, :, j]]
+    return out
+
+
+def grey_from_codes(batch: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    """A batch of `render_codes` -> the reader's dict: image and mask float32, is_hu 0.
+
+    The table lookup runs once per batch, through OpenCV: TensorFlow's gather costs ~3x more,
+    and floats before batching make every later copy 4x bigger (docs/benchmarks.md, "Reads").
+    """
+    out = {k: v for k, v in batch.items() if k not in ("codes", "table")}
+    codes = batch["codes"]
+    image = tf.numpy_function(_codes_to_grey, [codes, batch["table"]], tf.float32, stateful=False)
+    out["image"] = tf.ensure_shape(image, codes.shape)
+    out["mask"] = tf.cast(batch["mask"], tf.float32)
+    out["is_hu"] = tf.zeros_like(out["has_labels"])
+    return out
 
 
 def preprocess(
@@ -167,30 +295,9 @@ def preprocess(
     image.set_shape([size, size, len(windows.WINDOW_NAMES)])
     hu.set_shape([size, size, 1])
 
-    height = tf.cast(features["height"], tf.float32)
-    width = tf.cast(features["width"], tf.float32)
-    has_area = tf.cast(features["has_area"] > 0, tf.float32)
-    has_spacing = tf.cast(features["has_spacing"] > 0, tf.float32)
-    # Spacing scales with the resize: S pixels now cover what `height` pixels covered.
-    scale = tf.stack([height / float(size), width / float(size)])
-    return {
-        "image": image,
-        "hu": hu,
-        "is_hu": tf.cast(is_hu, tf.float32),
-        "labels": tf.cast(features["labels"], tf.float32),
-        "has_labels": tf.cast(features["has_labels"] > 0, tf.float32),
-        "mask": _mask(features, size),
-        "has_mask": tf.cast(features["has_mask"] > 0, tf.float32),
-        "area_fraction": has_area
-        * features["area_pixels"]
-        / tf.maximum(height * width, 1.0),
-        "area_mm2": features["area_mm2"] * tf.cast(features["has_area_mm2"] > 0, tf.float32),
-        "has_area": has_area,
-        "has_area_mm2": tf.cast(features["has_area_mm2"] > 0, tf.float32),
-        "pixel_spacing": features["pixel_spacing"] * scale * has_spacing,
-        "has_spacing": has_spacing,
-        "id": features["id"],
-    }
+    out = _targets(features, size)
+    out.update(image=image, hu=hu, is_hu=tf.cast(is_hu, tf.float32), mask=_mask(features, size))
+    return out
 
 
 def shard_files(shards_dir: str | os.PathLike[str], split: str, manifest: Mapping[str, Any]) -> list[str]:
@@ -280,8 +387,17 @@ def make_dataset(
         dataset = tf.data.TFRecordDataset(files)
     if repeat:
         dataset = dataset.repeat()
+    size = int(image_size)
+    if manifest.get("source") == "render" and augment is None:
+        # Fast path: pixels stay uint8 until after batching (see `grey_from_codes`).
+        dataset = dataset.map(
+            lambda s: render_codes(decode(s), size), num_parallel_calls=autotune, deterministic=True
+        )
+        dataset = dataset.batch(int(batch_size), drop_remainder=drop_remainder)
+        dataset = dataset.map(grey_from_codes, num_parallel_calls=autotune, deterministic=True)
+        return dataset.prefetch(autotune)
     dataset = dataset.map(
-        lambda s: preprocess(decode(s), image_size, presets),
+        lambda s: preprocess(decode(s), size, presets),
         num_parallel_calls=autotune,
         deterministic=True,
     )
