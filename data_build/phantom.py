@@ -2,15 +2,16 @@
 
 A phantom is an axial slice of a simplified adult head drawn analytically on a ``size x size``
 grid: air, scalp, a skull with inner and outer tables and a thinner diploe, grey-matter cortex
-with gyri and sulci, white matter, deep grey nuclei, the interhemispheric fissure and the
-ventricles, whose shape follows the slice position ``z`` (0 = skull base, 1 = vertex). Acute
+with gyri and sulci, white matter, deep grey nuclei, the interhemispheric and Sylvian fissures,
+the basal cisterns around the midbrain and the ventricles, whose shape follows the slice position ``z`` (0 = skull base, 1 = vertex). Acute
 blood (+55..+80 HU) is painted where each hemorrhage type appears clinically:
 
 - epidural: biconvex lens against the inner table, short arc, thick;
 - subdural: crescent along the inner table, long arc, thin;
 - intraparenchymal: lobulated blob in the brain with a hypodense oedema rim (+15..+20 HU);
 - intraventricular: blood layering in the dependent (posterior, patient supine) ventricles;
-- subarachnoid: blood filling the sulci and the surface CSF over a sector of the convexity.
+- subarachnoid: blood filling the basal cisterns and the Sylvian fissure on the bleed's side
+  (on the slices that show them), and the sulci and surface CSF over a sector of the convexity.
 
 Every array is computed in a head-local frame ``(u, v)``: ``u`` runs to the image right and ``v``
 to the image bottom (posterior), both normalised by the head's semi-axes, so ``rho = 1`` is the
@@ -232,6 +233,19 @@ _NUCLEI: tuple[tuple[float, float, float, float, float, tuple[float, float, floa
 )
 
 
+#: Basal cisterns, same fields as `_VENTRICLES`: the suprasellar cistern in front of the
+#: midbrain and the quadrigeminal cistern behind it, seen on the low slices only.
+_CISTERNS: tuple[tuple[float, float, float, float, float, tuple[float, float, float]], ...] = (
+    (0.0, -0.12, 0.12, 0.08, 0.0, (0.08, 0.22, 0.36)),
+    (0.0, 0.32, 0.08, 0.05, 0.0, (0.10, 0.24, 0.38)),
+)
+#: The ambient cistern is the ring between these two ellipses around the midbrain.
+_AMBIENT_OUTER = ((0.0, 0.10, 0.20, 0.18, 0.0, (0.08, 0.22, 0.36)),)
+_MIDBRAIN = ((0.0, 0.10, 0.135, 0.12, 0.0, (0.08, 0.22, 0.36)),)
+#: Slice positions (lo, peak, hi) where the Sylvian fissures show.
+_SYLVIAN_Z = (0.22, 0.38, 0.56)
+
+
 def _ellipses(
     u: np.ndarray,
     v: np.ndarray,
@@ -284,6 +298,28 @@ def _frame(anatomy: Anatomy, z: float, size: int) -> _Frame:
     return _Frame(u, v, rho, theta, rho_in, rho_in - rho, math.sqrt(a * b))
 
 
+def _basal_cisterns(fr: _Frame, z: float) -> np.ndarray:
+    """Bool mask of the suprasellar, ambient and quadrigeminal cisterns at z (low slices)."""
+    ring = _ellipses(fr.u, fr.v, _AMBIENT_OUTER, z) & ~_ellipses(fr.u, fr.v, _MIDBRAIN, z)
+    return ring | _ellipses(fr.u, fr.v, _CISTERNS, z)
+
+
+def _sylvian(fr: _Frame, anatomy: Anatomy, z: float, side: float = 0.0) -> np.ndarray:
+    """Bool mask of the Sylvian fissures at z: CSF clefts from the lateral surface, between the
+    frontal and temporal lobes, running back and in to the insula. ``side`` -1 or +1 keeps
+    the image-left or image-right one only (0: both)."""
+    w = _bump(z, *_SYLVIAN_Z)
+    if w < 0.2:
+        return np.zeros(fr.u.shape, dtype=bool)
+    au = np.abs(fr.u)
+    axis = -0.14 + 0.4 * (0.85 - au)  # v of the fissure's axis: anterior at the surface
+    half = (0.011 + 0.6 * anatomy.csf_layer) * (0.6 + 0.4 * w)
+    out = (au > 0.5 - 0.08 * w) & (np.abs(fr.v - axis) < half)
+    if side:
+        out &= np.sign(fr.u) == np.sign(side)
+    return out
+
+
 def _anatomy_tissue(anatomy: Anatomy, fr: _Frame, z: float) -> np.ndarray:
     """Tissue codes of the normal head at z, [size, size] uint8."""
     tissue = np.full(fr.u.shape, AIR, dtype=np.uint8)
@@ -307,7 +343,7 @@ def _anatomy_tissue(anatomy: Anatomy, fr: _Frame, z: float) -> np.ndarray:
     # Interhemispheric fissure: front and back at mid levels, all the way above the ventricles.
     fissure_len = 0.3 if z < 0.62 else 1.2
     fissure = (np.abs(fr.u) < 0.012) & (np.abs(fr.v) > 1.0 - fissure_len - 0.1)
-    tissue[brain & (sulcal | surface | fissure)] = CSF
+    tissue[brain & (sulcal | surface | fissure | _sylvian(fr, anatomy, z) | _basal_cisterns(fr, z))] = CSF
     tissue[brain & _ellipses(fr.u, fr.v, _VENTRICLES, z, anatomy.ventricle_scale)] = VENTRICLE
     return tissue
 
@@ -366,7 +402,7 @@ def random_bleed(
 
 
 def _bleed_mask(bleed: Bleed, s: float, fr: _Frame, tissue: np.ndarray,
-                anatomy: Anatomy) -> tuple[np.ndarray, np.ndarray | None]:
+                anatomy: Anatomy, z: float) -> tuple[np.ndarray, np.ndarray | None]:
     """Blood mask (bool) of one bleed at cross-section scale s, and an oedema mask or None."""
     brain = fr.depth > 0
     if bleed.kind in ("epidural", "subdural"):
@@ -397,7 +433,11 @@ def _bleed_mask(bleed: Bleed, s: float, fr: _Frame, tissue: np.ndarray,
         vs = fr.v[ventricles]
         level = np.quantile(vs, 1.0 - bleed.extent * s)
         return ventricles & (fr.v >= level), None
-    # Subarachnoid: widened, blood-filled sulci and surface CSF over a sector of the convexity.
+    # Subarachnoid: blood in the basal cisterns and the Sylvian fissure on the bleed's side,
+    # where this slice shows them, and in widened sulci and surface CSF over a sector of the
+    # convexity.
+    side = 1.0 if math.cos(bleed.angle) >= 0 else -1.0
+    spaces = _sylvian(fr, anatomy, z, side) | _basal_cisterns(fr, z)
     sector = np.abs(_angdiff(fr.theta, bleed.angle)) < bleed.extent * (0.5 + 0.5 * s)
     width = max(bleed.thickness, 2.2 / fr.radius_px)
     layer = max(0.5 * bleed.thickness, 1.6 / fr.radius_px)
@@ -405,7 +445,7 @@ def _bleed_mask(bleed: Bleed, s: float, fr: _Frame, tissue: np.ndarray,
     depths = np.array([d for _, d, _ in anatomy.sulci], dtype=np.float32) * 1.2
     near, dist = _nearest_sulcus(_bent(fr, anatomy), fr.rho, angles)
     sulcal = (dist < 0.5 * width) & (fr.depth < depths[near])
-    return brain & sector & (sulcal | (fr.depth < layer)), None
+    return brain & ((sector & (sulcal | (fr.depth < layer))) | spaces), None
 
 
 def _clean(mask: np.ndarray, min_area: int) -> np.ndarray:
@@ -452,7 +492,7 @@ def render_slice(
         s = bleed.scale_at(z)
         if s == 0.0:
             continue
-        blood, oedema = _bleed_mask(bleed, s, fr, tissue, anatomy)
+        blood, oedema = _bleed_mask(bleed, s, fr, tissue, anatomy, z)
         blood = _clean(blood, min_area)
         if blood.sum() < MIN_TYPE_FRACTION * size * size:
             continue  # too small to see or segment: this slice is bleed-free for this bleed

@@ -145,6 +145,29 @@ def test_subarachnoid_blood_fills_sulci_at_the_surface() -> None:
     assert float(np.median(skull_dist[blood])) < 0.08 * SIZE
 
 
+def test_subarachnoid_blood_fills_the_basal_cisterns_and_a_sylvian_fissure() -> None:
+    rng = np.random.default_rng(4)
+    anatomy = random_anatomy(rng)
+    centre = (slice(3 * SIZE // 8, 5 * SIZE // 8), slice(3 * SIZE // 8, 5 * SIZE // 8))
+    # Low slices show CSF cisterns around the midbrain; the level of the ventricles shows none.
+    low = render_slice(anatomy, 0.22, SIZE, (), np.random.default_rng(1))
+    mid = render_slice(anatomy, 0.45, SIZE, (), np.random.default_rng(1))
+    assert (low.tissue[centre] == CSF).sum() > 40 and (mid.tissue[centre] == CSF).sum() < 5
+    for z, angle in ((0.22, 0.3), (0.38, np.pi - 0.3)):  # bleed on the image right, then left
+        bleed = phantom.Bleed("subarachnoid", angle, 0.6, 0.025, 0.0, 70.0, z, 0.2)
+        plain = render_slice(anatomy, z, SIZE, (), np.random.default_rng(1))
+        s = render_slice(anatomy, z, SIZE, (bleed,), np.random.default_rng(1))
+        blood = s.mask.astype(bool)
+        # Blood only replaces CSF spaces and brain, never skull or ventricle.
+        assert not (blood & np.isin(plain.tissue, [SKULL, VENTRICLE])).any()
+        if z < 0.3:  # the basal cisterns fill, deep in the centre of the head
+            cisterns = plain.tissue[centre] == CSF
+            assert (blood[centre] & cisterns).sum() > 0.8 * cisterns.sum()
+        else:  # the Sylvian fissure on the bleed's side: a cleft reaching in from the side
+            side = blood[:, SIZE // 2:] if np.cos(angle) > 0 else blood[:, : SIZE // 2][:, ::-1]
+            assert side[:, SIZE // 8: SIZE // 4].sum() > 3  # between the surface and the insula
+
+
 @pytest.mark.parametrize("kind", TYPE_NAMES)
 def test_bleeds_are_visible_in_brain_and_subdural_windows(kind: str) -> None:
     s, plain = _pair(kind, seed=0)
