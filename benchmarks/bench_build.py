@@ -5,8 +5,11 @@ mask [512, 512], built one slice at a time. We time both on the same drop of ren
 real DICOMs (`benchmarks/real_drop.py`), interleaving repetitions and quoting medians.
 
     python benchmarks/bench_build.py --slices 1000 --repeats 3 [--memory-slices 1000,10000]
+    python benchmarks/bench_build.py --workdir W --reads-only --read-passes 4 --repeats 5
 
-Prints a Markdown table for docs/benchmarks.md.
+Prints a Markdown table for docs/benchmarks.md. Reads are timed over ``--read-passes`` passes of
+the whole set (each pass a new pipeline), and also as CPU time per slice (user + system, all
+threads), which a shared machine's noise disturbs far less than wall time.
 """
 from __future__ import annotations
 
@@ -114,6 +117,50 @@ def our_dataset(out: Path, size: int):
     return make_dataset(out, "train", image_size=size, batch_size=BATCH)
 
 
+def our_reference_dataset(out: Path, size: int):
+    """Our shards through the per-example float path (`fusion.data.preprocess`): the reader
+    before the uint8 fast path, kept as its reference."""
+    import tensorflow as tf
+
+    from fusion import data
+
+    files = data.shard_files(out, "train", data.load_manifest(out))
+    return (
+        tf.data.TFRecordDataset(files)
+        .map(lambda s: data.preprocess(data.decode(s), size), num_parallel_calls=tf.data.AUTOTUNE)
+        .batch(BATCH)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
+def decode_floor_dataset(out: Path, size: int):
+    """The least any reader of our shards does: parse, decode the four JPEG windows to uint8
+    at the DCT scale that gives ``size`` (512 renders: size 512 or 256), batch. No colour map,
+    mask, targets or float conversion."""
+    import tensorflow as tf
+
+    from data_build import schema
+    from fusion import data
+
+    files = data.shard_files(out, "train", data.load_manifest(out))
+    ratio = 512 // size
+    spec = schema.feature_spec()
+
+    def parse(serialized):
+        ex = tf.io.parse_single_example(serialized, spec)
+        return tf.concat([
+            tf.image.decode_jpeg(ex[schema.image_key(n)], channels=1, ratio=ratio, dct_method="INTEGER_FAST")
+            for n in WINDOW_NAMES
+        ], axis=-1)
+
+    return (
+        tf.data.TFRecordDataset(files)
+        .map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+        .batch(BATCH)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
 def count_batches(dataset) -> int:
     n = 0
     for batch in dataset:
@@ -185,10 +232,16 @@ def peak_build_memory(root: Path, out: Path, workers: int) -> tuple[float, float
     return peak / 2**20, time.perf_counter() - start
 
 
-def timed(fn, *args) -> tuple[float, int]:
-    start = time.perf_counter()
+def timed(fn, *args) -> tuple[float, int, float]:
+    """(wall seconds, slices, CPU seconds of this process, all threads)."""
+    start, cpu = time.perf_counter(), time.process_time()
     n = fn(*args)
-    return time.perf_counter() - start, n
+    return time.perf_counter() - start, n, time.process_time() - cpu
+
+
+def read_passes(make, passes: int) -> int:
+    """Slices read in ``passes`` passes, each through a new pipeline from ``make()``."""
+    return sum(count_batches(make()) for _ in range(passes))
 
 
 def main() -> None:
@@ -197,6 +250,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--memory-slices", default="1000,10000")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--read-passes", type=int, default=1, help="passes over the set per read timing")
+    parser.add_argument("--reads-only", action="store_true",
+                        help="time reads of the shards already in --workdir (no builds, no memory runs)")
     args = parser.parse_args()
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="fusion-bench-"))
@@ -209,19 +265,29 @@ def main() -> None:
     cores = os.cpu_count() or 1
 
     rates: dict[str, list[float]] = {}
-    can_drop = drop_page_cache()
+    cpu_ms: dict[str, list[float]] = {}
+    can_drop = drop_page_cache() and not args.reads_only
+    if args.reads_only and not (peer_file.exists() and (ours / "manifest.json").exists()):
+        sys.exit(f"--reads-only needs {peer_file} and {ours}/manifest.json from an earlier run")
+    passes = max(1, args.read_passes)
 
-    def add(key: str, seconds: float, n: int) -> None:
+    def add(key: str, seconds: float, n: int, cpu: float = float("nan")) -> None:
         rates.setdefault(key, []).append(n / seconds)
+        cpu_ms.setdefault(key, []).append(1000.0 * cpu / n)
 
+    readers = (("peer", peer_dataset, peer_file), ("ours", our_dataset, ours),
+               ("ours, per-example float path", our_reference_dataset, ours),
+               ("decode floor", decode_floor_dataset, ours))
     for _ in range(args.repeats):  # interleaved, so machine noise hits both alike
-        add("peer build", *timed(peer_build, root, peer_file))
-        add("ours build, 1 worker", *timed(our_build, root, ours, 1))
-        if cores > 1:
-            add(f"ours build, {cores} workers", *timed(our_build, root, ours, cores))
+        if not args.reads_only:
+            add("peer build", *timed(peer_build, root, peer_file))
+            add("ours build, 1 worker", *timed(our_build, root, ours, 1))
+            if cores > 1:
+                add(f"ours build, {cores} workers", *timed(our_build, root, ours, cores))
         for size in (512, 256):
-            add(f"peer read {size}", *timed(count_batches, peer_dataset(peer_file, size)))
-            add(f"ours read {size}", *timed(count_batches, our_dataset(ours, size)))
+            for name, make, path in readers:
+                add(f"{name} read {size}",
+                    *timed(read_passes, lambda make=make, path=path: make(path, size), passes))
         if can_drop:
             for name, make in (("peer", lambda: peer_dataset(peer_file, 512)),
                                ("ours", lambda: our_dataset(ours, 512))):
@@ -229,6 +295,23 @@ def main() -> None:
                 add(f"{name} read 512 cold", *timed(count_batches, make()))
 
     med = {k: statistics.median(v) for k, v in rates.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu_ms.items()}
+    if args.reads_only:
+        print(f"\nreads only: {args.slices} slices x {passes} passes, repeats: {args.repeats}, cores: {cores}\n")
+        print("| read into batches of 16 | peer slices/s | ours slices/s | ours / peer | "
+              "peer CPU ms/slice | ours CPU ms/slice | per-example float path: slices/s, CPU ms/slice "
+              "| decode floor: slices/s, CPU ms/slice |")
+        print("|---|---|---|---|---|---|---|---|")
+        for size in (512, 256):
+            p, o, r, f = (f"{n} read {size}" for n in
+                          ("peer", "ours", "ours, per-example float path", "decode floor"))
+            print(f"| {size} px, warm page cache | {med[p]:.1f} | {med[o]:.1f} | {med[o] / med[p]:.2f}x | "
+                  f"{med_cpu[p]:.2f} | {med_cpu[o]:.2f} | {med[r]:.1f}, {med_cpu[r]:.2f} | "
+                  f"{med[f]:.1f}, {med_cpu[f]:.2f} |")
+        for key in sorted(rates):
+            print(f"{key}: slices/s {[round(x) for x in rates[key]]}, CPU ms/slice "
+                  f"{[round(x, 2) for x in cpu_ms[key]]}")
+        return
     n_ours = our_build(root, ours, cores)
     bytes_ours = folder_bytes(ours) / n_ours
     bytes_peer = peer_file.stat().st_size / args.slices
