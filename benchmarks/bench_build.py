@@ -164,7 +164,7 @@ def decode_floor_dataset(out: Path, size: int):
 def count_batches(dataset) -> int:
     n = 0
     for batch in dataset:
-        first = batch[0] if isinstance(batch, tuple) else batch["image"]
+        first = batch[0] if isinstance(batch, tuple) else batch["image"] if isinstance(batch, dict) else batch
         n += int(first.shape[0])
     return n
 
