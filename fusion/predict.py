@@ -34,6 +34,7 @@ import json
 import logging
 import math
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -142,11 +143,12 @@ def _walk(path: Path) -> Iterable[tuple[Path, bool]]:
         yield path, True
 
 
-def discover(paths: Sequence[str | Path]) -> Inputs:
+def discover(paths: Sequence[str | Path], on_file: Callable[[], None] | None = None) -> Inputs:
     """Sort the given files and folders into DICOM slices, render IDs, images and arrays.
 
     Unreadable or unknown files become `SkipRecord`s (files of `IGNORED_EXTENSIONS` found in
-    folders are ignored silently). DICOM headers are read here (no pixels).
+    folders are ignored silently). DICOM headers are read here (no pixels). ``on_file`` is
+    called once per file looked at (for a progress display).
     """
     from data_build.dicom import DicomReadError, read_meta
 
@@ -158,6 +160,8 @@ def discover(paths: Sequence[str | Path]) -> Inputs:
             found.skipped.append(SkipRecord(str(root), "missing", "no such file or folder"))
             continue
         for f, explicit in _walk(root):
+            if on_file is not None:
+                on_file()
             key = f.resolve()
             if key in seen:
                 continue
@@ -468,8 +472,15 @@ def run_predictions(
     batch_size: int = 8,
     progress: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
+    on_file: Callable[[], None] | None = None,
+    checkpoint_s: float = 60.0,
 ) -> PredictSummary:
     """Predict every slice of ``inputs`` and write the outputs into ``out``.
+
+    Masks and overlays are written as each series finishes. The tables are written at the end;
+    on a long run they are also saved at most every ``checkpoint_s`` seconds (after a series) as
+    ``predictions.partial.csv`` and the like, so a killed run keeps what it finished under
+    names that say it is incomplete. The final tables replace the partial ones.
 
     Args:
       predictor: the loaded model.
@@ -479,6 +490,8 @@ def run_predictions(
       batch_size: slices per model call.
       progress: called with the number of slices finished (for a progress bar).
       on_total: called once with the number of candidate slices.
+      on_file: called once per input file looked at while reading headers.
+      checkpoint_s: seconds between partial table saves (0: after every series).
 
     Returns:
       A `PredictSummary`; nothing raised for bad inputs (they are in ``skipped``).
@@ -486,7 +499,7 @@ def run_predictions(
     out.mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(exist_ok=True)
     (out / "overlays").mkdir(exist_ok=True)
-    found = discover(inputs)
+    found = discover(inputs, on_file)
     series_list = group_series(found.dicom)
     if on_total is not None:
         on_total(len(found.dicom) + len(found.renders) + len(found.images) + len(found.arrays))
@@ -572,16 +585,39 @@ def run_predictions(
         )
         summary.series += 1
 
+    last_save = time.monotonic()
+
+    def checkpoint() -> None:
+        nonlocal last_save
+        if time.monotonic() - last_save >= checkpoint_s:
+            _write_tables(out, rows, series_rows, found.skipped, PARTIAL)
+            last_save = time.monotonic()
+
     for sid, slices in series_list:
         process(sid, _slices_of_series(sid, slices, found.skipped), geometry=True)
+        checkpoint()
     for sid, items in _render_inputs(found):
         process(sid, items, geometry=False)
+        checkpoint()
     for sid, items in _single_inputs(found):
         process(sid, items, geometry=True)
+        checkpoint()
 
     summary.skipped = found.skipped
     _write_tables(out, rows, series_rows, found.skipped)
+    for name in TABLES:
+        _partial_name(out / name).unlink(missing_ok=True)
     return summary
+
+
+#: The table files of a prediction run, and the marker of a run's partial saves.
+TABLES = ("predictions.csv", "predictions.json", "series.csv", "series.json", "skipped.json")
+PARTIAL = ".partial"
+
+
+def _partial_name(path: Path) -> Path:
+    """predictions.csv -> predictions.partial.csv"""
+    return path.with_name(f"{path.stem}{PARTIAL}{path.suffix}")
 
 
 def _csv(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
@@ -599,8 +635,13 @@ def _csv(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
 
 def _write_tables(
     out: Path, rows: list[dict[str, Any]], series_rows: list[dict[str, Any]],
-    skipped: list[SkipRecord],
+    skipped: list[SkipRecord], partial: str = "",
 ) -> None:
+    """Write the five tables atomically (as ``*.partial.*`` when ``partial`` is `PARTIAL`)."""
+
+    def name(table: str) -> Path:
+        return _partial_name(out / table) if partial else out / table
+
     slice_cols = (
         ["id", "source", "path", "series_id", "index_in_series"]
         + [f"p_{n}" for n in LABEL_NAMES] + [f"decision_{n}" for n in LABEL_NAMES]
@@ -612,11 +653,11 @@ def _write_tables(
         "b_mm", "c_mm", "slice_spacing_mm", "spacing_source", "largest_slice_id",
         "largest_area_mm2", "max_p_any",
     ]
-    atomic_write_text(out / "predictions.csv", _csv(rows, slice_cols))
-    atomic_write_text(out / "predictions.json", json.dumps(rows, indent=1) + "\n")
-    atomic_write_text(out / "series.csv", _csv(series_rows, series_cols))
-    atomic_write_text(out / "series.json", json.dumps(series_rows, indent=1) + "\n")
+    atomic_write_text(name("predictions.csv"), _csv(rows, slice_cols))
+    atomic_write_text(name("predictions.json"), json.dumps(rows, indent=1) + "\n")
+    atomic_write_text(name("series.csv"), _csv(series_rows, series_cols))
+    atomic_write_text(name("series.json"), json.dumps(series_rows, indent=1) + "\n")
     atomic_write_text(
-        out / "skipped.json",
+        name("skipped.json"),
         json.dumps([s.__dict__ for s in skipped], indent=1) + "\n",
     )

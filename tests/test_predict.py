@@ -340,3 +340,42 @@ def test_plain_and_render_images_invert_the_bone_colour_map(tmp_path: Path) -> N
     (tmp_path / "bad.png").write_bytes(b"\x89PNG broken")
     with pytest.raises(ValueError, match="PNG/JPEG"):
         read_plain_grey(tmp_path / "bad.png")
+
+
+def test_killed_run_keeps_partial_tables_and_a_full_run_leaves_none(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fusion.predict as predict_mod
+
+    (tmp_path / "in").mkdir()
+    hu = np.zeros((S, S))
+    for series in ("1.1", "2.2"):
+        for k in range(2):
+            write_dicom(tmp_path / "in" / f"s{series}-{k}.dcm", hu, series, z=float(k))
+    predictor = load_predictor(model_dir)
+    real_run_model = predict_mod._run_model
+    calls = []
+
+    def dies_on_second_series(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the run is killed while predicting the second series
+        return real_run_model(*args, **kwargs)
+
+    monkeypatch.setattr(predict_mod, "_run_model", dies_on_second_series)
+    files: list[int] = []
+    with pytest.raises(KeyboardInterrupt):
+        run_predictions(predictor, [tmp_path / "in"], tmp_path / "out", checkpoint_s=0,
+                        on_file=lambda: files.append(1))
+    assert len(files) == 4  # every header was looked at
+    out = tmp_path / "out"
+    assert not (out / "predictions.csv").exists()  # nothing that looks whole
+    partial = json.loads((out / "predictions.partial.json").read_text())
+    assert len(partial) == 2 and len({r["series_id"] for r in partial}) == 1
+    assert len(json.loads((out / "series.partial.json").read_text())) == 1
+
+    monkeypatch.setattr(predict_mod, "_run_model", real_run_model)
+    summary = run_predictions(predictor, [tmp_path / "in"], out, checkpoint_s=0)
+    assert summary.predicted == 4
+    assert len(json.loads((out / "predictions.json").read_text())) == 4
+    assert not list(out.glob("*.partial.*"))

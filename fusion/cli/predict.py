@@ -34,7 +34,9 @@ def main(model: Path, inputs: tuple[Path, ...], out: Path, tta: str, batch_size:
     estimate are written to series.csv. Unreadable inputs are listed in skipped.json and
     skipped; exit status 0 when anything was predicted, 1 when nothing could be.
     With --tta flip and no calibrated thresholds next to the model, decisions are those of
-    the un-flipped image.
+    the un-flipped image. Masks are written as each series finishes; a long run also saves
+    its tables every minute as predictions.partial.csv and the like, so a killed run keeps
+    what it finished (the final tables replace them).
     """
     from tqdm import tqdm
 
@@ -55,21 +57,29 @@ def main(model: Path, inputs: tuple[Path, ...], out: Path, tta: str, batch_size:
         predictor = load_predictor(model)
     except ModelLoadError as err:
         raise click.ClickException(str(err)) from err
-    bar = tqdm(unit="slice", desc="predict", delay=0.5)
+    headers = tqdm(unit="file", desc="read headers", delay=0.5)
+    bar = None
 
     def set_total(n: int) -> None:
-        bar.total = n
-        bar.refresh()
+        nonlocal bar
+        headers.close()
+        bar = tqdm(total=n, unit="slice", desc="predict", delay=0.5)
+
+    def update(n: int) -> None:
+        if bar is not None:
+            bar.update(n)
 
     try:
         summary = run_predictions(
             predictor, list(inputs), out, tta=tta, batch_size=batch_size,
-            progress=bar.update, on_total=set_total,
+            progress=update, on_total=set_total, on_file=headers.update,
         )
     except (PredictError, PredictInputError, ModelLoadError, OSError) as err:
         raise click.ClickException(str(err)) from err
     finally:
-        bar.close()
+        headers.close()
+        if bar is not None:
+            bar.close()
     reasons = Counter(s.reason for s in summary.skipped)
     detail = ", ".join(f"{n} {r}" for r, n in sorted(reasons.items()))
     click.echo(
