@@ -152,3 +152,69 @@ def test_synth_cli_refuses_then_overwrites(tmp_path: Path) -> None:
     (tmp_path / "mine" / "thesis.tex").write_text("keep")
     kept = _run(cli.synth, tmp_path / "mine", *args, "--overwrite")
     assert kept.exit_code == 1 and (tmp_path / "mine" / "thesis.tex").exists()
+
+
+KILLED_BUILD = """
+import sys, time
+from data_build import convert, records
+root, out = sys.argv[1], sys.argv[2]
+append, make = records._append_progress, convert.make_example
+shards = []
+
+def append_and_tell(out_dir, entry):
+    append(out_dir, entry)
+    if entry.get("kind") == "shard":
+        shards.append(entry)
+        print("SHARD", flush=True)  # the parent kills us now, in the next shard
+
+def slow_make(*args, **kwargs):
+    if shards:
+        time.sleep(0.5)  # after the first shard: slow, so the kill lands mid-shard
+    return make(*args, **kwargs)
+
+records._append_progress = append_and_tell
+convert.make_example = slow_make
+records.build(root, out, workers=1, shard_size=4, progress=False)
+print("FINISHED", flush=True)
+"""
+
+
+def test_build_killed_with_sigkill_resumes_to_the_same_shards(
+    drop: tuple[Path, synth.SynthSummary], tmp_path: Path
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root, _ = drop
+    clean = tmp_path / "clean"
+    assert _run(cli.build, root, "--out", clean, "--workers", "1", "--shard-size", "4").exit_code == 0
+    out = tmp_path / "killed"
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(repo)}
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_BUILD, str(root), str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    try:
+        line = proc.stdout.readline()  # blocks until the first shard is logged
+        assert line.strip() == "SHARD", f"the build ended before its first shard: {line!r}"
+        deadline = time.monotonic() + 30
+        while not list(out.glob(".*.tmp")) and time.monotonic() < deadline:
+            time.sleep(0.02)  # wait until the next shard is half written
+        assert list(out.glob(".*.tmp")), "the second shard never started"
+        proc.send_signal(signal.SIGKILL)  # no cleanup runs: what a power cut or OOM kill leaves
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "manifest.json").exists()  # nothing that looks like a finished build
+    assert list(out.glob(".*.tmp"))  # the half-written shard, under a temporary name
+    refused = _run(cli.build, root, "--out", out, "--workers", "1", "--shard-size", "4")
+    assert refused.exit_code == 1 and "--resume" in refused.output, refused.output
+    resumed = _run(cli.build, root, "--out", out, "--workers", "1", "--shard-size", "4", "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert not list(out.glob(".*.tmp"))
+    shard_bytes = lambda d: {p.name: p.read_bytes() for p in d.glob("*.tfrecord")}  # noqa: E731
+    assert shard_bytes(out) == shard_bytes(clean)
+    assert _run(cli.verify, out).exit_code == 0
