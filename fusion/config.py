@@ -26,6 +26,7 @@ from data_build.files import atomic_write_text
 #: Model heads, in the order of the model's outputs.
 HEADS: tuple[str, ...] = ("class", "area", "mask")
 FUSIONS: tuple[str, ...] = ("early", "attention")
+CLASS_POOLINGS: tuple[str, ...] = ("global", "attention")
 #: Optional keras.applications backbones and their total stride.
 BACKBONES: Mapping[str, int] = {"resnet50": 32, "efficientnetb0": 32}
 CLASS_LOSSES: tuple[str, ...] = ("focal", "bce")
@@ -60,6 +61,9 @@ class ModelConfig:
         internet access the first time).
       dropout: dropout before the class and area heads.
       heads: which of "class", "area", "mask" the model has ("class" is required).
+      class_pooling: "global" (the class head reads globally pooled features) or "attention"
+        (it also reads one attention-pooled vector per label from the decoder's features,
+        `fusion.layers.TypeAttentionPooling`; needs the mask or area head's decoder).
     """
 
     image_size: int = 256
@@ -73,6 +77,7 @@ class ModelConfig:
     backbone_weights: str | None = None
     dropout: float = 0.1
     heads: tuple[str, ...] = HEADS
+    class_pooling: str = "global"
 
     def __post_init__(self) -> None:
         # JSON gives lists; keep the dataclass hashable and frozen-friendly.
@@ -84,6 +89,10 @@ class ModelConfig:
         _check(self.groups >= 1, f"model.groups must be >= 1, got {self.groups}")
         _check(self.fusion_width >= 1, f"model.fusion_width must be >= 1, got {self.fusion_width}")
         _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
+        _check(self.class_pooling in CLASS_POOLINGS,
+               f"model.class_pooling must be one of {CLASS_POOLINGS}, got {self.class_pooling!r}")
+        _check(self.class_pooling == "global" or "mask" in self.heads or "area" in self.heads,
+               "model.class_pooling 'attention' reads the decoder: it needs the mask or area head")
         _check(
             self.backbone is None or self.backbone in BACKBONES,
             f"model.backbone must be None or one of {sorted(BACKBONES)}, got {self.backbone!r}",

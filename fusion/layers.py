@@ -107,3 +107,53 @@ class WindowAttentionFusion(keras.layers.Layer):
             num_windows=self.num_windows,
         )
         return config
+
+
+@keras.saving.register_keras_serializable(package="fusion")
+class TypeAttentionPooling(keras.layers.Layer):
+    """One spatial attention map per output label, then one linear score per label.
+
+    Global pooling sums a slice into one vector, so a small bleed beside a larger one of another
+    type is easily drowned. Here each label k scores every pixel, a softmax over the pixels
+    gives its attention map a_k, the features are pooled under a_k, and a linear read-out of
+    that pooled vector gives label k's logit: each type can look at its own place (sulci and
+    cisterns, the inner table, the ventricles).
+
+    Input: features [B, H, W, C]. Output: logits [B, K] (float32).
+
+    Args:
+      num_labels: K.
+    """
+
+    def __init__(self, num_labels: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if num_labels < 1:
+            raise ValueError(f"num_labels must be >= 1, got {num_labels}")
+        self.num_labels = num_labels
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        channels = int(input_shape[-1])
+        k = self.num_labels
+        self.score_kernel = self.add_weight(shape=(channels, k), initializer="glorot_uniform", name="score_kernel")
+        self.score_bias = self.add_weight(shape=(k,), initializer="zeros", name="score_bias")
+        self.read_kernel = self.add_weight(shape=(k, channels), initializer="glorot_uniform", name="read_kernel")
+        self.read_bias = self.add_weight(shape=(k,), initializer="zeros", name="read_bias")
+        self.built = True
+
+    def call(self, features: Any) -> Any:
+        x = ops.cast(features, "float32")
+        channels = ops.shape(x)[-1]
+        flat = ops.reshape(x, (ops.shape(x)[0], -1, channels))  # [B, N, C]
+        scores = ops.matmul(flat, ops.cast(self.score_kernel, "float32")) + ops.cast(self.score_bias, "float32")
+        attention = ops.softmax(scores, axis=1)  # [B, N, K]: each label's map sums to 1
+        pooled = ops.einsum("bnk,bnc->bkc", attention, flat)  # [B, K, C]
+        read = ops.cast(self.read_kernel, "float32")
+        return ops.sum(pooled * read[None], axis=-1) + ops.cast(self.read_bias, "float32")
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        return (input_shape[0], self.num_labels)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(num_labels=self.num_labels)
+        return config

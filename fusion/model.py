@@ -22,7 +22,7 @@ import numpy as np
 from data_build.schema import LABEL_NAMES
 from data_build.windows import WINDOW_NAMES
 from fusion.config import ModelConfig
-from fusion.layers import WindowAttentionFusion, group_count
+from fusion.layers import TypeAttentionPooling, WindowAttentionFusion, group_count
 
 #: Name of the attention-fusion layer (its second output holds the window weights).
 FUSION_LAYER = "window_fusion"
@@ -187,6 +187,9 @@ def build_model(cfg: ModelConfig) -> keras.Model:
         dense_max = keras.layers.GlobalMaxPooling2D(name="dense_pool_max")(decoded)
         class_in = keras.layers.Concatenate(name="class_in")([summary, dense_avg, dense_max])
     logits = keras.layers.Dense(len(LABEL_NAMES), name="class_logits")(class_in)
+    if cfg.class_pooling == "attention" and decoded is not None:
+        per_label = TypeAttentionPooling(len(LABEL_NAMES), name="type_attention")(decoded)
+        logits = keras.layers.Add(name="class_logits_sum")([logits, per_label])
     outputs["class"] = keras.layers.Activation("sigmoid", dtype="float32", name="class")(logits)
     if "mask" in cfg.heads:
         mask_logits = keras.layers.Conv2D(1, 1, name="mask_logits")(decoded)

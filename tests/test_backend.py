@@ -33,6 +33,9 @@ SCRIPT = textwrap.dedent(
     weights = window_weights(build_model(ModelConfig(image_size=32, width=4, depth=2, fusion_width=4, groups=2)), x)
     shapes["weights"] = list(weights.shape)
     shapes["weights_sum"] = float(np.abs(weights.sum(-1) - 1).max())
+    pooled = build_model(ModelConfig(image_size=32, width=4, depth=2, fusion_width=4, groups=2, class_pooling="attention"))
+    probs = np.asarray(pooled.predict(x, verbose=0)["class"])
+    shapes["attention_pooling"] = [list(probs.shape), bool(np.isfinite(probs).all())]
     shapes["backend"] = keras.backend.backend()
     print("RESULT " + json.dumps(shapes))
     """
@@ -63,6 +66,7 @@ def test_model_runs_on_another_backend(backend: str) -> None:
         assert res[fusion + "_finite"]
     assert res["weights"] == [2, 32, 32, 4]
     assert res["weights_sum"] < 1e-4
+    assert res["attention_pooling"] == [[2, 6], True]
 
 
 def test_model_modules_do_not_import_tensorflow() -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fusion.config import ModelConfig
-from fusion.layers import WindowAttentionFusion
+from fusion.layers import TypeAttentionPooling, WindowAttentionFusion
 from fusion.model import FUSION_LAYER, build_model, window_weights
 
 SIZE = 32
@@ -99,3 +99,36 @@ def test_optional_keras_applications_backbone() -> None:
     assert tuple(out["class"].shape) == (1, 6)
     assert tuple(out["mask"].shape) == (1, 64, 64, 1)
     assert model.count_params() > 20_000_000  # really ResNet50 inside
+
+
+def test_type_attention_pooling_reads_each_labels_own_place(tmp_path: Path) -> None:
+    layer = TypeAttentionPooling(2, name="t")
+    x = np.zeros((1, 8, 8, 3), np.float32)
+    x[0, 1, 1] = [5.0, 0.0, 1.0]  # a feature only at one pixel (channel 0) ...
+    x[0, 6, 6] = [0.0, 5.0, 1.0]  # ... and another only at another (channel 1)
+    layer.build(x.shape)
+    # Label 0 attends to channel 0 and reads channel 0; label 1 the same with channel 1.
+    layer.score_kernel.assign(np.array([[4.0, 0.0], [0.0, 4.0], [0.0, 0.0]], np.float32))
+    layer.read_kernel.assign(np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], np.float32))
+    logits = np.asarray(layer(x))
+    assert logits.shape == (1, 2) and logits.dtype == np.float32
+    # Global average pooling would give 5 / 64 = 0.08; attention nearly finds the full 5.
+    assert logits[0, 0] > 4.9 and logits[0, 1] > 4.9
+    clone = TypeAttentionPooling.from_config(layer.get_config())
+    assert clone.num_labels == 2
+    with pytest.raises(ValueError, match="num_labels"):
+        TypeAttentionPooling(0)
+
+
+def test_attention_class_pooling_builds_saves_and_needs_a_decoder(tmp_path: Path) -> None:
+    model = build_model(tiny(class_pooling="attention"))
+    assert "type_attention" in [layer.name for layer in model.layers]
+    x = images(2)
+    before = model(x, training=False)
+    model.save(tmp_path / "m.keras")
+    after = keras.saving.load_model(tmp_path / "m.keras")(x, training=False)
+    np.testing.assert_allclose(np.asarray(after["class"]), np.asarray(before["class"]), atol=1e-6)
+    with pytest.raises(ValueError, match="class_pooling"):
+        tiny(class_pooling="attention", heads=("class",))
+    with pytest.raises(ValueError, match="class_pooling"):
+        tiny(class_pooling="max")

@@ -26,6 +26,7 @@ def build_config(
     learning_rate: float | None,
     width: int | None,
     fusion: str | None,
+    class_pooling: str | None = None,
 ) -> RunConfig:
     """Preset < config file < command-line options.
 
@@ -36,8 +37,8 @@ def build_config(
     if config_file is not None:
         cfg = RunConfig.load(config_file)
     # Only the options given on the command line override the preset or config file.
-    model = {k: v for k, v in {"image_size": image_size, "width": width, "fusion": fusion}.items()
-             if v is not None}
+    model = {k: v for k, v in {"image_size": image_size, "width": width, "fusion": fusion,
+                               "class_pooling": class_pooling}.items() if v is not None}
     train = {k: v for k, v in {"epochs": epochs, "batch_size": batch_size, "seed": seed,
                                "learning_rate": learning_rate}.items() if v is not None}
     return cfg.replace(model=model, train=train)
@@ -58,6 +59,9 @@ def build_config(
 @click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), help="Peak AdamW learning rate.")
 @click.option("--width", type=click.IntRange(min=1), help="Encoder width (channels of the first stage).")
 @click.option("--fusion", type=click.Choice(["early", "attention"]), help="Window fusion.")
+@click.option("--class-pooling", type=click.Choice(["global", "attention"]),
+              help="How the class head pools: global, or also one attention map per label "
+                   "(docs/benchmarks.md: no gain on the synthetic demo).")
 @click.option("--strategy", type=click.Choice(["default", "mirrored"]), default="default", show_default=True,
               help="tf.distribute strategy (mirrored: all local GPUs).")
 @click.option("--resume", is_flag=True, help="Continue a killed run from RUN/backup (uses RUN/config.json).")
@@ -77,6 +81,7 @@ def main(
     learning_rate: float | None,
     width: int | None,
     fusion: str | None,
+    class_pooling: str | None,
     strategy: str,
     resume: bool,
     overwrite: bool,
@@ -89,7 +94,7 @@ def main(
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = build_config(preset_name, config_file, epochs, image_size, batch_size, seed,
-                           learning_rate, width, fusion)
+                           learning_rate, width, fusion, class_pooling)
     except ConfigError as err:
         raise click.UsageError(str(err)) from None
 
