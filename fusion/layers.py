@@ -5,6 +5,9 @@ convolutional stem; a query computed from all windows together scores each windo
 per pixel, and a softmax across the windows gives per-pixel weights that sum to 1. The fused
 feature map is the weighted sum of the window features. The weights are the layer's second
 output, so they can be inspected (`fusion.model.window_weights`).
+
+`TypeAttentionPooling` is the optional per-label attention pooling of the class head
+(``model.class_pooling = "attention"``).
 """
 from __future__ import annotations
 
