@@ -3,8 +3,9 @@
 A phantom is an axial slice of a simplified adult head drawn analytically on a ``size x size``
 grid: air, scalp, a skull with inner and outer tables and a thinner diploe, grey-matter cortex
 with gyri and sulci, white matter, deep grey nuclei, the interhemispheric and Sylvian fissures,
-the basal cisterns around the midbrain and the ventricles, whose shape follows the slice position ``z`` (0 = skull base, 1 = vertex). Acute
-blood (+55..+80 HU) is painted where each hemorrhage type appears clinically:
+the basal cisterns around the midbrain and the ventricles, whose shape follows the slice
+position ``z`` (0 = skull base, 1 = vertex). Acute blood (+55..+80 HU) is painted where each
+hemorrhage type appears clinically:
 
 - epidural: biconvex lens against the inner table, short arc, thick;
 - subdural: crescent along the inner table, long arc, thin;
@@ -437,7 +438,9 @@ def _bleed_mask(bleed: Bleed, s: float, fr: _Frame, tissue: np.ndarray,
     # where this slice shows them, and in widened sulci and surface CSF over a sector of the
     # convexity.
     side = 1.0 if math.cos(bleed.angle) >= 0 else -1.0
-    spaces = _sylvian(fr, anatomy, z, side) | _basal_cisterns(fr, z)
+    # CSF spaces only: where a ventricle overlaps a cistern, blood there would read as
+    # intraventricular.
+    spaces = (_sylvian(fr, anatomy, z, side) | _basal_cisterns(fr, z)) & (tissue != VENTRICLE)
     sector = np.abs(_angdiff(fr.theta, bleed.angle)) < bleed.extent * (0.5 + 0.5 * s)
     width = max(bleed.thickness, 2.2 / fr.radius_px)
     layer = max(0.5 * bleed.thickness, 1.6 / fr.radius_px)

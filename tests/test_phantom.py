@@ -166,6 +166,15 @@ def test_subarachnoid_blood_fills_the_basal_cisterns_and_a_sylvian_fissure() -> 
         else:  # the Sylvian fissure on the bleed's side: a cleft reaching in from the side
             side = blood[:, SIZE // 2:] if np.cos(angle) > 0 else blood[:, : SIZE // 2][:, ::-1]
             assert side[:, SIZE // 8: SIZE // 4].sum() > 3  # between the surface and the insula
+    # Where a ventricle overlaps a cistern or fissure, the blood stays out of the ventricle.
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        head = random_anatomy(rng)
+        for z in (0.2, 0.26, 0.32, 0.38):
+            bleed = phantom.Bleed("subarachnoid", 0.0, 0.6, 0.025, 0.0, 70.0, z, 0.2)
+            plain = render_slice(head, z, SIZE, (), np.random.default_rng(1))
+            s = render_slice(head, z, SIZE, (bleed,), np.random.default_rng(1))
+            assert not (s.mask.astype(bool) & (plain.tissue == VENTRICLE)).any(), (seed, z)
 
 
 @pytest.mark.parametrize("kind", TYPE_NAMES)
