@@ -352,11 +352,13 @@ def make_dataset(
       shuffle: shuffle shard order and records (seeded; otherwise manifest order).
       seed: shuffle seed.
       repeat: repeat forever (for `fit` with steps_per_epoch).
-      augment: per-example dict -> dict, applied after `preprocess`, before batching.
+      augment: per-example dict -> dict, applied after `preprocess`, before batching (this
+        takes render shards off the uint8 fast path; `fusion.augment` works on batches instead).
       drop_remainder: drop the last, smaller batch.
 
     Returns:
-      Dataset of dicts as in docs/design.md "Reader output" (leading batch dim B).
+      Dataset of dicts as in docs/design.md "Reader output" (leading batch dim B). Render
+      shards read without ``augment`` carry no ``hu`` key.
 
     Raises:
       ManifestError, EmptySplitError, ValueError (bad arguments).
