@@ -87,6 +87,15 @@ def _render_image(features: Mapping[str, tf.Tensor], size: int) -> tf.Tensor:
     return tf.concat(channels, axis=-1)
 
 
+def _decode_luma(data: tf.Tensor, ratio_index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """JPEG -> (uint8 luma [h, w, 1] at DCT scale 1 / `_RATIOS`[ratio_index], is it colour)."""
+    branches = [
+        (lambda r=r: tf.image.decode_jpeg(data, channels=1, ratio=r, dct_method="INTEGER_FAST"))
+        for r in _RATIOS
+    ]
+    return tf.switch_case(ratio_index, branches), tf.image.extract_jpeg_shape(data)[2] == 3
+
+
 def decode_render(data: tf.Tensor, size: int, ratio_index: tf.Tensor | None = None) -> tf.Tensor:
     """One window render JPEG -> [S, S, 1] grey in [0, 1], as `windows.window` gives it.
 
@@ -98,12 +107,7 @@ def decode_render(data: tf.Tensor, size: int, ratio_index: tf.Tensor | None = No
     if ratio_index is None:
         shape = tf.image.extract_jpeg_shape(data)
         ratio_index = _jpeg_ratio_index(shape[0], shape[1], size)
-    branches = [
-        (lambda r=r: tf.image.decode_jpeg(data, channels=1, ratio=r, dct_method="INTEGER_FAST"))
-        for r in _RATIOS
-    ]
-    luma = tf.switch_case(ratio_index, branches)
-    is_colour = tf.image.extract_jpeg_shape(data)[2] == 3
+    luma, is_colour = _decode_luma(data, ratio_index)
     grey = tf.cond(
         is_colour,
         lambda: tf.expand_dims(renders.luma_to_grey(luma[..., 0], xp=tnp), -1),
@@ -197,12 +201,7 @@ def render_codes(features: Mapping[str, tf.Tensor], size: int) -> dict[str, tf.T
     codes, tables = [], []
     for name in windows.WINDOW_NAMES:
         data = features[schema.image_key(name)]
-        branches = [
-            (lambda r=r: tf.image.decode_jpeg(data, channels=1, ratio=r, dct_method="INTEGER_FAST"))
-            for r in _RATIOS
-        ]
-        luma = tf.switch_case(index, branches)
-        is_colour = tf.image.extract_jpeg_shape(data)[2] == 3
+        luma, is_colour = _decode_luma(data, index)
 
         def exact(luma=luma, is_colour=is_colour) -> tuple[tf.Tensor, tf.Tensor]:
             return luma, tf.where(is_colour, 0, 1)
