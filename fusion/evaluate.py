@@ -6,7 +6,8 @@ keeps per-slice predictions (never the full masks: Dice/IoU are computed per bat
 writes::
 
     OUT/metrics.json   per-type AUC, AUPRC, sensitivity, specificity, F1 at the thresholds,
-                       macro averages, "multi" (>= 2 types), Dice / IoU distribution, area
+                       macro averages, "multi" (>= 2 types), per-type AUC alone vs. beside
+                       another type ("by_context"), Dice / IoU distribution, area
                        agreement (fraction and mm^2), 95 % bootstrap intervals, notes
     OUT/report.html    the same as tables, ROC / PR / reliability curves, Dice histogram,
                        Bland-Altman plots and overlays of the best and worst slices
@@ -23,6 +24,7 @@ import heapq
 import io
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -202,6 +204,44 @@ def _class_block(
     return M.nan_to_none(block)
 
 
+def context_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, Any]:
+    """Per-type AUC when the type is alone on a slice vs. beside another hemorrhage type.
+
+    For each of the five types t (`TYPE_NAMES`, not "any"): the negatives are all slices
+    without t; "alone" takes as positives the slices whose only positive type is t,
+    "with_other" the slices with t and at least one other type. Each subset's AUC is that of
+    the probability of t over (its positives + all negatives), None when undefined (no
+    positives or no negatives). No bootstrap intervals.
+
+    Args:
+      labels: [N, 6] 0/1 in `LABEL_NAMES` order (rows with known labels only).
+      probabilities: [N, 6].
+
+    Returns:
+      ``{type: {"n_neg": int, "alone": {"n_pos": int, "auc": float | None},
+      "with_other": {"n_pos": int, "auc": float | None}}}`` in `TYPE_NAMES` order.
+    """
+    labels = np.asarray(labels)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    type_idx = [LABEL_NAMES.index(t) for t in TYPE_NAMES]
+    types = labels[:, type_idx] > 0
+    n_types = types.sum(axis=1)
+    out: dict[str, Any] = {}
+    for k, name in enumerate(TYPE_NAMES):
+        has_t = types[:, k]
+        neg = ~has_t
+        block: dict[str, Any] = {"n_neg": int(neg.sum())}
+        subsets = (("alone", has_t & (n_types == 1)), ("with_other", has_t & (n_types >= 2)))
+        for key, pos in subsets:
+            keep = pos | neg
+            auc = math.nan
+            if pos.any() and neg.any():
+                auc = M.roc_auc(pos[keep].astype(np.float64), probabilities[keep, type_idx[k]])
+            block[key] = {"n_pos": int(pos.sum()), "auc": M.nan_to_none(auc)}
+        out[name] = block
+    return out
+
+
 def classification_metrics(
     labels: np.ndarray,
     probabilities: np.ndarray,
@@ -221,7 +261,10 @@ def classification_metrics(
 
     Returns:
       ``{"n", "per_class": {name: {...metrics, "ci": {...}}}, "macro", "macro_types",
-      "multi"}`` with None for undefined values.
+      "multi", "by_context"}`` with None for undefined values. "by_context" (see
+      `context_metrics`) holds, per type t, the AUC of P(t) with t alone on the slice vs.
+      beside another type: negatives are all slices without t, positives the slices whose
+      only type is t ("alone") or with t and at least one other type ("with_other").
     """
     report = M.classification_report(labels, probabilities, thresholds, LABEL_NAMES)
     for j, name in enumerate(LABEL_NAMES):
@@ -250,6 +293,7 @@ def classification_metrics(
     multi["threshold"] = None
     multi["rule"] = ">= 2 positive type decisions; AUC from P(>=2) assuming independent types"
     report["multi"] = multi
+    report["by_context"] = context_metrics(labels, probabilities)
     return report
 
 

@@ -306,6 +306,7 @@ _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;
 color:#222;max-width:1200px}
 h1{font-size:22px}h2{font-size:18px;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:28px}
+h3{font-size:15px;margin-top:18px}
 table{border-collapse:collapse;font-size:13px;margin:8px 0}
 th,td{border:1px solid #ddd;padding:4px 8px;text-align:right}th{background:#f4f4f4}
 td:first-child,th:first-child{text-align:left}
@@ -348,6 +349,24 @@ def _classification_rows(cls: Mapping[str, Any]) -> list[list[str]]:
                 [f"<b>{label}</b>", "", "", _fmt(m.get("auc")), _fmt(m.get("auprc")), "",
                  _fmt(m.get("sensitivity")), _fmt(m.get("specificity")), _fmt(m.get("f1"))]
             )
+    return rows
+
+
+def _context_rows(cls: Mapping[str, Any]) -> list[list[str]]:
+    """Rows of the alone / beside-another-type table; empty when metrics lack "by_context"."""
+    by_context = cls.get("by_context")
+    if not isinstance(by_context, Mapping):
+        return []
+    rows = []
+    for name, block in by_context.items():
+        if not isinstance(block, Mapping):
+            continue
+        alone = block.get("alone") or {}
+        other = block.get("with_other") or {}
+        rows.append(
+            [_esc(name), _fmt(block.get("n_neg")), _fmt(alone.get("n_pos")),
+             _fmt(alone.get("auc")), _fmt(other.get("n_pos")), _fmt(other.get("auc"))]
+        )
     return rows
 
 
@@ -406,8 +425,24 @@ def render_html(
              "F1"],
             _classification_rows(cls),
         )
-        + "</section>"
     )
+    context_rows = _context_rows(cls)
+    if context_rows:
+        out.append(
+            '<h3 id="by-context">Each type alone vs. beside another type</h3>'
+            "<p class=note>AUC of P(type) with the type alone on a slice vs. beside another "
+            "hemorrhage type: negatives are all slices without the type (neg); positives are the "
+            "slices whose only type it is (alone) or the slices with it and at least one other "
+            "type (beside another type). – = undefined (no positives or no negatives).</p>"
+        )
+        out.append(
+            _table(
+                ["type", "neg", "alone: n", "alone: AUC", "beside another type: n",
+                 "beside another type: AUC"],
+                context_rows,
+            )
+        )
+    out.append("</section>")
 
     def charts(section: str, heading: str, svgs: list[str], note: str = "") -> None:
         out.append(f'<section id="{section}"><h2>{_esc(heading)}</h2>')

@@ -44,6 +44,16 @@ for name, r in c["per_class"].items():
     print("  %-18s %s %s %s %s %s" % (name, f(r["auc"]), f(r["auprc"]), f(r["sensitivity"]), f(r["specificity"]), f(r["f1"])))
 print("  macro AUC: 5 types %.3f, all 6 labels %.3f | mean Dice %.3f over %d slices with known masks"
       % (c["macro_types"]["auc"], c["macro"]["auc"], s["dice"]["mean"], s["n"]))
+ctx = c.get("by_context") or {}
+if ctx:
+    print("  AUC per type alone on the slice vs. beside another type (n = positives;"
+          " negatives = slices without the type):")
+    g = lambda v: "  n/a" if v is None else "%.3f" % v
+    for name, b in ctx.items():
+        a, o = b.get("alone") or {}, b.get("with_other") or {}
+        print("  %-18s alone %s (n=%s)  beside another %s (n=%s)  neg %s"
+              % (name, g(a.get("auc")), a.get("n_pos"), g(o.get("auc")), o.get("n_pos"),
+                 b.get("n_neg")))
 PY
 printf '\nDone. Held-out report: %s/report/report.html  metrics: %s/report/metrics.json\n' "$OUT" "$OUT"
 printf 'Per-series volumes: %s/predictions/series.csv\n' "$OUT"

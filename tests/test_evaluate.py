@@ -127,6 +127,59 @@ def test_multi_probability() -> None:
     np.testing.assert_allclose(E.multi_probability(p), [0.25, 1.0, 0.0])
 
 
+def test_classification_metrics_by_context_alone_vs_beside_another_type() -> None:
+    names = ("epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural")
+    assert tuple(LABEL_NAMES[1:]) == names
+    # types per slice (ep, iph, ivh, sah, sdh); "any" = 1 where any type is present
+    types = np.array(
+        [
+            [0, 0, 0, 1, 0],  # 0: SAH alone
+            [0, 0, 0, 1, 0],  # 1: SAH alone
+            [0, 0, 0, 1, 1],  # 2: SAH + SDH
+            [0, 0, 1, 1, 0],  # 3: SAH + IVH
+            [0, 0, 0, 0, 1],  # 4: SDH alone
+            [0, 0, 0, 0, 0],  # 5: none
+            [0, 0, 0, 0, 0],  # 6: none
+        ]
+    )
+    labels = np.concatenate([types.max(axis=1, keepdims=True), types], axis=1).astype(float)
+    probs = np.full(labels.shape, 0.5)
+    # SAH: alone slices rank above every negative, slices beside another type below them
+    probs[:, 4] = [0.9, 0.8, 0.1, 0.2, 0.5, 0.4, 0.3]
+    # SDH: the slice beside SAH ranks first; the alone slice above 4 of the 5 negatives
+    probs[:, 5] = [0.1, 0.2, 0.75, 0.3, 0.35, 0.7, 0.05]
+    decisions = (probs >= 0.5).astype(np.int32)
+    rep = E.classification_metrics(labels, probs, decisions, np.full(6, 0.5), n_boot=0)
+    assert {"n", "per_class", "macro", "macro_types", "multi"} <= set(rep)
+    ctx = rep["by_context"]
+    assert list(ctx) == list(names)  # the five types, not "any"
+    sah = ctx["subarachnoid"]
+    assert sah["n_neg"] == 3
+    assert sah["alone"] == {"n_pos": 2, "auc": 1.0}
+    assert sah["with_other"] == {"n_pos": 2, "auc": 0.0}
+    # the overall SAH AUC mixes both: 6 of the 12 positive-negative pairs ranked right
+    assert rep["per_class"]["subarachnoid"]["auc"] == pytest.approx(0.5)
+    sdh = ctx["subdural"]
+    assert sdh["n_neg"] == 5
+    assert sdh["alone"]["n_pos"] == 1 and sdh["alone"]["auc"] == pytest.approx(0.8)
+    assert sdh["with_other"]["n_pos"] == 1 and sdh["with_other"]["auc"] == pytest.approx(1.0)
+    ivh = ctx["intraventricular"]  # only beside another type: "alone" is undefined
+    assert ivh["n_neg"] == 6
+    assert ivh["alone"] == {"n_pos": 0, "auc": None}
+    assert ivh["with_other"]["n_pos"] == 1 and ivh["with_other"]["auc"] is not None
+    for name in ("epidural", "intraparenchymal"):  # never present: both undefined
+        assert ctx[name] == {
+            "n_neg": 7,
+            "alone": {"n_pos": 0, "auc": None},
+            "with_other": {"n_pos": 0, "auc": None},
+        }
+    json.dumps(rep, allow_nan=False)  # plain JSON types, no NaN
+    # every slice has SAH alone: no negatives, so no AUC either
+    only = E.context_metrics(labels[:2], probs[:2])["subarachnoid"]
+    assert only == {"n_neg": 0, "alone": {"n_pos": 2, "auc": None},
+                    "with_other": {"n_pos": 0, "auc": None}}
+
+
 def test_evaluate_writes_metrics_and_self_contained_report(
     model_dir: Path, tmp_path: Path
 ) -> None:
@@ -137,6 +190,7 @@ def test_evaluate_writes_metrics_and_self_contained_report(
     cls = m["classification"]
     assert set(cls["per_class"]) == set(LABEL_NAMES)
     assert "multi" in cls and "macro_types" in cls
+    assert set(cls["by_context"]) == set(LABEL_NAMES[1:])
     # channel 0 is 0 on the left half except the square: p_any rises with square size,
     # so the AUC of "any" (side > 6) is high
     assert cls["per_class"]["any"]["auc"] > 0.9
@@ -149,7 +203,7 @@ def test_evaluate_writes_metrics_and_self_contained_report(
     text = res.report_path.read_text(encoding="utf-8")
     parser = _Collector()
     parser.feed(text)
-    assert set(SECTIONS) <= parser.ids
+    assert set(SECTIONS) <= parser.ids and "by-context" in parser.ids
     assert parser.svgs >= 5 and parser.imgs >= 2
     assert all(u.startswith("data:image/png;base64,") for u in parser.urls), parser.urls
     assert "http://" not in text.replace('xmlns="http://www.w3.org/2000/svg"', "")

@@ -108,3 +108,46 @@ def test_render_html_full_tables() -> None:
     assert "0.800 <span class=ci>(0.700, 0.900)</span>" in text
     assert "multi (≥2 types)" in text
     assert text.count("<svg") == 5  # ROC, PR, reliability, Dice histogram, one Bland-Altman
+
+
+def _by_context_metrics(with_context: bool) -> dict:
+    cls = {
+        "n": 10,
+        "per_class": {"subarachnoid": {"auc": 0.8, "positives": 4, "negatives": 6, "ci": {}}},
+        "macro_types": {"auc": 0.8},
+    }
+    if with_context:
+        cls["by_context"] = {
+            "subarachnoid": {"n_neg": 6, "alone": {"n_pos": 3, "auc": 1.0},
+                             "with_other": {"n_pos": 1, "auc": 0.25}},
+            "<epidural>": {"n_neg": 10, "alone": {"n_pos": 0, "auc": None},
+                           "with_other": {"n_pos": 0, "auc": None}},
+        }
+    return {"classification": cls, "segmentation": {"n": 0}, "area": {}, "notes": []}
+
+
+def test_render_html_by_context_table() -> None:
+    text = R.render_html(_by_context_metrics(True), {}, [])
+    p = _Tags()
+    p.feed(text)
+    assert "by-context" in p.ids and set(R.SECTIONS) <= p.ids
+    assert "<th>beside another type: AUC</th>" in text
+    assert "positives are the slices whose only type it is" in text
+    assert "<tr><td>subarachnoid</td><td>6</td><td>3</td><td>1.000</td><td>1</td>" \
+        "<td>0.250</td></tr>" in text
+    # names escaped, undefined AUCs shown as –
+    undefined = "<td>&lt;epidural&gt;</td><td>10</td><td>0</td><td>–</td><td>0</td><td>–</td>"
+    assert undefined in text
+    # the table sits in the classification section, before the ROC section
+    assert text.index('id="classification"') < text.index('id="by-context"') \
+        < text.index('id="roc"')
+
+
+def test_render_html_without_by_context() -> None:
+    """An older metrics.json (no "by_context") renders, without the table."""
+    text = R.render_html(_by_context_metrics(False), {}, [])
+    p = _Tags()
+    p.feed(text)
+    assert set(R.SECTIONS) <= p.ids and "by-context" not in p.ids
+    assert "beside another type" not in text
+    assert "<td>subarachnoid</td>" in text
