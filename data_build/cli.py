@@ -105,8 +105,9 @@ def _summarise_build(report: Any) -> None:
               help="TRAIN,VAL,TEST fractions of patients (else studies, else slices).")
 @click.option("--split-method", type=click.Choice(["stratified", "hash"]), default="stratified",
               show_default=True,
-              help="stratified: balance hemorrhage types across splits (small drops); hash: a "
-                   "patient's split never changes as the drop grows.")
+              help="stratified: balance hemorrhage types, and patients with several types, "
+                   "across splits (small drops); hash: a patient's split never changes as the "
+                   "drop grows.")
 @PROGRESS
 def build(
     root: Path,

@@ -569,6 +569,7 @@ def write_drop(
         "fractions": list(fractions),
         "salt": salt,
         "split_method": split_method,
+        "split_version": splits.ALGORITHM_VERSION,
         "presets": presets_json,
         "plan": hashlib.sha256(
             "\n".join(f"{p.file}:{p.digest}" for p in plans).encode()
@@ -581,7 +582,9 @@ def write_drop(
         changed = sorted(k for k in config if previous_config.get(k) != config[k])
         raise ResumeMismatchError(
             f"cannot resume {out}: the interrupted build differs in {', '.join(changed)} "
-            "(a changed drop changes 'plan'). Rerun with the same options, or --overwrite."
+            "(a changed drop changes 'plan'; 'split_version' means it was started by a fusion "
+            "version that assigns splits differently). Rerun with the same options and "
+            "version, or --overwrite."
         )
     if (out / MANIFEST).exists():
         # From here on the shards may change: a folder without a manifest reads as unfinished.

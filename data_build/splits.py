@@ -3,13 +3,16 @@
 Two methods; in both a group (so a patient) never lands in two splits, and the result is the
 same on every machine, in every run, whatever the order of the cases.
 
-- ``stratified`` (default): groups are stratified by their rarest positive hemorrhage type
-  (rarest over the drop's groups; "none" for groups without bleeds, "unlabelled" without
-  labels). Within a stratum, groups are taken in ``sha256(salt + group)`` order and placed by
-  systematic sampling with a hashed phase, so each stratum's split counts match the fractions
-  to within one group. Without it, a small drop can put a whole type in one split (seen on the
-  demo drop: nearly all subarachnoid patients in test, one in train). Adding groups to a drop
-  can move existing groups of the same stratum.
+- ``stratified`` (default): a group with a slice that shows two or more hemorrhage types forms
+  the stratum "multi"; any other group is stratified by its rarest positive type (rarest over
+  the drop's groups; "none" for groups without bleeds, "unlabelled" without labels). Within a
+  stratum, groups are taken in ``sha256(salt + group)`` order and placed by systematic sampling
+  with a hashed phase, so each stratum's split counts match the fractions to within one group.
+  Without strata, a small drop can put a whole type in one split (seen on the demo drop: nearly
+  all subarachnoid patients in test, one in train). Without the "multi" stratum, patients with
+  several types went wherever their rarest type's stratum sent them: the demo drop's train split
+  held one of its four patients with subarachnoid blood beside another type. Adding groups to
+  a drop can move existing groups of the same stratum.
 - ``hash``: a group's split depends only on ``sha256(salt + group)``: adding slices to a drop
   never moves existing groups, at the price of type balance on small drops.
 """
@@ -24,6 +27,10 @@ METHODS: tuple[str, ...] = ("stratified", "hash")
 DEFAULT_METHOD = "stratified"
 DEFAULT_FRACTIONS: tuple[float, float, float] = (0.8, 0.1, 0.1)
 DEFAULT_SALT = "fusion-v1"
+#: Changes whenever a method's assignment of the same groups changes (recorded in a build's
+#: config, so ``--resume`` of a build from another version says why it is refused).
+#: 2: ``stratified`` gained the "multi" stratum.
+ALGORITHM_VERSION = 2
 
 
 class SplitError(ValueError):
@@ -102,12 +109,15 @@ def stratum_of(labels: Iterable[Sequence[int] | None], rarity: Mapping[int, int]
       rarity: type index (1..5) -> number of groups with that type (smaller = rarer).
 
     Returns:
-      "type:<index>" of the group's rarest positive type, "none" when its labels show no
-      bleed, "unlabelled" when no slice has labels.
+      "multi" when a slice shows two or more types, else "type:<index>" of the group's rarest
+      positive type, "none" when its labels show no bleed, "unlabelled" when no slice has
+      labels.
     """
     known = [lab for lab in labels if lab is not None]
     if not known:
         return "unlabelled"
+    if any(sum(1 for v in lab[1:] if v) >= 2 for lab in known):
+        return "multi"
     positive = {i for lab in known for i in range(1, len(lab)) if lab[i]}
     if not positive:
         return "none"

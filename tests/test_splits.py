@@ -111,6 +111,25 @@ def test_stratified_is_deterministic_and_order_free_and_uses_rarest_type() -> No
     assert splits.stratum_of([_labels(1), _labels(4)], rarity) == "type:4"
     assert splits.stratum_of([_labels()], rarity) == "none"
     assert splits.stratum_of([None, None], rarity) == "unlabelled"
+    # Two types on one slice make the group "multi"; on different slices they do not.
+    assert splits.stratum_of([_labels(1), _labels(4, 5)], rarity) == "multi"
+    assert splits.stratum_of([_labels(1), _labels(4), None], rarity) == "type:4"
+
+
+def test_stratified_spreads_patients_with_several_types_over_the_splits() -> None:
+    # The demo's failure: 4 patients with subarachnoid blood (4) beside another type, among
+    # single-type patients whose rarest-type strata used to decide where they went. The
+    # "multi" stratum gives every split its share of them (within one group) for any salt.
+    groups = {f"patient:t{t}-{i}": [_labels(t)] * 2 for t in range(1, 6) for i in range(8)}
+    combos = [(4, 5), (2, 4), (1, 4, 5), (3, 4), (2, 5), (1, 2), (3, 5), (2, 3, 4)]
+    groups.update({f"patient:m{i}": [_labels(*c), _labels(c[0])] for i, c in enumerate(combos)})
+    for salt in ("a", "b", "c", "d", "e"):
+        assigned = splits.assign_groups(groups, (0.5, 0.25, 0.25), salt=salt)
+        got = [assigned[f"patient:m{i}"] for i in range(len(combos))]
+        assert (got.count("train"), got.count("val"), got.count("test")) == (4, 2, 2), salt
+        for t in range(1, 6):
+            single = [assigned[f"patient:t{t}-{i}"] for i in range(8)]
+            assert abs(single.count("train") - 4) <= 1 and abs(single.count("test") - 2) <= 1
 
 
 def test_hash_method_matches_split_of_and_unknown_method_is_refused() -> None:
