@@ -542,6 +542,13 @@ def _tissue_hu(anatomy: Anatomy, fr: _Frame, tissue: np.ndarray, blood_hu: np.nd
     return hu.astype(np.float32)
 
 
+#: How likely each type (`TYPE_NAMES` order) is drawn into a "multi" patient. They follow the
+#: rough order of RSNA's per-type label counts, where epidural blood is rare (a few % of type
+#: labels) and the other four are common; a uniform draw made epidural the most frequent
+#: companion type of the demo drop.
+MULTI_TYPE_WEIGHTS: tuple[float, ...] = (0.04, 0.24, 0.20, 0.24, 0.28)
+
+
 def patient_bleeds(
     folder_type: str, rng: np.random.Generator, z_lo: float, z_hi: float
 ) -> tuple[Bleed, ...]:
@@ -561,7 +568,8 @@ def patient_bleeds(
     span = z_hi - z_lo
     if folder_type == "multi":
         count = int(rng.integers(2, 4))
-        kinds = sorted(rng.choice(len(TYPE_NAMES), size=count, replace=False).tolist())
+        kinds = sorted(rng.choice(len(TYPE_NAMES), size=count, replace=False,
+                                  p=MULTI_TYPE_WEIGHTS).tolist())
         # Long z extents around the same centre: most slices show two or more types.
         return tuple(
             random_bleed(TYPE_NAMES[k], rng, mid + float(rng.uniform(-0.1, 0.1)) * span,

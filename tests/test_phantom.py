@@ -67,6 +67,18 @@ def test_normal_and_multi() -> None:
     np.testing.assert_array_equal(multi.mask, union)
 
 
+def test_multi_patients_draw_types_by_rsna_like_weights() -> None:
+    # Epidural blood is rare beside other types in RSNA's labels; the other four are common.
+    rng = np.random.default_rng(0)
+    counts = dict.fromkeys(phantom.TYPE_NAMES, 0)
+    for _ in range(400):
+        for bleed in phantom.patient_bleeds("multi", rng, 0.3, 0.6):
+            counts[bleed.kind] += 1
+    assert abs(sum(phantom.MULTI_TYPE_WEIGHTS) - 1.0) < 1e-9
+    assert counts["epidural"] < 0.4 * min(v for k, v in counts.items() if k != "epidural")
+    assert all(counts[t] > 150 for t in phantom.TYPE_NAMES if t != "epidural"), counts
+
+
 def test_tissue_values_in_hu() -> None:
     s = _slice((), seed=5, size=256)
     kernel = np.ones((3, 3), np.uint8)

@@ -84,6 +84,14 @@ def test_layout_and_counts(drop: SynthSummary) -> None:
     assert names == {*DETECTION_FILES.values(), SUBDURAL_DUPLICATE_FILE, TRACING_FILE}
 
 
+def test_patient_folder_types_show_all_seven_then_multi_twice_per_eight() -> None:
+    from data_build.synth import _patient_folder_types
+    types = _patient_folder_types(40, np.random.default_rng(3))
+    assert set(types[:7]) == set(FOLDER_TYPES)
+    assert types.count("multi") == 10 and all(types.count(t) == 5 for t in FOLDER_TYPES
+                                              if t != "multi")
+
+
 def test_same_seed_same_bytes_other_seed_differs(drop: SynthSummary, tmp_path: Path) -> None:
     again = write_synthetic_drop(tmp_path / "again", **ARGS)
 
