@@ -161,6 +161,22 @@ def test_resume_after_interrupted_build(render_drop: FakeDrop, tmp_path: Path) -
         _write(render_drop, out, resume=True, shard_size=5)
 
 
+def test_resume_refuses_a_build_started_by_another_split_version(
+    render_drop: FakeDrop, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    _write(render_drop, out)
+    (out / "manifest.json").unlink()  # as if killed before the end
+    progress = out / ".progress.jsonl"
+    lines = progress.read_text().splitlines()
+    first = json.loads(lines[0])
+    assert first["kind"] == "config"
+    del first["config"]["split_version"]  # written by a version before the "multi" stratum
+    progress.write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
+    with pytest.raises(records.ResumeMismatchError, match="split_version.*assigns splits"):
+        _write(render_drop, out, resume=True)
+
+
 def test_process_pool_gives_identical_shards(render_drop: FakeDrop, tmp_path: Path) -> None:
     _write(render_drop, tmp_path / "serial")
     _write(render_drop, tmp_path / "pool", workers=2)
