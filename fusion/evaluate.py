@@ -34,7 +34,7 @@ import numpy as np
 from data_build.files import atomic_write_text
 from data_build.schema import LABEL_NAMES, TYPE_NAMES
 from fusion import metrics as M
-from fusion.inference import Predictor
+from fusion.inference import Predictor, read_json_dict
 from fusion.report import overlay_png, render_html
 
 log = logging.getLogger(__name__)
@@ -306,6 +306,20 @@ def _agreement_block(pred: np.ndarray, true: np.ndarray, n_boot: int, seed: int)
     return M.nan_to_none(block)
 
 
+def calibration_notes(predictor: Predictor) -> list[str]:
+    """The notes the run wrote when it calibrated its thresholds (e.g. few positives).
+
+    Read from ``thresholds.json`` beside the SavedModel or in its run folder; [] when absent.
+    """
+    folder = predictor.path
+    for candidate in (folder / "thresholds.json", folder.parent / "thresholds.json"):
+        data = read_json_dict(candidate)
+        if data:
+            notes = data.get("notes")
+            return [str(n) for n in notes] if isinstance(notes, list) else []
+    return []
+
+
 def compute_metrics(
     c: Collected, thresholds: np.ndarray, n_boot: int = 1000, seed: int = 0
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -489,6 +503,7 @@ def evaluate(
     metrics, plots = compute_metrics(c, thresholds, n_boot=n_boot, seed=seed)
     if predictor.thresholds is None:
         metrics["notes"].insert(0, "no calibrated thresholds found with the model; used 0.5")
+    metrics["notes"].extend(f"threshold calibration: {n}" for n in calibration_notes(predictor))
     metrics = {
         "model": model_name,
         "shards": shards,

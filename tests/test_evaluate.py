@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import os
 from html.parser import HTMLParser
 from pathlib import Path
@@ -210,6 +211,20 @@ def test_evaluate_writes_metrics_and_self_contained_report(
     assert "https://" not in text
     rows = res.predictions_path.read_text(encoding="utf-8").splitlines()
     assert len(rows) == 13 and rows[0].startswith("id,label_any")
+
+
+def test_calibration_notes_reach_the_report(model_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(model_dir, run)
+    note = "class 'epidural' has only 3 positive examples on this split: its threshold is rough"
+    (run / "thresholds.json").write_text(
+        json.dumps({"thresholds": {n: 0.5 for n in LABEL_NAMES}, "notes": [note]}),
+        encoding="utf-8",
+    )
+    res = E.evaluate(load_predictor(run / "export"), fake_batches(2), tmp_path / "rep", n_boot=0)
+    notes = json.loads(res.metrics_path.read_text())["notes"]
+    assert f"threshold calibration: {note}" in notes
+    assert "only 3 positive examples" in res.report_path.read_text(encoding="utf-8")
 
 
 def test_evaluate_empty_split_raises(model_dir: Path, tmp_path: Path) -> None:

@@ -51,11 +51,24 @@ def test_calibrate_thresholds_best_f1_and_tie_rule() -> None:
     assert t[0] == pytest.approx(0.75)
     # class b: F1 2/3 at cut 0.9 and at cut 0.6: the higher cut wins -> (0.9 + 0.8) / 2
     assert t[1] == pytest.approx(0.85)
-    # class c: no positives -> 0.5 with a note naming it
+    # class c: no positives -> 0.5 with a note naming it; a and b have few positives: notes
     assert t[2] == 0.5
-    assert len(notes) == 1 and "'c'" in notes[0]
+    assert len(notes) == 3
+    assert "'a' has only 2 positive" in notes[0] and "'b' has only 2 positive" in notes[1]
+    assert "'c' has no positive" in notes[2]
     # the calibrated threshold reproduces the best F1 on the split
     assert M.f1_score(y[:, 0], p[:, 0], t[0]) == pytest.approx(1.0)
+
+
+def test_calibrate_thresholds_notes_nothing_with_enough_positives() -> None:
+    n = M.MIN_CALIBRATION_POSITIVES
+    y = np.r_[np.ones(n), np.zeros(n)][:, None]
+    p = np.r_[np.linspace(0.6, 0.9, n), np.linspace(0.1, 0.4, n)][:, None]
+    notes: list[str] = []
+    M.calibrate_thresholds(y, p, notes=notes)
+    assert notes == []
+    M.calibrate_thresholds(y[1:], p[1:], notes=notes)  # one positive fewer
+    assert len(notes) == 1 and f"only {n - 1} positive" in notes[0]
 
 
 def test_calibrate_thresholds_rejects_bad_shapes() -> None:
