@@ -309,14 +309,14 @@ def _agreement_block(pred: np.ndarray, true: np.ndarray, n_boot: int, seed: int)
 def calibration_notes(predictor: Predictor) -> list[str]:
     """The notes the run wrote when it calibrated its thresholds (e.g. few positives).
 
-    Read from ``thresholds.json`` beside the SavedModel or in its run folder; [] when absent.
+    Read from the first ``thresholds.json`` with a "notes" list: beside the SavedModel, then in
+    its run folder (the export's own copy holds only the thresholds); [] when none has one.
     """
     folder = predictor.path
     for candidate in (folder / "thresholds.json", folder.parent / "thresholds.json"):
-        data = read_json_dict(candidate)
-        if data:
-            notes = data.get("notes")
-            return [str(n) for n in notes] if isinstance(notes, list) else []
+        notes = read_json_dict(candidate).get("notes")
+        if isinstance(notes, list):
+            return [str(n) for n in notes]
     return []
 
 

@@ -221,6 +221,10 @@ def test_calibration_notes_reach_the_report(model_dir: Path, tmp_path: Path) -> 
         json.dumps({"thresholds": {n: 0.5 for n in LABEL_NAMES}, "notes": [note]}),
         encoding="utf-8",
     )
+    # As fusion-train's export writes it: the SavedModel's own copy has no notes.
+    (run / "export" / "thresholds.json").write_text(
+        json.dumps({"thresholds": {n: 0.5 for n in LABEL_NAMES}}), encoding="utf-8"
+    )
     res = E.evaluate(load_predictor(run / "export"), fake_batches(2), tmp_path / "rep", n_boot=0)
     notes = json.loads(res.metrics_path.read_text())["notes"]
     assert f"threshold calibration: {note}" in notes
