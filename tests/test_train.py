@@ -296,3 +296,42 @@ def test_auto_positive_weights_from_manifest_counts() -> None:
     assert cfg.loss.class_pos_weight == weights
     assert auto_pos_weights({"counts": {}}) is None
     assert resolve_loss_config(preset("demo"), {}).loss.class_pos_weight == (1.0,)
+
+
+def test_mirrored_strategy_trains_on_one_cpu(tmp_path: Path) -> None:
+    # MirroredStrategy over the local devices (here the one CPU): the same code path a
+    # multi-GPU machine takes, model built in the strategy's scope and fit on its replicas.
+    from fusion.train import TrainError, train
+
+    shards = write_shards(tmp_path / "shards")
+    cfg = preset("demo").replace(model=LOOP, train={"epochs": 1, "batch_size": 4})
+    result = train(shards, tmp_path / "run", cfg, strategy="mirrored", export=False, verbose=0)
+    assert result.epochs_run == 1 and (tmp_path / "run" / "best.keras").is_file()
+    assert np.isfinite(result.metrics["summary"]["dice"])
+    with pytest.raises(TrainError, match="unknown strategy"):
+        train(shards, tmp_path / "other", cfg, strategy="tpu", export=False, verbose=0)
+
+
+def test_precision_policy_follows_the_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fusion import train as T
+
+    assert T.select_precision() == "float32"  # this machine: CPU only
+    capability = {"value": (8, 0)}
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: ["GPU:0"])
+    monkeypatch.setattr(tf.config.experimental, "get_device_details",
+                        lambda device: {"compute_capability": capability["value"]})
+    assert T.select_precision() == "mixed_bfloat16"  # Ampere and later
+    capability["value"] = (7, 5)
+    assert T.select_precision() == "mixed_float16"  # Turing, Volta
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_model_outputs_stay_float32_under_mixed_precision(policy: str) -> None:
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        model = build_model(preset("demo").replace(model=TINY).model)
+        out = model(np.zeros((1, S, S, 4), np.float32))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    for name, value in out.items():
+        assert keras.backend.standardize_dtype(value.dtype) == "float32", name
