@@ -96,6 +96,16 @@ def _decode_luma(data: tf.Tensor, ratio_index: tf.Tensor) -> tuple[tf.Tensor, tf
     return tf.switch_case(ratio_index, branches), tf.image.extract_jpeg_shape(data)[2] == 3
 
 
+def _grey(luma: tf.Tensor, is_colour: tf.Tensor) -> tf.Tensor:
+    """Decoded luma [h, w, 1] -> grey float32 in [0, 1]: a colour JPEG is a bone-mapped render
+    (its colour map inverted, `data_build.renders`), a greyscale one is taken as it is."""
+    return tf.cond(
+        is_colour,
+        lambda: tf.expand_dims(renders.luma_to_grey(luma[..., 0], xp=tnp), -1),
+        lambda: tf.cast(luma, tf.float32) / 255.0,
+    )
+
+
 def decode_render(data: tf.Tensor, size: int, ratio_index: tf.Tensor | None = None) -> tf.Tensor:
     """One window render JPEG -> [S, S, 1] grey in [0, 1], as `windows.window` gives it.
 
@@ -107,12 +117,7 @@ def decode_render(data: tf.Tensor, size: int, ratio_index: tf.Tensor | None = No
     if ratio_index is None:
         shape = tf.image.extract_jpeg_shape(data)
         ratio_index = _jpeg_ratio_index(shape[0], shape[1], size)
-    luma, is_colour = _decode_luma(data, ratio_index)
-    grey = tf.cond(
-        is_colour,
-        lambda: tf.expand_dims(renders.luma_to_grey(luma[..., 0], xp=tnp), -1),
-        lambda: tf.cast(luma, tf.float32) / 255.0,
-    )
+    grey = _grey(*_decode_luma(data, ratio_index))
     same = tf.reduce_all(tf.shape(grey)[:2] == size)
     grey = tf.cond(same, lambda: grey, lambda: _resize(grey, size))
     grey.set_shape([size, size, 1])
@@ -197,7 +202,6 @@ def render_codes(features: Mapping[str, tf.Tensor], size: int) -> dict[str, tf.T
       table 1 (within 0.5/255 of `preprocess`).
     """
     index = _jpeg_ratio_index(features["height"], features["width"], size)
-    lut = tf.constant(_GREY_TABLES[0])
     codes, tables = [], []
     for name in windows.WINDOW_NAMES:
         data = features[schema.image_key(name)]
@@ -207,12 +211,7 @@ def render_codes(features: Mapping[str, tf.Tensor], size: int) -> dict[str, tf.T
             return luma, tf.where(is_colour, 0, 1)
 
         def resized(luma=luma, is_colour=is_colour) -> tuple[tf.Tensor, tf.Tensor]:
-            grey = tf.cond(
-                is_colour,
-                lambda: tf.gather(lut, tf.cast(luma, tf.int32)),
-                lambda: tf.cast(luma, tf.float32) / 255.0,
-            )
-            grey = tf.round(_resize(grey, size) * 255.0)
+            grey = tf.round(_resize(_grey(luma, is_colour), size) * 255.0)
             return tf.cast(tf.clip_by_value(grey, 0.0, 255.0), tf.uint8), tf.constant(1)
 
         same = tf.reduce_all(tf.shape(luma)[:2] == size)

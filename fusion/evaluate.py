@@ -34,7 +34,7 @@ import numpy as np
 from data_build.files import atomic_write_text
 from data_build.schema import LABEL_NAMES, TYPE_NAMES
 from fusion import metrics as M
-from fusion.inference import Predictor, read_json_dict
+from fusion.inference import Predictor
 from fusion.report import overlay_png, render_html
 
 log = logging.getLogger(__name__)
@@ -306,20 +306,6 @@ def _agreement_block(pred: np.ndarray, true: np.ndarray, n_boot: int, seed: int)
     return M.nan_to_none(block)
 
 
-def calibration_notes(predictor: Predictor) -> list[str]:
-    """The notes the run wrote when it calibrated its thresholds (e.g. few positives).
-
-    Read from the first ``thresholds.json`` with a "notes" list: beside the SavedModel, then in
-    its run folder (the export's own copy holds only the thresholds); [] when none has one.
-    """
-    folder = predictor.path
-    for candidate in (folder / "thresholds.json", folder.parent / "thresholds.json"):
-        notes = read_json_dict(candidate).get("notes")
-        if isinstance(notes, list):
-            return [str(n) for n in notes]
-    return []
-
-
 def compute_metrics(
     c: Collected, thresholds: np.ndarray, n_boot: int = 1000, seed: int = 0
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -503,7 +489,7 @@ def evaluate(
     metrics, plots = compute_metrics(c, thresholds, n_boot=n_boot, seed=seed)
     if predictor.thresholds is None:
         metrics["notes"].insert(0, "no calibrated thresholds found with the model; used 0.5")
-    metrics["notes"].extend(f"threshold calibration: {n}" for n in calibration_notes(predictor))
+    metrics["notes"].extend(f"threshold calibration: {n}" for n in predictor.threshold_notes)
     metrics = {
         "model": model_name,
         "shards": shards,

@@ -96,6 +96,16 @@ def read_thresholds_file(path: Path, names: Sequence[str] = LABEL_NAMES) -> np.n
     return out
 
 
+def read_threshold_notes(candidates: Sequence[Path]) -> list[str]:
+    """The calibration notes of the first ``thresholds.json`` among ``candidates`` that has a
+    "notes" list (the run folder's; an export's own copy holds only thresholds); [] if none."""
+    for path in candidates:
+        notes = read_json_dict(path).get("notes")
+        if isinstance(notes, list):
+            return [str(n) for n in notes]
+    return []
+
+
 def read_run_config(run_dir: Path) -> dict[str, Any]:
     """RUN/config.json as a dict ({} when absent or unreadable)."""
     return read_json_dict(run_dir / "config.json")
@@ -159,6 +169,8 @@ class Predictor:
         `fusion.export` writes it (it resizes to the training size in the graph, with the
         same bilinear resampling as the reader). Outputs come back at the caller's size.
       export_info: ``fusion_export.json`` of the SavedModel ({} when absent).
+      threshold_notes: what the run noted when it calibrated the thresholds (e.g. a type
+        with few validation positives); [] when none.
     """
 
     path: Path
@@ -168,6 +180,7 @@ class Predictor:
     config: dict[str, Any] = field(default_factory=dict)
     resize_to: tuple[int, int] | None = None
     export_info: dict[str, Any] = field(default_factory=dict)
+    threshold_notes: list[str] = field(default_factory=list)
     _loaded: Any = None
     _signatures: dict[str, Any] = field(default_factory=dict)
 
@@ -344,7 +357,8 @@ def load_predictor(path: str | os.PathLike[str]) -> Predictor:
         values = np.asarray(variable.numpy(), dtype=np.float64).reshape(-1)
         if values.size == len(LABEL_NAMES):
             thresholds = values
-    for candidate in (folder / "thresholds.json", folder.parent / "thresholds.json"):
+    candidates = (folder / "thresholds.json", folder.parent / "thresholds.json")
+    for candidate in candidates:
         if thresholds is None:
             thresholds = read_thresholds_file(candidate)
     config = read_run_config(run_dir) if run_dir is not None else {}
@@ -356,6 +370,7 @@ def load_predictor(path: str | os.PathLike[str]) -> Predictor:
         config=config,
         resize_to=input_size,
         export_info=read_json_dict(folder / "fusion_export.json"),
+        threshold_notes=read_threshold_notes(candidates),
         _loaded=loaded,
         _signatures=signatures,
     )

@@ -590,7 +590,7 @@ def run_predictions(
     def checkpoint() -> None:
         nonlocal last_save
         if time.monotonic() - last_save >= checkpoint_s:
-            _write_tables(out, rows, series_rows, found.skipped, PARTIAL)
+            _write_tables(out, rows, series_rows, found.skipped, partial=True)
             last_save = time.monotonic()
 
     for sid, slices in series_list:
@@ -635,9 +635,9 @@ def _csv(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
 
 def _write_tables(
     out: Path, rows: list[dict[str, Any]], series_rows: list[dict[str, Any]],
-    skipped: list[SkipRecord], partial: str = "",
+    skipped: list[SkipRecord], partial: bool = False,
 ) -> None:
-    """Write the five tables atomically (as ``*.partial.*`` when ``partial`` is `PARTIAL`)."""
+    """Write the five tables atomically (as ``*.partial.*`` when ``partial``)."""
 
     def name(table: str) -> Path:
         return _partial_name(out / table) if partial else out / table
