@@ -189,7 +189,7 @@ def synth(
     and DICOM slices; by default a few broken inputs are planted so that
     fusion-build's skip handling can be seen. No real patient data.
     """
-    from data_build import synth as synth_module
+    from data_build.synth import writer as synth_module
 
     if out.exists() and any(out.iterdir()):
         if not overwrite:

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from data_build import cli, synth
+from data_build import cli
+from data_build.synth import writer as synth
 from data_build.windows import WINDOW_NAMES
 from fusion import data
 

@@ -1,4 +1,4 @@
-"""Tests for data_build.phantom: anatomy, where each bleed lies, contrast, determinism."""
+"""Tests for data_build.synth.phantom: anatomy, where each bleed lies, contrast, determinism."""
 from __future__ import annotations
 
 import math
@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from data_build import phantom
-from data_build.phantom import (
+from data_build.synth import phantom
+from data_build.synth.phantom import (
     BLOOD,
     CSF,
     GREY,

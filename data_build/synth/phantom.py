@@ -17,7 +17,7 @@ hemorrhage type appears clinically:
 Every array is computed in a head-local frame ``(u, v)``: ``u`` runs to the image right and ``v``
 to the image bottom (posterior), both normalised by the head's semi-axes, so ``rho = 1`` is the
 outer scalp surface whatever the head's size, rotation and position. Nothing here reads or
-writes files; `data_build.synth` turns phantoms into a drop.
+writes files; `data_build.synth.writer` turns phantoms into a drop.
 
 All randomness comes from the `numpy.random.Generator` passed in, so a seed fixes every pixel.
 """

@@ -11,7 +11,7 @@ OUT/dcms/<ID>.dcm                     CT Image Storage, int16 or 12-bit, RSNA ta
 OUT/segmentation/Results_*.csv        5 Detection files + duplicate Subdural + Tracing (IVH)
 ```
 
-Slices come from `data_build.phantom` (one patient = consecutive slices with smoothly varying
+Slices come from `data_build.synth.phantom` (one patient = consecutive slices with smoothly varying
 bleeds). A slice's folder is what it shows: "normal" without blood, the type with one type,
 "multi" with several (so a bleeding patient's end slices can land in "normal").
 
@@ -47,7 +47,7 @@ from pydicom.uid import (
 )
 from tqdm import tqdm
 
-from data_build import phantom
+from data_build.synth import phantom
 from data_build.schema import FOLDER_TYPES, LABEL_NAMES, TYPE_NAMES
 from data_build.renders import BONE_LUT
 from data_build.windows import PRESETS, canonical_window_name, to_uint8, window

@@ -1,4 +1,4 @@
-"""Tests for data_build.synth: a synthetic drop in exactly the real layout, quirks included."""
+"""Tests for data_build.synth.writer: a synthetic drop in exactly the real layout, quirks included."""
 from __future__ import annotations
 
 import ast
@@ -16,7 +16,7 @@ import pydicom
 import pytest
 
 from data_build.schema import FOLDER_TYPES, LABEL_NAMES
-from data_build.synth import (
+from data_build.synth.writer import (
     DETECTION_FILES,
     DETECTION_HEADER,
     LABELING_STATES,
@@ -85,7 +85,7 @@ def test_layout_and_counts(drop: SynthSummary) -> None:
 
 
 def test_patient_folder_types_show_all_seven_then_multi_twice_per_eight() -> None:
-    from data_build.synth import _patient_folder_types
+    from data_build.synth.writer import _patient_folder_types
     types = _patient_folder_types(40, np.random.default_rng(3))
     assert set(types[:7]) == set(FOLDER_TYPES)
     assert types.count("multi") == 10 and all(types.count(t) == 5 for t in FOLDER_TYPES
