@@ -8,14 +8,16 @@ docs/benchmarks.md "Phantom realism"):
 - contrast: brain and blood HU as measured on real CT-ICH slices (bleed median 56 HU against a
   brain ring of 36 HU), diluted intraventricular blood, and a share of subacute subdurals that
   are nearly iso-dense with brain;
-- size: log-uniform bleed sizes from a few dozen pixels (small and thin bleeds) to large
-  haematomas, short z extents for small bleeds;
+- size: a third of the bleeds small (a hundred pixels or so at 512) or thin, the rest up to
+  large haematomas; small bleeds span one or two slices; slivers that partial volume with bone
+  would outshine are not drawn;
 - partial volume: the bleed boundary is blurred in HU (the mask is the region before the blur)
   and a bleed fades towards the ends of its z extent;
 - false-positive bait: calcified choroid plexus, pineal, falx and basal ganglia; orbits,
   sinuses, clivus and petrous bone at the skull base; beam-hardening streaks there;
 - acquisition: head size, position and rotation, field of view, reconstruction kernel (smooth
-  or sharp, with correlated noise), and normal slices from the skull base to the vertex.
+  or sharp, with correlated noise), scanner calibration offset, and normal slices from the
+  skull base to the vertex.
 
 All randomness comes from the generator passed in, so a seed fixes every pixel.
 """
@@ -79,6 +81,7 @@ KERNELS: dict[str, tuple[float, float, tuple[float, float], float]] = {
     "standard": (0.7, 0.0, (2.2, 3.3), 0.8),
     "sharp": (0.5, 0.35, (2.9, 4.4), 0.5),
 }
+#: How often each kernel of `KERNELS` is drawn per series.
 KERNEL_WEIGHTS = (0.3, 0.5, 0.2)
 
 
