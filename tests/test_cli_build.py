@@ -59,6 +59,23 @@ def test_synth_difficulty_option(tmp_path: Path) -> None:
     assert not (tmp_path / "bad").exists()
 
 
+def test_real_phantom_drop_builds_with_only_the_planted_skips(tmp_path: Path) -> None:
+    # Small and thin bleeds, skull base and calcifications must not trip the builder: every
+    # skip is one that the writer planted or flagged, in both sources.
+    root = tmp_path / "real"
+    summary = synth.write_synthetic_drop(root, n_patients=6, slices_per_patient=3, size=64,
+                                         seed=2, difficulty="real")
+    assert summary.n_with_polygons > 0
+    planted = set(BROKEN_TO_SKIP.values()) | {"flagged"}
+    for source in ("render", "dicom"):
+        result = _run(cli.build, root, "--out", tmp_path / source, "--source", source,
+                      "--workers", 1, "--no-progress")
+        assert result.exit_code == 0, result.output
+        reasons = result.output.split("Skipped or masks left unknown:")[1].split("Manifest:")[0]
+        named = {line.split(":")[0].strip() for line in reasons.splitlines()[1:] if ":" in line}
+        assert named and named <= planted, result.output
+
+
 def test_missing_root_or_labels_exit_2_and_write_nothing(tmp_path: Path) -> None:
     out = tmp_path / "shards"
     result = _run(cli.build, tmp_path / "nowhere", "--out", out, "--workers", 1)
