@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from real_drop import make_drop  # noqa: E402
 
 from data_build import drop as drop_mod  # noqa: E402
+from data_build.manifest import Manifest  # noqa: E402
 from data_build.polygons import rasterise  # noqa: E402
 from data_build.schema import LABEL_NAMES  # noqa: E402
 from data_build.windows import WINDOW_NAMES  # noqa: E402
@@ -124,7 +125,7 @@ def our_reference_dataset(out: Path, size: int):
 
     from fusion import data
 
-    files = data.shard_files(out, "train", data.load_manifest(out))
+    files = data.shard_files(out, "train", Manifest.load(out))
     return (
         tf.data.TFRecordDataset(files)
         .map(lambda s: data.preprocess(data.decode(s), size), num_parallel_calls=tf.data.AUTOTUNE)
@@ -142,7 +143,7 @@ def decode_floor_dataset(out: Path, size: int):
     from data_build import schema
     from fusion import data
 
-    files = data.shard_files(out, "train", data.load_manifest(out))
+    files = data.shard_files(out, "train", Manifest.load(out))
     ratio = 512 // size
     spec = schema.feature_spec()
 

@@ -29,6 +29,8 @@ import pydicom.config
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
+from data_build.errors import DataBuildError
+
 #: Install hint for compressed transfer syntaxes (JPEG lossless, JPEG 2000, RLE ...).
 PLUGIN_HINT = (
     "install a pixel-data plugin: `pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg` "
@@ -36,7 +38,7 @@ PLUGIN_HINT = (
 )
 
 
-class DicomReadError(ValueError):
+class DicomReadError(DataBuildError, ValueError):
     """A DICOM file cannot be read: not DICOM, truncated, no pixel data, or no decoder."""
 
     def __init__(self, path: str | Path, reason: str) -> None:

@@ -37,17 +37,26 @@ import numpy as np
 
 from data_build import convert, schema, splits, windows
 from data_build.cases import Case, Skip
-from data_build.files import atomic_write_text
+from data_build.errors import DataBuildError
+from data_build.manifest import (
+    MANIFEST_FILE,
+    PROGRESS_FILE,
+    Manifest,
+    ManifestError,  # noqa: F401  (re-exported: callers catch records.ManifestError)
+    ShardEntry,
+    SplitCounts,
+    presets_from_json,
+)
 
-MANIFEST = "manifest.json"
-PROGRESS = ".progress.jsonl"
+MANIFEST = MANIFEST_FILE
+PROGRESS = PROGRESS_FILE
 SHARD_SUFFIX = ".tfrecord"
 TMP_SUFFIX = ".tmp"
 #: ~130 MB for full-size 512x512 renders (four JPEGs + mask PNG, ~130 kB a slice).
 DEFAULT_SHARD_SIZE = 1024
 
 
-class BuildError(Exception):
+class BuildError(DataBuildError):
     """A build that cannot start or go on; the message says what to do."""
 
 
@@ -69,10 +78,6 @@ class StrictStop(BuildError):
             "Fix or remove that input, or build without --strict to skip and count it."
         )
         self.skip = skip
-
-
-class ManifestError(ValueError):
-    """A shard folder without a readable manifest.json."""
 
 
 # --- reports ---------------------------------------------------------------------------------
@@ -543,11 +548,34 @@ def write_drop(
       Others as `build`.
     """
     out = Path(out)
-    root = Path(drop.root)
     _check_options(shard_size, resume, overwrite)
     fractions = splits.check_fractions(fractions)
     presets_json = _presets_dict(presets)
     workers = max(1, int(workers or _available_cores()))
+    _check_drop(drop, strict)
+    plans = plan_shards(drop.cases, shard_size, fractions, salt, split_method)
+    config = _build_config(drop.source, shard_size, fractions, salt, split_method, presets_json, plans)
+    done = _start_or_resume(out, config, resume, overwrite)
+    entries, todo = _reusable_entries(out, plans, done)
+    options = convert.ConvertOptions(
+        source=drop.source, presets={k: tuple(v) for k, v in presets_json.items()}
+    )
+    _convert_and_write(out, todo, entries, options, workers, strict, progress)
+    ordered = [entries[p.file] for p in plans]
+    manifest = _manifest(drop, ordered, {**config, "workers": workers, "strict": strict})
+    manifest.save(out)
+    return BuildReport(
+        out=out,
+        manifest_path=out / MANIFEST,
+        counts={name: c.to_dict() for name, c in manifest.counts.items()},
+        skips=list(manifest.skipped),
+        shards_written=len(todo),
+        shards_reused=len(plans) - len(todo),
+        warnings=list(drop.warnings),
+    )
+
+
+def _check_drop(drop: Any, strict: bool) -> None:
     if strict and drop.skips:
         raise StrictStop(drop.skips[0])
     if drop.source not in convert.SOURCES:
@@ -555,27 +583,36 @@ def write_drop(
     if not drop.cases:
         reasons = collections.Counter(s.reason for s in drop.skips)
         raise BuildError(
-            f"no slices to convert in {root} (skipped at discovery: {dict(reasons) or 'none'}); "
-            "check that it holds renders/<type>/<window>/<ID>.jpg or DICOM slices"
+            f"no slices to convert in {Path(drop.root)} (skipped at discovery: "
+            f"{dict(reasons) or 'none'}); check that it holds renders/<type>/<window>/<ID>.jpg "
+            "or DICOM slices"
         )
-    options = convert.ConvertOptions(
-        source=drop.source, presets={k: tuple(v) for k, v in presets_json.items()}
-    )
-    plans = plan_shards(drop.cases, shard_size, fractions, salt, split_method)
-    config = {
+
+
+def _build_config(
+    source: str, shard_size: int, fractions: Sequence[float], salt: str, split_method: str,
+    presets_json: Mapping[str, list[float]], plans: Sequence[_ShardPlan],
+) -> dict[str, Any]:
+    """What a resumed build must share with the interrupted one (the progress log's first line)."""
+    return {
         "schema_version": schema.SCHEMA_VERSION,
-        "source": drop.source,
+        "source": source,
         "shard_size": shard_size,
         "fractions": list(fractions),
         "salt": salt,
         "split_method": split_method,
         "split_version": splits.ALGORITHM_VERSION,
-        "presets": presets_json,
+        "presets": dict(presets_json),
         "plan": hashlib.sha256(
             "\n".join(f"{p.file}:{p.digest}" for p in plans).encode()
         ).hexdigest(),
     }
 
+
+def _start_or_resume(
+    out: Path, config: Mapping[str, Any], resume: bool, overwrite: bool
+) -> dict[str, dict[str, Any]]:
+    """Prepare OUT and the progress log. Returns the finished shards' entries of a resumed build."""
     _prepare_out(out, resume, overwrite)
     previous_config, done = _read_progress(out) if resume else (None, {})
     if resume and previous_config is not None and previous_config != config:
@@ -594,11 +631,17 @@ def write_drop(
         if progress_path.exists():
             progress_path.unlink()
         _append_progress(out, {"kind": "config", "config": config})
+    return done if resume else {}
 
+
+def _reusable_entries(
+    out: Path, plans: Sequence[_ShardPlan], done: Mapping[str, dict[str, Any]]
+) -> tuple[dict[str, dict[str, Any]], list[_ShardPlan]]:
+    """(entries of shards kept from an interrupted run, plans still to write); drops stale shards."""
     entries: dict[str, dict[str, Any]] = {}
     todo: list[_ShardPlan] = []
     for plan in plans:
-        if resume and _reusable(out, plan, done.get(plan.file)):
+        if _reusable(out, plan, done.get(plan.file)):
             entries[plan.file] = done[plan.file]
         else:
             todo.append(plan)
@@ -606,16 +649,18 @@ def write_drop(
     for stale in out.glob(f"*{SHARD_SUFFIX}"):
         if stale.name not in planned:  # e.g. a different shard count from an older plan
             stale.unlink()
+    return entries, todo
 
+
+def _convert_and_write(
+    out: Path, todo: Sequence[_ShardPlan], entries: dict[str, dict[str, Any]],
+    options: convert.ConvertOptions, workers: int, strict: bool, progress: bool,
+) -> None:
+    """Convert the planned cases in workers and write their shards in order, logging each."""
     from tqdm import tqdm
 
     n_todo = sum(len(p.cases) for p in todo)
-    bar = tqdm(
-        total=n_todo,
-        unit="slice",
-        desc=f"converting ({drop.source})",
-        disable=not progress,
-    )
+    bar = tqdm(total=n_todo, unit="slice", desc=f"converting ({options.source})", disable=not progress)
     results = _convert_all((c for p in todo for c in p.cases), options, min(workers, n_todo))
     try:
         for plan in todo:
@@ -626,7 +671,9 @@ def write_drop(
         results.close()  # stops and joins the pool on errors too
         bar.close()
 
-    ordered = [entries[p.file] for p in plans]
+
+def _manifest(drop: Any, ordered: Sequence[Mapping[str, Any]], config: dict[str, Any]) -> Manifest:
+    """The manifest of a finished build from its shards' progress entries, in plan order."""
     skips = list(drop.skips) + [_skip_from_dict(s) for e in ordered for s in e["skips"]]
     counts = {s: _empty_counts() for s in splits.SPLITS}
     for entry in ordered:
@@ -634,77 +681,31 @@ def write_drop(
     all_sizes: collections.Counter[str] = collections.Counter()
     for c in counts.values():
         all_sizes.update(c["image_sizes"])
-    image_size = (
-        [int(v) for v in all_sizes.most_common(1)[0][0].split("x")] if all_sizes else None
-    )
-    manifest = {
-        "schema_version": schema.SCHEMA_VERSION,
-        "windows": list(windows.WINDOW_NAMES),
-        "labels": list(schema.LABEL_NAMES),
-        "presets": presets_json,
-        "source": drop.source,
-        "image_size": image_size,
-        "counts": counts,
-        "shards": [
-            {k: e[k] for k in ("file", "split", "examples", "sha256", "bytes")} for e in ordered
-        ],
-        "skipped": [_skip_dict(s) for s in skips],
-        "skipped_by_reason": dict(collections.Counter(s.reason for s in skips).most_common()),
-        "warnings": list(drop.warnings),
-        "drop": {
-            "root": str(root.resolve()),
+    size = all_sizes.most_common(1)[0][0].split("x") if all_sizes else None
+    return Manifest(
+        schema_version=schema.SCHEMA_VERSION,
+        source=drop.source,
+        presets=presets_from_json(config["presets"]),
+        counts={name: SplitCounts.from_dict(c) for name, c in counts.items()},
+        shards=tuple(ShardEntry(e["file"], e["split"], e["examples"], e["sha256"], e["bytes"])
+                     for e in ordered),
+        image_size=(int(size[0]), int(size[1])) if size else None,
+        skipped=tuple(skips),
+        skipped_by_reason=dict(collections.Counter(s.reason for s in skips).most_common()),
+        warnings=tuple(drop.warnings),
+        drop={
+            "root": str(Path(drop.root).resolve()),
             "source": drop.source,
             "window_set": getattr(drop, "window_set", None),
             "stats": getattr(drop, "stats", {}),
         },
-        "config": {**config, "workers": workers, "strict": strict},
-        "versions": _versions(),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1, default=str) + "\n")
-    return BuildReport(
-        out=out,
-        manifest_path=out / MANIFEST,
-        counts=counts,
-        skips=skips,
-        shards_written=len(todo),
-        shards_reused=len(plans) - len(todo),
-        warnings=list(drop.warnings),
+        config=config,
+        versions=_versions(),
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
 
 
 # --- verify ----------------------------------------------------------------------------------
-
-
-def load_manifest(out: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read ``OUT/manifest.json``.
-
-    Raises:
-      ManifestError: missing (an unfinished or wrong folder) or unreadable.
-    """
-    path = Path(out) / MANIFEST
-    if not Path(out).exists():
-        raise ManifestError(
-            f"shard folder {out} does not exist. Build shards first with "
-            f"fusion-build ROOT --out {out}."
-        )
-    if not path.is_file():
-        hint = (
-            " An interrupted build is there: finish it with fusion-build --resume."
-            if (Path(out) / PROGRESS).exists()
-            else " Build shards first with fusion-build ROOT --out FOLDER."
-        )
-        raise ManifestError(f"no {MANIFEST} in {out}.{hint}")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as err:
-        raise ManifestError(f"{path} is not valid JSON ({err}); rebuild with --overwrite") from None
-    if manifest.get("schema_version") != schema.SCHEMA_VERSION:
-        raise ManifestError(
-            f"{path} has schema_version {manifest.get('schema_version')!r}, this fusion reads "
-            f"{schema.SCHEMA_VERSION}; rebuild the shards with this version"
-        )
-    return manifest
 
 
 def _check_record(values: Mapping[str, Any], index: int) -> list[str]:
@@ -786,33 +787,32 @@ def verify(out: str | os.PathLike[str], progress: bool = False) -> VerifyReport:
       ManifestError: no readable manifest (nothing to verify against).
     """
     out = Path(out)
-    manifest = load_manifest(out)
+    manifest = Manifest.load(out)
     report = VerifyReport(out=out)
-    listed = {s["file"] for s in manifest.get("shards", [])}
+    listed = {s.file for s in manifest.shards}
     for extra in sorted(p.name for p in out.glob(f"*{SHARD_SUFFIX}") if p.name not in listed):
         report.problems.append(f"{extra}: shard not listed in the manifest")
     per_split: collections.Counter[str] = collections.Counter()
     from tqdm import tqdm
 
-    for shard in tqdm(manifest.get("shards", []), desc="verifying", unit="shard", disable=not progress):
-        path = out / shard["file"]
+    for shard in tqdm(manifest.shards, desc="verifying", unit="shard", disable=not progress):
+        path = out / shard.file
         report.shards += 1
         if not path.is_file():
-            report.problems.append(f"{shard['file']}: missing")
+            report.problems.append(f"{shard.file}: missing")
             continue
         size = path.stat().st_size
-        if size != shard["bytes"]:
-            report.problems.append(f"{shard['file']}: {size} bytes, manifest says {shard['bytes']}")
-        if _sha256_file(path) != shard["sha256"]:
-            report.problems.append(f"{shard['file']}: sha256 differs from the manifest")
-        count, problems = _check_shard(path, int(shard["examples"]))
+        if size != shard.bytes:
+            report.problems.append(f"{shard.file}: {size} bytes, manifest says {shard.bytes}")
+        if _sha256_file(path) != shard.sha256:
+            report.problems.append(f"{shard.file}: sha256 differs from the manifest")
+        count, problems = _check_shard(path, shard.examples)
         report.examples += count
-        per_split[shard["split"]] += count
+        per_split[shard.split] += count
         report.problems.extend(problems)
-    for split, counts in manifest.get("counts", {}).items():
-        if per_split[split] != counts.get("slices", 0):
+    for split, counts in manifest.counts.items():
+        if per_split[split] != counts.slices:
             report.problems.append(
-                f"split {split}: {per_split[split]} records in shards, manifest counts "
-                f"{counts.get('slices', 0)}"
+                f"split {split}: {per_split[split]} records in shards, manifest counts {counts.slices}"
             )
     return report

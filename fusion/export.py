@@ -26,39 +26,37 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
+import tensorflow.experimental.numpy as tnp
 
 from data_build import windows
-from data_build.schema import LABEL_NAMES
 from data_build.files import atomic_write_text
+from data_build.manifest import Manifest, ManifestError
+from data_build.schema import LABEL_NAMES
 from fusion.config import RunConfig
-from fusion.losses import AREA_SCALE
+from fusion.errors import FusionError
+from fusion.targets import AREA_SCALE, target_to_area
+from fusion.thresholds import Thresholds, ThresholdsError
 
 
-class ExportError(Exception):
+class ExportError(FusionError):
     """A run folder cannot be exported (missing checkpoint, thresholds or config)."""
 
 
-def _window_list(presets: Mapping[str, Sequence[float]] | None) -> list[windows.Window]:
-    out = []
-    for name in windows.WINDOW_NAMES:
-        if presets is not None and name in presets:
-            level, width = presets[name]
-            out.append(windows.Window(float(level), float(width)))
-        else:
-            out.append(windows.PRESETS[name])
-    return out
+def _window_list(presets: Sequence[windows.Window] | None) -> list[windows.Window]:
+    """The run's windows, `WINDOW_NAMES` order; the standard presets when the shards are unknown."""
+    return list(presets) if presets is not None else [windows.PRESETS[n] for n in windows.WINDOW_NAMES]
 
 
 def make_serving_fns(
     model: keras.Model,
     image_size: int,
-    thresholds: Sequence[float],
-    presets: Mapping[str, Sequence[float]] | None = None,
+    thresholds: Thresholds,
+    presets: Sequence[windows.Window] | None = None,
 ) -> tuple[Any, Any]:
     """The two serving functions (plain Python callables on tf tensors).
 
@@ -66,7 +64,7 @@ def make_serving_fns(
       (serve_images(images [B, H, W, 4]), serve_hu(hu [B, H, W, 1])) each returning the dict of
       the module docstring.
     """
-    thresholds_t = tf.constant(np.asarray(thresholds, np.float32).reshape(1, len(LABEL_NAMES)))
+    thresholds_t = tf.constant(thresholds.array.astype(np.float32).reshape(1, len(LABEL_NAMES)))
     window_list = _window_list(presets)
     size = int(image_size)
 
@@ -82,7 +80,7 @@ def make_serving_fns(
         }
         if "area" in out:
             target = tf.cast(out["area"], tf.float32)[:, 0]  # [B]
-            result["area_fraction"] = tf.clip_by_value(tf.math.expm1(target) / AREA_SCALE, 0.0, 1.0)
+            result["area_fraction"] = target_to_area(target, xp=tnp)
         else:
             result["area_fraction"] = tf.fill([batch], float("nan"))
         if "mask" in out:
@@ -97,7 +95,7 @@ def make_serving_fns(
 
     def serve_hu(hu: tf.Tensor) -> dict[str, tf.Tensor]:
         # The same windowing function as the build and the reader, with this run's presets.
-        images = windows.apply_windows(tf.cast(hu, tf.float32), presets=window_list, xp=tf.experimental.numpy)
+        images = windows.apply_windows(tf.cast(hu, tf.float32), presets=window_list, xp=tnp)
         return run(tf.cast(images, tf.float32))
 
     return serve_images, serve_hu
@@ -107,8 +105,8 @@ def write_savedmodel(
     model: keras.Model,
     path: Path,
     image_size: int,
-    thresholds: Sequence[float],
-    presets: Mapping[str, Sequence[float]] | None = None,
+    thresholds: Thresholds,
+    presets: Sequence[windows.Window] | None = None,
 ) -> Path:
     """Write the SavedModel to `path` atomically (temporary folder, then rename)."""
     serve_images, serve_hu = make_serving_fns(model, image_size, thresholds, presets)
@@ -144,15 +142,17 @@ def write_savedmodel(
     return path
 
 
-def _write_sidecars(folder: Path, image_size: int, thresholds: Sequence[float], presets: Mapping[str, Sequence[float]] | None) -> None:
-    thresholds_map = {n: float(t) for n, t in zip(LABEL_NAMES, thresholds)}
-    atomic_write_text(folder / "thresholds.json", json.dumps({"thresholds": thresholds_map}, indent=2) + "\n")
+def _write_sidecars(
+    folder: Path, image_size: int, thresholds: Thresholds, presets: Sequence[windows.Window] | None
+) -> None:
+    """thresholds.json (the same writer as the run folder's) and fusion_export.json."""
+    thresholds.save(folder)
     info = {
         "image_size": int(image_size),
         "label_names": list(LABEL_NAMES),
         "window_names": list(windows.WINDOW_NAMES),
         "presets": {w: [p.level, p.width] for w, p in zip(windows.WINDOW_NAMES, _window_list(presets))},
-        "thresholds": thresholds_map,
+        "thresholds": thresholds.to_dict()["thresholds"],
         "area_transform": f"area output = log1p(fraction * {AREA_SCALE:g}); served as the fraction",
         "signatures": {"serving_default": "images float32 [B, H, W, 4] in [0, 1]",
                        "serve_hu": "hu float32 [B, H, W, 1] in HU"},
@@ -177,8 +177,8 @@ def export_model(
     model: keras.Model,
     run_dir: str | Path,
     cfg: RunConfig,
-    thresholds: Sequence[float],
-    presets: Mapping[str, Sequence[float]] | None = None,
+    thresholds: Thresholds,
+    presets: Sequence[windows.Window] | None = None,
 ) -> Path:
     """Save ``RUN/model.keras`` and write ``RUN/export``. Returns the export folder."""
     run_dir = Path(run_dir)
@@ -208,14 +208,14 @@ def export_run(run_dir: str | Path, shards_dir: str | Path | None = None) -> Pat
         raise ExportError(f"{run_dir} has neither best.keras nor model.keras; train first")
     cfg = RunConfig.load(run_dir / "config.json")
     try:
-        data = json.loads((run_dir / "thresholds.json").read_text(encoding="utf-8"))
-        thresholds = [float(data["thresholds"][n]) for n in LABEL_NAMES]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ExportError(f"cannot read thresholds from {run_dir / 'thresholds.json'}: {err}") from None
+        thresholds = Thresholds.load(run_dir)
+    except ThresholdsError as err:
+        raise ExportError(f"cannot read thresholds: {err}") from None
     presets = None
     if shards_dir is not None:
-        from fusion.train import manifest_presets, read_manifest
-
-        presets = manifest_presets(read_manifest(Path(shards_dir)))
+        try:
+            presets = Manifest.load(shards_dir).presets
+        except ManifestError as err:
+            raise ExportError(str(err)) from None
     model = keras.saving.load_model(model_path, compile=False)
     return export_model(model, run_dir, cfg, thresholds, presets)

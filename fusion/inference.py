@@ -9,7 +9,7 @@ run folder or the SavedModel folder itself.
 Thresholds (needed to turn TTA-averaged probabilities back into decisions, and by the
 evaluation) are looked up in this order: a ``thresholds`` variable on the SavedModel,
 ``thresholds.json`` inside the SavedModel folder, then in its parent (the run folder). The
-file is read defensively: ``{"thresholds": {name: t}}``, ``{name: t}`` or a list of 6 numbers.
+file is read by `fusion.thresholds.Thresholds` (one reader for every copy).
 """
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from data_build.schema import LABEL_NAMES
+from fusion.errors import FusionError
+from fusion.thresholds import THRESHOLDS_FILE, Thresholds, ThresholdsError
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +33,11 @@ TTA_MODES: tuple[str, ...] = ("none", "flip")
 OUTPUT_KEYS: tuple[str, ...] = ("probabilities", "decisions", "area_fraction", "mask")
 
 
-class ModelLoadError(Exception):
+class ModelLoadError(FusionError):
     """The model folder is missing or is not a SavedModel with the expected signatures."""
 
 
-class PredictInputError(ValueError):
+class PredictInputError(FusionError, ValueError):
     """An array handed to the predictor has the wrong shape or values."""
 
 
@@ -52,58 +54,25 @@ def _find_savedmodel(path: Path) -> Path:
     )
 
 
-def parse_thresholds(data: Any, names: Sequence[str] = LABEL_NAMES) -> np.ndarray | None:
-    """Thresholds in `names` order from any of the accepted layouts, or None if unusable.
-
-    Accepted: ``{"thresholds": {name: t}}``, ``{"thresholds": [t, ...]}``, ``{name: t}``,
-    ``[t, ...]``. Names missing from a mapping get 0.5 (logged).
-    """
-    if isinstance(data, Mapping) and "thresholds" in data:
-        data = data["thresholds"]
-    if isinstance(data, Mapping):
-        if not any(n in data for n in names):
-            return None
-        out = []
-        for n in names:
-            value = data.get(n)
-            if isinstance(value, Mapping):  # e.g. {"threshold": t, "f1": ...}
-                value = value.get("threshold")
-            if value is None:
-                log.warning("thresholds: no value for %r, using 0.5", n)
-                value = 0.5
-            out.append(float(value))
-        return np.asarray(out, dtype=np.float64)
-    if isinstance(data, (list, tuple)) and len(data) == len(names):
-        try:
-            return np.asarray([float(v) for v in data], dtype=np.float64)
-        except (TypeError, ValueError):
-            return None
-    return None
-
-
-def read_thresholds_file(path: Path, names: Sequence[str] = LABEL_NAMES) -> np.ndarray | None:
-    """Thresholds from a JSON file, or None when it is absent or unreadable (logged)."""
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        log.warning("could not read %s: %s", path, err)
-        return None
-    out = parse_thresholds(data, names)
-    if out is None:
-        log.warning("%s has no usable thresholds for %s", path, ", ".join(names))
-    return out
-
-
-def read_threshold_notes(candidates: Sequence[Path]) -> list[str]:
-    """The calibration notes of the first ``thresholds.json`` among ``candidates`` that has a
-    "notes" list (the run folder's; an export's own copy holds only thresholds); [] if none."""
+def read_thresholds(candidates: Sequence[Path]) -> tuple[np.ndarray | None, list[str]]:
+    """Thresholds from the first readable ``thresholds.json`` among `candidates`, and the
+    calibration notes of the first one that has any (an export written before the notes were
+    copied into it holds only thresholds; the run folder's has both)."""
+    values: np.ndarray | None = None
+    notes: list[str] = []
     for path in candidates:
-        notes = read_json_dict(path).get("notes")
-        if isinstance(notes, list):
-            return [str(n) for n in notes]
-    return []
+        if not path.is_file():
+            continue
+        try:
+            found = Thresholds.load(path)
+        except ThresholdsError as err:
+            log.warning("%s", err)
+            continue
+        if values is None:
+            values = found.array
+        if not notes:
+            notes = list(found.notes)
+    return values, notes
 
 
 def read_run_config(run_dir: Path) -> dict[str, Any]:
@@ -357,10 +326,10 @@ def load_predictor(path: str | os.PathLike[str]) -> Predictor:
         values = np.asarray(variable.numpy(), dtype=np.float64).reshape(-1)
         if values.size == len(LABEL_NAMES):
             thresholds = values
-    candidates = (folder / "thresholds.json", folder.parent / "thresholds.json")
-    for candidate in candidates:
-        if thresholds is None:
-            thresholds = read_thresholds_file(candidate)
+    candidates = (folder / THRESHOLDS_FILE, folder.parent / THRESHOLDS_FILE)
+    from_files, notes = read_thresholds(candidates)
+    if thresholds is None:
+        thresholds = from_files
     config = read_run_config(run_dir) if run_dir is not None else {}
     return Predictor(
         path=folder,
@@ -370,7 +339,7 @@ def load_predictor(path: str | os.PathLike[str]) -> Predictor:
         config=config,
         resize_to=input_size,
         export_info=read_json_dict(folder / "fusion_export.json"),
-        threshold_notes=read_threshold_notes(candidates),
+        threshold_notes=notes,
         _loaded=loaded,
         _signatures=signatures,
     )

@@ -41,10 +41,18 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from data_build.schema import LABEL_NAMES
-from data_build.windows import WINDOW_NAMES, canonical_window_name
 from data_build.files import atomic_write_bytes, atomic_write_text
+from data_build.schema import LABEL_NAMES
+from data_build.windows import (
+    PRESETS,
+    WINDOW_NAMES,
+    canonical_window_name,
+    unwindow,
+    window,
+)
+from fusion.errors import FusionError
 from fusion.inference import Predictor
+from fusion.targets import binary_mask
 from fusion.volumes import series_volume
 
 log = logging.getLogger(__name__)
@@ -53,12 +61,12 @@ IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg"})
 #: Files of these kinds met while walking a folder are ignored silently (labels, notes).
 IGNORED_EXTENSIONS = frozenset({".csv", ".txt", ".json", ".md", ".html", ".log", ".xml", ".py"})
 #: Brain window used to recover HU from a plain image (see the module docstring).
-PLAIN_IMAGE_WINDOW = (40.0, 80.0)
-MASK_THRESHOLD = 0.5
+#: A plain grey picture is read as a brain-window render.
+PLAIN_IMAGE_WINDOW = PRESETS["brain_window"]
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-class PredictError(Exception):
+class PredictError(FusionError):
     """Prediction cannot run at all (output folder unusable, no input given)."""
 
 
@@ -167,10 +175,10 @@ def discover(paths: Sequence[str | Path], on_file: Callable[[], None] | None = N
                 continue
             seen.add(key)
             ext = f.suffix.lower()
-            window = canonical_window_name(f.parent.name)
-            if window is not None and ext in IMAGE_EXTENSIONS:
+            window_name = canonical_window_name(f.parent.name)
+            if window_name is not None and ext in IMAGE_EXTENSIONS:
                 group = (str(f.parent.parent), f.stem)
-                found.renders.setdefault(group, {})[window] = f
+                found.renders.setdefault(group, {})[window_name] = f
             elif ext in IMAGE_EXTENSIONS:
                 found.images.append(f)
             elif ext == ".npy":
@@ -320,8 +328,8 @@ class SliceInput:
     def brain_window(self) -> np.ndarray:
         """[H, W] in [0, 1] for the overlay picture."""
         if self.kind == "hu":
-            level, width = 40.0, 80.0
-            return np.clip((self.array - (level - width / 2)) / width, 0.0, 1.0)
+            brain = PRESETS["brain_window"]
+            return window(self.array, brain.level, brain.width)
         return self.array[..., WINDOW_NAMES.index("brain_window")]
 
 
@@ -441,14 +449,14 @@ def _render_inputs(found: Inputs) -> Iterable[tuple[str, list[SliceInput]]]:
 
 
 def _single_inputs(found: Inputs) -> Iterable[tuple[str, list[SliceInput]]]:
-    level, width = PLAIN_IMAGE_WINDOW
+    plain = PLAIN_IMAGE_WINDOW
     for path in found.images:
         try:
             gray = read_plain_grey(path)
         except (ValueError, OSError) as err:
             found.skipped.append(SkipRecord(str(path), "corrupt-image", str(err)))
             continue
-        hu = (level - width / 2.0) + gray * width
+        hu = unwindow(gray, plain.level, plain.width)
         yield f"image:{path.stem}", [
             SliceInput(path.stem, "image", str(path), f"image:{path.stem}", "hu", hu)
         ]
@@ -518,7 +526,7 @@ def run_predictions(
             # A model without a mask head returns NaN masks ("not predicted", fusion.export).
             has_mask = bool(np.isfinite(p["mask"]).all())
             all_masks &= has_mask
-            mask = np.nan_to_num(p["mask"][..., 0], nan=0.0) >= MASK_THRESHOLD
+            mask = binary_mask(p["mask"][..., 0])
             masks.append(mask)
             stem = names(it.id)
             if has_mask:

@@ -17,8 +17,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from fusion.errors import FusionError
 
-class VolumeError(ValueError):
+
+class VolumeError(FusionError, ValueError):
     """Masks and geometry of a series do not fit together (the message says how)."""
 
 

@@ -16,7 +16,13 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from data_build.dicom import DicomMeta, DicomReadError, needs_rsna_fix, read_hu, read_meta
+from data_build.dicom import (
+    DicomMeta,
+    DicomReadError,
+    needs_rsna_fix,
+    read_hu,
+    read_meta,
+)
 from data_build.windows import apply_windows
 
 REAL_DICOM = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real" / "rsna-dicom"

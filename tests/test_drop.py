@@ -18,8 +18,8 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
 from data_build import drop as drop_module
 from data_build.cases import Case, DropError
-from data_build.drop import DETECTION_REQUIRED, Drop, discover, read_headers
 from data_build.dicom import DicomMeta
+from data_build.drop import DETECTION_REQUIRED, Drop, discover, read_headers
 from data_build.schema import LABEL_NAMES
 from data_build.windows import WINDOW_NAMES
 

@@ -15,14 +15,15 @@ import tensorflow as tf
 
 from data_build import windows
 from data_build.schema import LABEL_NAMES
-from fusion.config import ModelConfig, RunConfig
+from data_build.windows import Window
+from fusion.config import RunConfig
 from fusion.export import ExportError, export_model, export_run
 from fusion.model import build_model
+from fusion.thresholds import Thresholds
 
 SIZE = 32
-THRESHOLDS = np.array([0.5, 0.4, 0.6, 0.3, 0.5, 0.45], np.float32)
-PRESETS = {"brain_window": (40.0, 80.0), "subdural_window": (75.0, 215.0),
-           "brain_bone_window": (600.0, 2800.0), "max_contrast_window": (40.0, 40.0)}
+THRESHOLDS = Thresholds.from_array(np.array([0.5, 0.4, 0.6, 0.3, 0.5, 0.45], np.float32))
+PRESETS = (Window(40.0, 80.0), Window(75.0, 215.0), Window(600.0, 2800.0), Window(40.0, 40.0))
 
 RELOAD = textwrap.dedent(
     """
@@ -60,7 +61,7 @@ def keras_reference(model: keras.Model, images: np.ndarray) -> dict[str, np.ndar
     mask = tf.image.resize(np.asarray(out["mask"]), [h, w], method="bilinear").numpy()
     return {
         "probabilities": probs,
-        "decisions": (probs >= THRESHOLDS).astype(np.int32),
+        "decisions": (probs >= THRESHOLDS.array.astype(np.float32)).astype(np.int32),
         "area_fraction": np.clip(np.expm1(np.asarray(out["area"])[:, 0]) / 1e3, 0, 1),
         "mask": mask,
     }
@@ -93,7 +94,7 @@ def test_savedmodel_in_fresh_process_matches_keras(exported: tuple[Path, keras.M
                           capture_output=True, text=True, env=env, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = dict(np.load(tmp_path / "outputs.npz"))
-    window_list = [windows.Window(*PRESETS[n]) for n in windows.WINDOW_NAMES]
+    window_list = list(PRESETS)
     for name, key in (("serving_default", "images"), ("serve_hu", "hu")):
         for tag in ("same", "other"):
             x = inputs[f"{key}_{tag}"]
@@ -111,7 +112,7 @@ def test_savedmodel_in_fresh_process_matches_keras(exported: tuple[Path, keras.M
                 np.testing.assert_allclose(got[prefix + k], ref[k], atol=1e-4, err_msg=prefix + k)
             # Decisions equal the baked-in thresholds applied to the served probabilities.
             np.testing.assert_array_equal(
-                got[prefix + "decisions"], (got[prefix + "probabilities"] >= THRESHOLDS).astype(np.int32)
+                got[prefix + "decisions"], (got[prefix + "probabilities"] >= THRESHOLDS.array.astype(np.float32)).astype(np.int32)
             )
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import tensorflow as tf
-
 from conftest import FakeDrop, render_case
+
 from data_build import records, schema, splits
 from data_build.cases import Skip
 from data_build.windows import WINDOW_NAMES

@@ -13,7 +13,18 @@ from pathlib import Path
 
 import click
 
-from fusion.config import PRESETS, ConfigError, RunConfig, preset
+from data_build.errors import DataBuildError
+from fusion.config import (
+    CLASS_POOLINGS,
+    DEFAULT_PRESET,
+    FUSIONS,
+    PRESETS,
+    STRATEGIES,
+    ConfigError,
+    RunConfig,
+    preset,
+)
+from fusion.errors import FusionError, TrainError
 
 
 def build_config(
@@ -50,19 +61,20 @@ def build_config(
               help="Run folder (config.json, best.keras, metrics.json, export/ ...).")
 @click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False, exists=True),
               help="Run config JSON (as written to RUN/config.json); replaces the preset.")
-@click.option("--preset", "preset_name", default="fusion", show_default=True,
-              help=f"Starting config: {', '.join(PRESETS)}.")
+# Not a click.Choice: `fusion.config.preset` names the known presets in its own message.
+@click.option("--preset", "preset_name", default=DEFAULT_PRESET, show_default=True,
+              help=f"Starting config: {', '.join(PRESETS)} (docs/benchmarks.md compares them).")
 @click.option("--epochs", type=click.IntRange(min=1), help="Maximum epochs.")
 @click.option("--image-size", type=click.IntRange(min=1), help="Training size in pixels (multiple of the encoder stride).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Global batch size.")
 @click.option("--seed", type=int, help="Seed of weights, shuffling and augmentation.")
 @click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), help="Peak AdamW learning rate.")
 @click.option("--width", type=click.IntRange(min=1), help="Encoder width (channels of the first stage).")
-@click.option("--fusion", type=click.Choice(["early", "attention"]), help="Window fusion.")
-@click.option("--class-pooling", type=click.Choice(["global", "attention"]),
+@click.option("--fusion", type=click.Choice(FUSIONS), help="Window fusion.")
+@click.option("--class-pooling", type=click.Choice(CLASS_POOLINGS),
               help="How the class head pools: global, or also one attention map per label "
                    "(docs/benchmarks.md: no gain on the synthetic demo).")
-@click.option("--strategy", type=click.Choice(["default", "mirrored"]), default="default", show_default=True,
+@click.option("--strategy", type=click.Choice(STRATEGIES), default=STRATEGIES[0], show_default=True,
               help="tf.distribute strategy (mirrored: all local GPUs).")
 @click.option("--resume", is_flag=True, help="Continue a killed run from RUN/backup (uses RUN/config.json).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run folder.")
@@ -99,8 +111,8 @@ def main(
         raise click.UsageError(str(err)) from None
 
     # Imported here: TensorFlow takes seconds to load and --help should not wait for it.
-    from fusion.export import ExportError, export_run
-    from fusion.train import TrainError, check_inputs, train
+    from fusion.export import export_run
+    from fusion.train import check_inputs, train
 
     try:
         if export_only:
@@ -114,7 +126,7 @@ def main(
         )
     except (TrainError, ConfigError) as err:
         raise click.UsageError(str(err)) from None
-    except ExportError as err:
+    except (FusionError, DataBuildError) as err:
         raise click.ClickException(str(err)) from None
     summary = result.metrics.get("summary", {})
     click.echo(f"run {result.run_dir}: {result.epochs_run} epochs; validation " + json.dumps(summary))
