@@ -41,6 +41,12 @@ def test_svg_lines_maps_points_and_skips_nan() -> None:
     assert "stroke-dasharray" in svg  # the diagonal
 
 
+def test_svg_lines_refuses_curves_of_unequal_length() -> None:
+    # zip(strict=True): a curve whose xs and ys differ in length is a bug upstream, not a shorter curve
+    with pytest.raises(ValueError):
+        R.svg_lines([("a", [0.0, 0.5, 1.0], [0.0, 1.0])], "t", "x", "y")
+
+
 def test_svg_histogram_counts() -> None:
     svg = R.svg_histogram([0.05, 0.05, 0.95, float("nan")], "h", "x", bins=10)
     titles = re.findall(r"<title>(\d+) in", svg)
