@@ -288,7 +288,7 @@ def main() -> None:
         for size in (512, 256):
             for name, make, path in readers:
                 add(f"{name} read {size}",
-                    *timed(read_passes, lambda make=make, path=path: make(path, size), passes))
+                    *timed(read_passes, lambda make=make, path=path, size=size: make(path, size), passes))
         if can_drop:
             for name, make in (("peer", lambda: peer_dataset(peer_file, 512)),
                                ("ours", lambda: our_dataset(ours, 512))):

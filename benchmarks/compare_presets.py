@@ -65,7 +65,8 @@ def main() -> None:
     (args.out / "compare.json").write_text(json.dumps(rows, indent=2))
     print(f"\n{args.epochs} epochs x {args.steps} steps, {args.schedule} schedule, seed {args.seed}; test split, "
           f"{rows[0]['n_test']} slices\n")
-    print("| preset | macro AUC | macro AUPRC | macro F1 | Dice | empty masks on bleeds | area MAE (fraction) | train s |")
+    print("| preset | macro AUC | macro AUPRC | macro F1 | Dice | empty masks on bleeds "
+          "| area MAE (fraction) | train s |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         t = r["test"]

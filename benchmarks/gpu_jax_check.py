@@ -257,7 +257,7 @@ def inference(model):
             t = time.perf_counter()
             model.predict_on_batch(x)
             compile_s = time.perf_counter() - t
-            lat = _median_latency(lambda: model.predict_on_batch(x), reps=10)
+            lat = _median_latency(lambda x=x: model.predict_on_batch(x), reps=10)
             entry = {"predict_on_batch_compile_s": round(compile_s, 2),
                      "predict_on_batch_ms": round(1000 * lat, 3),
                      "predict_on_batch_ms_per_slice": round(1000 * lat / batch, 3)}
@@ -268,7 +268,7 @@ def inference(model):
             t = time.perf_counter()
             jax.block_until_ready(fwd(tv, ntv, xd))
             entry["device_compile_s"] = round(time.perf_counter() - t, 2)
-            dl = _median_latency(lambda: jax.block_until_ready(fwd(tv, ntv, xd)), reps=20)
+            dl = _median_latency(lambda tv=tv, ntv=ntv, xd=xd: jax.block_until_ready(fwd(tv, ntv, xd)), reps=20)
             entry["device_ms"] = round(1000 * dl, 3)
             entry["device_ms_per_slice"] = round(1000 * dl / batch, 3)
             entry["device_slices_per_s"] = round(batch / dl, 1)

@@ -190,7 +190,9 @@ class Manifest:
         except KeyError as err:
             raise ManifestError(f"{where} lacks the key {err}; rebuild the shards (fusion-build --overwrite)") from None
         except (TypeError, ValueError, AttributeError, IndexError) as err:
-            raise ManifestError(f"{where} is malformed ({err}); rebuild the shards (fusion-build --overwrite)") from None
+            raise ManifestError(
+                f"{where} is malformed ({err}); rebuild the shards (fusion-build --overwrite)"
+            ) from None
 
     # --- files ---------------------------------------------------------------------------------
 

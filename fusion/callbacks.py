@@ -26,7 +26,9 @@ def make_callbacks(run_dir: Path, cfg: RunConfig, resume: bool, verbose: int) ->
     ]
     if cfg.train.schedule == "plateau":
         callbacks.append(
-            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(1, cfg.train.patience // 3), verbose=verbose)
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss", factor=0.5, patience=max(1, cfg.train.patience // 3), verbose=verbose
+            )
         )
     if cfg.train.patience > 0:
         callbacks.append(
