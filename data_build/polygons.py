@@ -57,7 +57,9 @@ def _load(text: str) -> Any:
     """Parse JSON (double quotes) or a Python literal (single quotes); never `eval`."""
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
+        # RecursionError: a hostile cell of thousands of nested brackets; let the literal
+        # parser below reject it with its own (bounded) nesting limit.
         pass
     try:
         return ast.literal_eval(text)

@@ -139,3 +139,18 @@ def render_drop(tmp_path: Path) -> FakeDrop:
             )
         )
     return FakeDrop(root=root, source="render", cases=cases)
+
+
+def write_tiny_synth_drop(root: Path, *, dicoms: bool = False, patients: int = 3) -> Path:
+    """A tiny clean synthetic drop (2 slices a patient, 32 px) written by the product's writer."""
+    from data_build.synth.writer import write_synthetic_drop
+
+    write_synthetic_drop(root, n_patients=patients, slices_per_patient=2, size=32, broken=False,
+                         dicoms=dicoms)
+    return root
+
+
+@pytest.fixture
+def synth_drop(tmp_path: Path) -> Path:
+    """`write_tiny_synth_drop` in tmp_path/drop (renders only; 6 slices, 1 flagged)."""
+    return write_tiny_synth_drop(tmp_path / "drop")
