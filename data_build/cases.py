@@ -73,5 +73,9 @@ class Skip:
     path: str = ""
 
 
+#: Skip reasons that are intended exclusions, not problems: `--strict` does not stop at them.
+INTENDED_EXCLUSIONS: frozenset[str] = frozenset({"flagged"})
+
+
 class DropError(DataBuildError):
     """The drop cannot be read at all (missing root, missing labels file). Exit status 2."""

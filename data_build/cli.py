@@ -97,7 +97,8 @@ def _summarise_build(report: Any) -> None:
               help="Finish an interrupted build: keep shards whose checksum matches, redo the rest.")
 @OVERWRITE
 @click.option("--strict", is_flag=True,
-              help="Stop at the first bad input with its reason instead of skipping it.")
+              help="Stop at the first bad input with its reason instead of skipping it "
+                   "(slices listed in flagged.txt are intended exclusions, not bad input).")
 @click.option("--window", "window_overrides", multiple=True, callback=_window_overrides,
               metavar="NAME=LEVEL,WIDTH",
               help="Override a window preset in HU (repeatable), e.g. subdural_window=75,215.")

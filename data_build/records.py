@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 
 from data_build import convert, schema, splits, windows
-from data_build.cases import Case, Skip
+from data_build.cases import INTENDED_EXCLUSIONS, Case, Skip
 from data_build.errors import DataBuildError
 from data_build.manifest import (
     MANIFEST_FILE,
@@ -576,8 +576,9 @@ def write_drop(
 
 
 def _check_drop(drop: Any, strict: bool) -> None:
-    if strict and drop.skips:
-        raise StrictStop(drop.skips[0])
+    problems = [s for s in drop.skips if s.reason not in INTENDED_EXCLUSIONS]
+    if strict and problems:  # a flagged slice is an intended exclusion, not a problem
+        raise StrictStop(problems[0])
     if drop.source not in convert.SOURCES:
         raise BuildError(f"drop source {drop.source!r} is not one of {convert.SOURCES}")
     if not drop.cases:
