@@ -730,10 +730,15 @@ def _check_record(values: Mapping[str, Any], index: int) -> list[str]:
             problems.append(f"record {rid}: image/hu is {hu.dtype}, expected uint16 PNG")
     else:
         for name in windows.WINDOW_NAMES:
+            # The build's own check: what the training reader's decoder refuses or garbles.
             key = schema.image_key(name)
-            decode(key, cv2.IMREAD_GRAYSCALE)
-            if values[key] and b"\xff\xd9" not in values[key][-1024:]:
-                problems.append(f"record {rid}: {key} is a truncated JPEG")
+            try:
+                size = convert.check_jpeg_bytes(bytes(values[key]))
+            except convert.JpegError as err:
+                problems.append(f"record {rid}: {key}: {err}")
+                continue
+            if size != (height, width):
+                problems.append(f"record {rid}: {key} is {size}, record says {(height, width)}")
     if values["has_mask"]:
         decode("mask", cv2.IMREAD_GRAYSCALE)
     return problems
