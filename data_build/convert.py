@@ -280,6 +280,8 @@ def _dicom_pixels(case: Case) -> tuple[dict[str, Any], int, int, dicom.DicomMeta
         raise _CaseSkip(Skip(case.id, "missing-dicom", "case has no DICOM file"))
     try:
         hu, meta = dicom.read_hu(case.dicom_path)
+    except dicom.DicomHeaderError as err:
+        raise _CaseSkip(Skip(case.id, "bad-dicom-header", err.reason, str(case.dicom_path))) from None
     except dicom.DicomReadError as err:
         raise _CaseSkip(Skip(case.id, "corrupt-dicom", str(err), str(case.dicom_path))) from None
     height, width = hu.shape
@@ -379,7 +381,7 @@ def make_example(case: Case, options: ConvertOptions | None = None) -> Converted
     Returns:
       `Converted` with the record bytes, or `Skip` naming why the slice was left out
       ("missing-window", "missing-image", "corrupt-image", "size-mismatch", "missing-dicom",
-      "corrupt-dicom", "bad-labels", "error"). A bad polygon keeps the record (mask unknown)
+      "corrupt-dicom", "bad-dicom-header", "bad-labels", "error"). A bad polygon keeps the record (mask unknown)
       and is listed in ``Converted.skips`` as "bad-polygon".
     """
     options = options or ConvertOptions()

@@ -51,6 +51,15 @@ class DicomReadError(DataBuildError, ValueError):
         return (type(self), (self.path, self.reason))
 
 
+class DicomHeaderError(DicomReadError):
+    """Pixels readable, but header values make HU untrustworthy (NaN/zero/huge RescaleSlope,
+    NaN RescaleIntercept, no RescaleIntercept on unsigned pixel data)."""
+
+
+#: Stored HU are int16 (`convert.encode_hu_png`): a rescale that leaves this range is nonsense.
+_HU_RANGE = (-32768.0, 32767.0)
+
+
 @dataclass(frozen=True)
 class DicomMeta:
     """Header fields of one slice.
@@ -67,6 +76,8 @@ class DicomMeta:
       rescale_slope, rescale_intercept: as in the header (1 and 0 when absent).
       bits_stored: BitsStored.
       pixel_representation: 0 unsigned, 1 signed.
+      problems: header values dropped as nonsense (a non-finite or non-positive PixelSpacing,
+        a non-finite ImagePositionPatient): the field reads None, as when absent.
     """
 
     id: str
@@ -85,6 +96,7 @@ class DicomMeta:
     rescale_intercept: float
     bits_stored: int
     pixel_representation: int
+    problems: tuple[str, ...] = ()
 
 
 def needs_rsna_fix(bits_stored: int, pixel_representation: int, intercept: float) -> bool:
@@ -108,6 +120,11 @@ def _float_or_none(value: Any) -> float | None:
         return None
 
 
+def _or(value: float | None, default: float) -> float:
+    """`default` only when absent: a slope of 0 must stay 0 (and be refused), not become 1."""
+    return default if value is None else value
+
+
 def _floats(value: Any, n: int) -> tuple[float, ...] | None:
     if value is None:
         return None
@@ -116,6 +133,20 @@ def _floats(value: Any, n: int) -> tuple[float, ...] | None:
     except (TypeError, ValueError):
         return None
     return items if len(items) == n else None
+
+
+def _checked(
+    values: tuple[float, ...] | None, keyword: str, positive: bool, problems: list[str]
+) -> tuple[float, ...] | None:
+    """`values` when finite (and > 0 if `positive`), else None with a note in `problems`."""
+    if values is None:
+        return None
+    good = all(np.isfinite(v) and (v > 0 or not positive) for v in values)
+    if not good:
+        need = "finite and > 0" if positive else "finite"
+        problems.append(f"{keyword} {list(values)} is not {need}; left unknown")
+        return None
+    return values
 
 
 def _text(ds: pydicom.Dataset, keyword: str) -> str:
@@ -128,6 +159,10 @@ def _meta(ds: pydicom.Dataset, path: Path) -> DicomMeta:
     if rows is None or cols is None:
         raise DicomReadError(path, "no Rows/Columns in the header: not an image slice")
     instance = _float_or_none(ds.get("InstanceNumber"))
+    problems: list[str] = []
+    spacing = _checked(_floats(ds.get("PixelSpacing"), 2), "PixelSpacing", True, problems)
+    position = _checked(_floats(ds.get("ImagePositionPatient"), 3), "ImagePositionPatient",
+                        False, problems)
     return DicomMeta(
         id=_text(ds, "SOPInstanceUID") or path.stem,
         patient_id=_text(ds, "PatientID"),
@@ -135,16 +170,17 @@ def _meta(ds: pydicom.Dataset, path: Path) -> DicomMeta:
         series_id=_text(ds, "SeriesInstanceUID"),
         rows=int(rows),
         cols=int(cols),
-        pixel_spacing=_floats(ds.get("PixelSpacing"), 2),  # type: ignore[arg-type]
-        position=_floats(ds.get("ImagePositionPatient"), 3),  # type: ignore[arg-type]
+        pixel_spacing=spacing,  # type: ignore[arg-type]
+        position=position,  # type: ignore[arg-type]
         slice_thickness=_float_or_none(ds.get("SliceThickness")),
         instance_number=None if instance is None else int(instance),
         window_center=_float_or_none(ds.get("WindowCenter")),
         window_width=_float_or_none(ds.get("WindowWidth")),
-        rescale_slope=_float_or_none(ds.get("RescaleSlope")) or 1.0,
-        rescale_intercept=_float_or_none(ds.get("RescaleIntercept")) or 0.0,
+        rescale_slope=_or(_float_or_none(ds.get("RescaleSlope")), 1.0),
+        rescale_intercept=_or(_float_or_none(ds.get("RescaleIntercept")), 0.0),
         bits_stored=int(ds.get("BitsStored") or 16),
         pixel_representation=int(ds.get("PixelRepresentation") or 0),
+        problems=tuple(problems),
     )
 
 
@@ -233,6 +269,7 @@ def read_hu(path: str | Path) -> tuple[np.ndarray, DicomMeta]:
     with _quiet():
         ds = _read(path, stop_before_pixels=False)
         meta = _meta(ds, path)
+        _check_rescale(ds, meta, path)
         stored = _stored(ds, path).astype(np.int32)
     intercept = meta.rescale_intercept
     if needs_rsna_fix(meta.bits_stored, meta.pixel_representation, intercept):
@@ -240,4 +277,34 @@ def read_hu(path: str | Path) -> tuple[np.ndarray, DicomMeta]:
         stored[stored >= 4096] -= 4096
         intercept = -1000.0
     hu = stored.astype(np.float32) * np.float32(meta.rescale_slope) + np.float32(intercept)
+    low, high = (float(hu.min()), float(hu.max())) if hu.size else (0.0, 0.0)
+    if low < _HU_RANGE[0] or high > _HU_RANGE[1]:
+        raise DicomHeaderError(
+            path, f"HU {low:g}..{high:g} with RescaleSlope {meta.rescale_slope:g} and "
+            f"RescaleIntercept {meta.rescale_intercept:g} leave the int16 range: the header's "
+            "rescale values are not plausible"
+        )
     return hu, meta
+
+
+def _check_rescale(ds: pydicom.Dataset, meta: DicomMeta, path: Path) -> None:
+    """Refuse rescale values that would store made-up HU (`DicomMeta` reads absent as 1 / 0).
+
+    Raises:
+      DicomHeaderError: RescaleSlope present but not a finite non-zero number, RescaleIntercept
+        present but not finite, or RescaleIntercept absent on unsigned pixel data (stored values
+        >= 0 cannot hold air at -1000 HU without one; 0 would shift every HU silently).
+    """
+    if "RescaleSlope" in ds:
+        slope = _float_or_none(ds.get("RescaleSlope"))
+        if slope is None or not np.isfinite(slope) or slope == 0:
+            raise DicomHeaderError(path, f"RescaleSlope {ds.get('RescaleSlope')!s} is not a finite, "
+                                   "non-zero number: HU cannot be computed")
+    if "RescaleIntercept" in ds:
+        intercept = _float_or_none(ds.get("RescaleIntercept"))
+        if intercept is None or not np.isfinite(intercept):
+            raise DicomHeaderError(path, f"RescaleIntercept {ds.get('RescaleIntercept')!s} is not "
+                                   "a finite number: HU cannot be computed")
+    elif meta.pixel_representation == 0:
+        raise DicomHeaderError(path, f"no RescaleIntercept on unsigned {meta.bits_stored}-bit "
+                               "pixel data: HU cannot be known (air would not be -1000)")

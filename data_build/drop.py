@@ -646,6 +646,14 @@ def _check_folder(slice_id: str, folder_type: str, labels: tuple[int, ...] | Non
     )
 
 
+def _note_header_problems(slice_id: str, meta: dicom.DicomMeta | str | None,
+                          report: _Report) -> None:
+    """Count and warn header values `dicom` dropped as nonsense (PixelSpacing inf, ...)."""
+    if isinstance(meta, dicom.DicomMeta) and meta.problems:
+        report.stats["dicom_header_values_dropped"] += 1
+        report.warn(f"{slice_id}: DICOM {'; '.join(meta.problems)}", kind="dicom-header-value")
+
+
 def _meta_fields(meta: dicom.DicomMeta | str | None) -> dict[str, Any]:
     if not isinstance(meta, dicom.DicomMeta):
         return {}
@@ -696,6 +704,7 @@ def _render_cases(
             report.stats["dicom_headers_unreadable"] += 1
             report.warn(f"{slice_id}: DICOM header unreadable ({meta}); no patient/spacing",
                         kind="unreadable-dicom-header")
+        _note_header_problems(slice_id, meta, report)
         cases.append(Case(
             id=slice_id,
             source="render",
@@ -728,6 +737,7 @@ def _dicom_cases(
         if not isinstance(meta, dicom.DicomMeta):
             report.skip(slice_id, "unreadable-dicom", str(meta), path)
             continue
+        _note_header_problems(slice_id, meta, report)
         slice_labels = labels.get(slice_id)
         polygons_, source = _mask_for(slice_id, masks, report)
         if slice_labels is not None and slice_labels[0] == 0:
