@@ -50,6 +50,7 @@ from __future__ import annotations
 import concurrent.futures
 import csv
 import hashlib
+import io
 import multiprocessing
 import os
 from collections import Counter, defaultdict
@@ -412,16 +413,63 @@ def _csv_header(path: Path) -> list[str]:
         return [c.strip() for c in next(csv.reader(handle), [])]
 
 
-def _read_segmentation_csv(path: Path) -> pd.DataFrame:
-    """Quote-aware read (multi-line fields); every cell as text, empty cells as ""."""
-    options: dict[str, Any] = dict(dtype=str, keep_default_na=False, encoding="utf-8-sig")
+#: Physical lines one salvaged CSV record may span (quoted multi-line fields).
+_MAX_RECORD_LINES = 200
+
+
+def _read_segmentation_csv(path: Path, report: _Report) -> pd.DataFrame:
+    """Quote-aware read (multi-line fields); every cell as text, empty cells as "".
+
+    Free-text cells (``Comments``) are where hostile bytes live: a non-UTF-8 byte is read as
+    U+FFFD (the row is kept, the file warned), and a row that breaks the CSV quoting (an
+    unterminated quote swallows the rest of the file) is dropped alone, counted and warned.
+    """
+    data = path.read_bytes()
     try:
-        table = pd.read_csv(path, **options)
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = data.decode("utf-8-sig", errors="replace")
+        report.warn(f"segmentation file {str(path)!r}: {text.count(chr(0xFFFD))} byte(s) are not "
+                    "UTF-8 (read as U+FFFD); its rows are kept")
+    options: dict[str, Any] = dict(dtype=str, keep_default_na=False)
+    try:
+        table = pd.read_csv(io.StringIO(text), **options)
     except pd.errors.ParserError:
-        # The Python engine is slower but copes with some odd quoting the C engine rejects.
-        table = pd.read_csv(path, engine="python", **options)
+        try:  # the Python engine copes with some odd quoting the C engine rejects
+            table = pd.read_csv(io.StringIO(text), engine="python", **options)
+        except pd.errors.ParserError:
+            table = _salvage_rows(text, path, report)
     table.columns = [str(c).strip() for c in table.columns]
     return table
+
+
+def _salvage_rows(text: str, path: Path, report: _Report) -> pd.DataFrame:
+    """Rows of a CSV whose quoting is broken somewhere: each record (quotes balanced, as many
+    fields as the header) is kept; a line that starts no such record is dropped and counted."""
+    lines = text.replace("\r\n", "\n").split("\n")
+    header = next(csv.reader([lines[0]]), [])
+    rows: list[list[str]] = []
+    lost: list[int] = []
+    i = 1
+    while i < len(lines):
+        if not lines[i].strip():
+            i += 1
+            continue
+        end, record = i, lines[i]
+        while record.count('"') % 2 and end + 1 < len(lines) and end - i < _MAX_RECORD_LINES:
+            end += 1
+            record += "\n" + lines[end]
+        fields = next(csv.reader([record]), []) if record.count('"') % 2 == 0 else []
+        if len(fields) == len(header):
+            rows.append(fields)
+            i = end + 1
+        else:
+            lost.append(i + 1)
+            i += 1
+    report.stats["segmentation_rows_unparseable"] += len(lost)
+    report.warn(f"segmentation file {str(path)!r}: {len(lost)} row(s) with broken CSV quoting "
+                f"dropped (line(s) {', '.join(map(str, lost[:10]))}); the other rows are kept")
+    return pd.DataFrame(rows, columns=header, dtype=str)
 
 
 def _number(text: str, default: float) -> float:
@@ -494,8 +542,8 @@ def _read_segmentation(root: Path, report: _Report) -> dict[str, _SliceMask]:
             report.warn(f"ignored segmentation file {str(path)!r}: {detail}")
             continue
         try:
-            table = _read_segmentation_csv(path)
-        except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as err:
+            table = _read_segmentation_csv(path, report)
+        except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError) as err:
             report.skip(path.name, "bad-segmentation-csv", f"unreadable CSV: {err}", str(path))
             report.warn(f"ignored unreadable segmentation file {str(path)!r}: {err}")
             continue
