@@ -26,6 +26,7 @@ import json
 import multiprocessing
 import os
 import platform
+import re
 import threading
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -263,20 +264,62 @@ def _presets_dict(presets: Mapping[str, Any] | None) -> dict[str, list[float]]:
 # --- output folder ---------------------------------------------------------------------------
 
 
+#: The build's own temporaries: ``.<split>-NNNNN-of-NNNNN.tfrecord.tmp`` (`_write_shard`) and
+#: ``.manifest.json.<random>.tmp`` (`files.atomic_write_text`).
+_OUR_TMP = re.compile(
+    rf"^\.(({'|'.join(splits.SPLITS)})-\d{{5}}-of-\d{{5}}\{SHARD_SUFFIX}|{re.escape(MANIFEST)}\.\w+)"
+    rf"\{TMP_SUFFIX}$"
+)
+
+
+def _is_build_manifest(path: Path) -> bool:
+    """Whether OUT/manifest.json was written by `fusion-build` (a user's own file must never be
+    deleted or replaced). Unreadable or non-JSON: not ours."""
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and {"schema_version", "shards", "counts"} <= manifest.keys()
+
+
+def _listed_shards(out: Path) -> set[str]:
+    """Shard names the folder's own manifest and progress log list (plain names only: a listed
+    ``../x`` must never reach outside OUT)."""
+    names: set[str] = set(_read_progress(out)[1])
+    if _is_build_manifest(out / MANIFEST):
+        shards = json.loads((out / MANIFEST).read_text(encoding="utf-8"))["shards"]
+        names.update(s.get("file", "") for s in shards if isinstance(s, dict))
+    return {n for n in names if isinstance(n, str) and n.endswith(SHARD_SUFFIX) and n == Path(n).name}
+
+
 def _our_files(out: Path) -> list[Path]:
-    """Files a build writes in OUT (shards, temporaries, manifest, progress)."""
-    found = []
-    for path in out.iterdir():
-        name = path.name
-        if not path.is_file():
-            continue
-        if (
-            name.endswith(SHARD_SUFFIX)
-            or name in (MANIFEST, PROGRESS)
-            or (name.startswith(".") and name.endswith(TMP_SUFFIX))
-        ):
-            found.append(path)
+    """Files a previous build wrote in OUT: its manifest and progress log, the shards they list,
+    and its temporaries. Anything else (a user's own ``*.tfrecord`` ...) is never touched."""
+    if not out.is_dir():
+        return []
+    names = _listed_shards(out) | {PROGRESS}
+    if _is_build_manifest(out / MANIFEST):
+        names.add(MANIFEST)
+    found = [out / n for n in sorted(names) if (out / n).is_file()]
+    found += [p for p in sorted(out.iterdir()) if _OUR_TMP.match(p.name) and p.is_file()]
     return found
+
+
+def _refuse_foreign(out: Path, planned: Iterable[str]) -> None:
+    """Raise when a file this build would replace was not written by a build.
+
+    A shard name beside a build's manifest or progress log is the build's own, listed or not:
+    a run killed between renaming a shard and logging it leaves exactly that.
+    """
+    ours = _is_build_manifest(out / MANIFEST) or _read_progress(out)[0] is not None
+    foreign = [] if ours else [n for n in planned if (out / n).exists()]
+    if (out / MANIFEST).exists() and not _is_build_manifest(out / MANIFEST):
+        foreign.insert(0, MANIFEST)
+    if foreign:
+        raise BuildError(
+            f"{out} holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, which "
+            "fusion-build did not write and would replace; move it away or choose another --out"
+        )
 
 
 def _prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
@@ -317,6 +360,8 @@ def _read_progress(out: Path) -> tuple[dict[str, Any] | None, dict[str, dict[str
             entry = json.loads(line)
         except ValueError:
             continue
+        if not isinstance(entry, dict):
+            continue
         if entry.get("kind") == "config":
             config = entry["config"]
         elif entry.get("kind") == "shard":
@@ -325,8 +370,15 @@ def _read_progress(out: Path) -> tuple[dict[str, Any] | None, dict[str, dict[str
 
 
 def _append_progress(out: Path, entry: Mapping[str, Any]) -> None:
-    with open(out / PROGRESS, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(entry, sort_keys=True) + "\n")
+    with open(out / PROGRESS, "a+b") as handle:
+        # A run killed mid-line left a torn last line: start on a fresh one, or this entry
+        # would be glued to it, unreadable, and its shard redone by the next --resume.
+        size = handle.seek(0, os.SEEK_END)
+        torn = False
+        if size:
+            handle.seek(size - 1)
+            torn = handle.read(1) != b"\n"
+        handle.write((("\n" if torn else "") + json.dumps(entry, sort_keys=True) + "\n").encode())
         handle.flush()
         os.fsync(handle.fileno())
 
@@ -421,6 +473,9 @@ def _write_shard(
                 writer.write(result.serialized)
                 _count(counts, result)
         os.replace(tmp, path)
+    except tf.errors.OpError as err:  # TensorFlow's own I/O errors, e.g. a full disk
+        raise BuildError(f"writing {tmp} failed: {err.message}. Free disk space or pick another "
+                         "--out, then rerun with --resume.") from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -510,6 +565,38 @@ def build(
     )
 
 
+#: Images smaller than this (pixels, either side) are warned: too small for the model's presets.
+MIN_WARN_SIDE = 128
+
+
+def _output_warnings(
+    counts: Mapping[str, Mapping[str, Any]], sizes: Mapping[str, int]
+) -> list[str]:
+    """What about the written shards would surprise a user at training time.
+
+    Args:
+      counts: per split, the manifest's counts ("slices").
+      sizes: "HxW" -> number of slices of that size, all splits.
+    """
+    out = []
+    for split in splits.SPLITS[1:]:
+        if not counts[split]["slices"]:
+            out.append(f"split {split!r} is empty: fusion-train needs val slices to pick its "
+                       "best epoch and thresholds, fusion-evaluate a test split; use more patients "
+                       "or other --split-fractions" if split == "val" else
+                       f"split {split!r} is empty: nothing is held out for fusion-evaluate; use "
+                       "more patients or other --split-fractions")
+    for size, n in sorted(sizes.items()):
+        height, width = (int(v) for v in size.split("x"))
+        why = [w for w, bad in (("not square", height != width),
+                                (f"smaller than {MIN_WARN_SIDE} px", min(height, width) < MIN_WARN_SIDE))
+               if bad]
+        if why:
+            out.append(f"{n} slice(s) are {size} ({' and '.join(why)}): the reader resizes every "
+                       "slice to a square image_size, distorting or blowing them up; check the renders")
+    return out
+
+
 def _available_cores() -> int:
     """Cores this process may run on (a container or taskset may allow fewer than exist)."""
     try:
@@ -555,8 +642,10 @@ def write_drop(
     _check_drop(drop, strict)
     plans = plan_shards(drop.cases, shard_size, fractions, salt, split_method)
     config = _build_config(drop.source, shard_size, fractions, salt, split_method, presets_json, plans)
+    _refuse_foreign(out, [p.file for p in plans])
+    previous_shards = _listed_shards(out)  # before the old manifest and log are replaced
     done = _start_or_resume(out, config, resume, overwrite)
-    entries, todo = _reusable_entries(out, plans, done)
+    entries, todo = _reusable_entries(out, plans, done, previous_shards)
     options = convert.ConvertOptions(
         source=drop.source, presets={k: tuple(v) for k, v in presets_json.items()}
     )
@@ -571,7 +660,7 @@ def write_drop(
         skips=list(manifest.skipped),
         shards_written=len(todo),
         shards_reused=len(plans) - len(todo),
-        warnings=list(drop.warnings),
+        warnings=list(manifest.warnings),
     )
 
 
@@ -636,9 +725,11 @@ def _start_or_resume(
 
 
 def _reusable_entries(
-    out: Path, plans: Sequence[_ShardPlan], done: Mapping[str, dict[str, Any]]
+    out: Path, plans: Sequence[_ShardPlan], done: Mapping[str, dict[str, Any]],
+    previous_shards: set[str],
 ) -> tuple[dict[str, dict[str, Any]], list[_ShardPlan]]:
-    """(entries of shards kept from an interrupted run, plans still to write); drops stale shards."""
+    """(entries of shards kept from an interrupted run, plans still to write); drops the stale
+    shards among `previous_shards` (those the previous build listed; nothing else)."""
     entries: dict[str, dict[str, Any]] = {}
     todo: list[_ShardPlan] = []
     for plan in plans:
@@ -647,9 +738,9 @@ def _reusable_entries(
         else:
             todo.append(plan)
     planned = {p.file for p in plans}
-    for stale in out.glob(f"*{SHARD_SUFFIX}"):
-        if stale.name not in planned:  # e.g. a different shard count from an older plan
-            stale.unlink()
+    for name in sorted(previous_shards - planned):  # e.g. another shard count in an older plan
+        if (out / name).is_file():
+            (out / name).unlink()
     return entries, todo
 
 
@@ -693,7 +784,7 @@ def _manifest(drop: Any, ordered: Sequence[Mapping[str, Any]], config: dict[str,
         image_size=(int(size[0]), int(size[1])) if size else None,
         skipped=tuple(skips),
         skipped_by_reason=dict(collections.Counter(s.reason for s in skips).most_common()),
-        warnings=tuple(drop.warnings),
+        warnings=tuple(drop.warnings) + tuple(_output_warnings(counts, all_sizes)),
         drop={
             "root": str(Path(drop.root).resolve()),
             "source": drop.source,

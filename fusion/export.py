@@ -34,7 +34,7 @@ import tensorflow as tf
 import tensorflow.experimental.numpy as tnp
 
 from data_build import windows
-from data_build.files import atomic_write_text
+from data_build.files import atomic_write_text, make_temp_dir, ordinary_mode
 from data_build.manifest import Manifest, ManifestError
 from data_build.schema import LABEL_NAMES
 from fusion.config import RunConfig
@@ -125,7 +125,7 @@ def write_savedmodel(
     )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp = make_temp_dir(path.parent, f".{path.name}.")  # readable by others as the umask allows
     try:
         archive.write_out(str(tmp), verbose=False)
         _write_sidecars(tmp, image_size, thresholds, presets)
@@ -167,6 +167,7 @@ def save_keras(model: keras.Model, path: Path) -> None:
     os.close(fd)
     try:
         model.save(tmp)
+        os.chmod(tmp, ordinary_mode())  # mkstemp's 0600 would make the model private
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

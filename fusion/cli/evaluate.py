@@ -86,6 +86,7 @@ def main(
 
     from fusion.evaluate import evaluate
     from fusion.inference import load_predictor
+    from fusion.shard_errors import describe_read_error
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if (out / "metrics.json").exists() and not overwrite:
@@ -115,10 +116,7 @@ def main(
     except (FusionError, DataBuildError, ValueError, OSError) as err:
         raise click.ClickException(str(err)) from err
     except tf.errors.OpError as err:  # raised lazily while reading (corrupt or missing shard)
-        raise click.ClickException(
-            f"reading the {split!r} shards of {shards} failed: {err.message}; check them with "
-            f"fusion-verify"
-        ) from err
+        raise click.ClickException(describe_read_error(shards, err.message, (split,))) from err
     m = result.metrics
     cls = m.get("classification", {})
     macro = (cls.get("macro_types") or {}).get("auc")

@@ -111,7 +111,10 @@ def main(
         raise click.UsageError(str(err)) from None
 
     # Imported here: TensorFlow takes seconds to load and --help should not wait for it.
+    import tensorflow as tf
+
     from fusion.export import export_run
+    from fusion.shard_errors import describe_read_error
     from fusion.train import check_inputs, train
 
     try:
@@ -128,5 +131,7 @@ def main(
         raise click.UsageError(str(err)) from None
     except (FusionError, DataBuildError) as err:
         raise click.ClickException(str(err)) from None
+    except tf.errors.DataLossError as err:  # a damaged shard, met mid-epoch by the reader
+        raise click.ClickException(describe_read_error(shards, err.message, ("train", "val"))) from None
     summary = result.metrics.get("summary", {})
     click.echo(f"run {result.run_dir}: {result.epochs_run} epochs; validation " + json.dumps(summary))
