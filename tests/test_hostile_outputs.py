@@ -260,3 +260,14 @@ def test_tensorflow_write_error_is_a_build_error(render_drop: FakeDrop, tmp_path
     monkeypatch.setattr(tf.io, "TFRecordWriter", FullDisk)
     with pytest.raises(records.BuildError, match="No space left.*--resume"):
         _write(render_drop, tmp_path / "out")
+
+
+def test_train_out_below_a_file_is_a_one_line_error(render_drop: FakeDrop, tmp_path: Path) -> None:
+    from fusion.cli import train as train_cli
+
+    out = tmp_path / "shards"
+    _write(render_drop, out, shard_size=12, fractions=(0.5, 0.5, 0.0))
+    (tmp_path / "a-file").write_text("x")
+    result = CliRunner().invoke(train_cli.main, [str(out), "--out", str(tmp_path / "a-file" / "run"),
+                                                 "--image-size", "32", "--epochs", "1"])
+    assert "--out" in _one_line_error(result)

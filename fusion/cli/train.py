@@ -133,5 +133,11 @@ def main(
         raise click.ClickException(str(err)) from None
     except tf.errors.DataLossError as err:  # a damaged shard, met mid-epoch by the reader
         raise click.ClickException(describe_read_error(shards, err.message, ("train", "val"))) from None
+    except OSError as err:  # unwritable or invalid --out, a full disk
+        where = f" ({err.filename})" if err.filename else ""
+        raise click.ClickException(
+            f"cannot write the run to --out {run_dir}: {err.strerror or err}{where}; pick a folder "
+            "you can write with enough free space, then rerun (--resume continues a started run)"
+        ) from None
     summary = result.metrics.get("summary", {})
     click.echo(f"run {result.run_dir}: {result.epochs_run} epochs; validation " + json.dumps(summary))
