@@ -381,8 +381,8 @@ def make_example(case: Case, options: ConvertOptions | None = None) -> Converted
     Returns:
       `Converted` with the record bytes, or `Skip` naming why the slice was left out
       ("missing-window", "missing-image", "corrupt-image", "size-mismatch", "missing-dicom",
-      "corrupt-dicom", "bad-dicom-header", "bad-labels", "error"). A bad polygon keeps the record (mask unknown)
-      and is listed in ``Converted.skips`` as "bad-polygon".
+      "corrupt-dicom", "bad-dicom-header", "bad-labels", "error"). A bad polygon keeps the
+      record (mask unknown) and is listed in ``Converted.skips`` as "bad-polygon".
     """
     options = options or ConvertOptions()
     try:
