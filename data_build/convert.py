@@ -178,7 +178,8 @@ def _decode_noting_warnings(data: bytes) -> tuple[np.ndarray | None, str]:
         sink = _scratch[1].fileno()
         os.ftruncate(sink, 0)
         os.lseek(sink, 0, os.SEEK_SET)
-        sys.stderr.flush()
+        if sys.stderr is not None:
+            sys.stderr.flush()
         saved = os.dup(2)
     except OSError:  # no fd 2 or no temporary folder: decode without the warning check
         return cv2.imdecode(buffer, flags), ""

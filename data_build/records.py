@@ -272,23 +272,27 @@ _OUR_TMP = re.compile(
 )
 
 
-def _is_build_manifest(path: Path) -> bool:
-    """Whether OUT/manifest.json was written by `fusion-build` (a user's own file must never be
-    deleted or replaced). Unreadable or non-JSON: not ours."""
+def _manifest_shard_names(path: Path) -> set[str] | None:
+    """Shard names listed by OUT/manifest.json when `fusion-build` wrote it, else None (a user's
+    own file, unreadable or not JSON: never deleted or replaced)."""
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
-    return isinstance(manifest, dict) and {"schema_version", "shards", "counts"} <= manifest.keys()
+        return None
+    if not isinstance(manifest, dict) or not {"schema_version", "shards", "counts"} <= manifest.keys():
+        return None
+    shards = manifest["shards"] if isinstance(manifest["shards"], list) else []
+    return {s["file"] for s in shards if isinstance(s, dict) and isinstance(s.get("file"), str)}
+
+
+def _is_build_manifest(path: Path) -> bool:
+    return _manifest_shard_names(path) is not None
 
 
 def _listed_shards(out: Path) -> set[str]:
     """Shard names the folder's own manifest and progress log list (plain names only: a listed
     ``../x`` must never reach outside OUT)."""
-    names: set[str] = set(_read_progress(out)[1])
-    if _is_build_manifest(out / MANIFEST):
-        shards = json.loads((out / MANIFEST).read_text(encoding="utf-8"))["shards"]
-        names.update(s.get("file", "") for s in shards if isinstance(s, dict))
+    names = set(_read_progress(out)[1]) | (_manifest_shard_names(out / MANIFEST) or set())
     return {n for n in names if isinstance(n, str) and n.endswith(SHARD_SUFFIX) and n == Path(n).name}
 
 
