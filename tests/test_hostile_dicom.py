@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pydicom
 import pytest
-
 from conftest import write_dicom, write_tiny_synth_drop
+
 from data_build import convert, dicom
 from data_build.cases import Case, Skip
 from data_build.drop import discover

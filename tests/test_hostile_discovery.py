@@ -9,8 +9,8 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import write_tiny_synth_drop
+
 from data_build import drop as drop_module
 from data_build import records
 from data_build.cases import DropError

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import render_case
 from PIL import Image
 
-from conftest import render_case
 from data_build import convert, records, schema
 from data_build.cases import Skip
 from data_build.windows import WINDOW_NAMES

@@ -14,8 +14,8 @@ from typing import Iterator
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import FakeDrop
+
 from data_build import cli, files, records
 
 
@@ -132,7 +132,7 @@ def test_verify_on_an_odd_manifest_is_a_one_line_error(render_drop: FakeDrop, tm
     _write(render_drop, out)
     if content == "missing-key":
         manifest = json.loads((out / "manifest.json").read_text())
-        del manifest["shards"][0]["bytes"]
+        del manifest["shards"][0]["examples"]
         content = json.dumps(manifest)
     (out / "manifest.json").write_text(content)
     result = CliRunner().invoke(cli.verify, [str(out), "--no-progress"])
