@@ -65,6 +65,10 @@ class DicomMeta:
       rescale_slope, rescale_intercept: as in the header (1 and 0 when absent).
       bits_stored: BitsStored.
       pixel_representation: 0 unsigned, 1 signed.
+      orientation: ImageOrientationPatient (row direction x, y, z, column direction x, y, z),
+        direction cosines in the patient's LPS frame, None when absent or malformed.
+      acquisition_number: AcquisitionNumber, None when absent (two values in one series mean
+        two stacks, `fusion.series`).
     """
 
     id: str
@@ -83,6 +87,8 @@ class DicomMeta:
     rescale_intercept: float
     bits_stored: int
     pixel_representation: int
+    orientation: tuple[float, float, float, float, float, float] | None = None
+    acquisition_number: int | None = None
 
 
 def needs_rsna_fix(bits_stored: int, pixel_representation: int, intercept: float) -> bool:
@@ -126,6 +132,7 @@ def _meta(ds: pydicom.Dataset, path: Path) -> DicomMeta:
     if rows is None or cols is None:
         raise DicomReadError(path, "no Rows/Columns in the header: not an image slice")
     instance = _float_or_none(ds.get("InstanceNumber"))
+    acquisition = _float_or_none(ds.get("AcquisitionNumber"))
     return DicomMeta(
         id=_text(ds, "SOPInstanceUID") or path.stem,
         patient_id=_text(ds, "PatientID"),
@@ -143,6 +150,8 @@ def _meta(ds: pydicom.Dataset, path: Path) -> DicomMeta:
         rescale_intercept=_float_or_none(ds.get("RescaleIntercept")) or 0.0,
         bits_stored=int(ds.get("BitsStored") or 16),
         pixel_representation=int(ds.get("PixelRepresentation") or 0),
+        orientation=_floats(ds.get("ImageOrientationPatient"), 6),  # type: ignore[arg-type]
+        acquisition_number=None if acquisition is None else int(acquisition),
     )
 
 
