@@ -78,7 +78,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = export.write_savedmodel(
-            model, Path(tmp) / "export", args.image_size, [0.5] * 6, presets
+            model, Path(tmp) / "export" / "1", args.image_size, [0.5] * 6, presets
         )
         serve = tf.saved_model.load(str(folder)).signatures["serving_default"]
         for size in (256, 512):

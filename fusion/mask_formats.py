@@ -238,3 +238,61 @@ def write_seg(out: Path, stem: str, source_paths: Sequence[str], masks: np.ndarr
     name = f"{stem}.dcm"
     atomic_write_bytes(out / name, seg_bytes(source_paths, masks, version))
     return name
+
+
+def _slice_geometry(items: Sequence[Any]) -> list[SliceGeometry] | None:
+    if any(it.position is None or it.orientation is None or it.pixel_spacing is None
+           for it in items):
+        return None
+    return [SliceGeometry(it.position, it.orientation, it.pixel_spacing) for it in items]
+
+
+def write_series_masks(
+    out: Path, stem: str, formats: Sequence[str], items: Sequence[Any],
+    masks: Sequence[np.ndarray], preds: Sequence[dict[str, Any]], probabilities: bool,
+    no_geometry: list[str],
+) -> tuple[dict[str, str | None], list[str]]:
+    """Write the NIfTI / DICOM-SEG files of one series of `fusion.predict`.
+
+    Args:
+      out: the run's output folder (files go to ``nifti/`` and ``seg/``).
+      stem: the series' safe file stem.
+      formats: the formats asked for (PNG is written by the caller).
+      items: the series' `fusion.predict.SliceInput`s, in geometric order.
+      masks: [H, W] bool per slice; preds: the model's outputs per slice (``mask`` [H, W, 1]).
+      probabilities: also write the probabilities NIfTI.
+      no_geometry: gets the series id when the series is not DICOM (counted by the caller).
+
+    Returns:
+      (series-row columns mask_nifti, probabilities_nifti, mask_seg (paths relative to
+      ``out`` or None), warnings saying why a file asked for was not written).
+    """
+    cols: dict[str, str | None] = {"mask_nifti": None, "probabilities_nifti": None,
+                                   "mask_seg": None}
+    wanted = [f for f in formats if f in GEOMETRY_FORMATS]
+    if not wanted:
+        return cols, []
+    if items[0].source != "dicom":
+        no_geometry.append(items[0].series)
+        return cols, [f"{' and '.join(wanted)} need a DICOM series: PNG masks written instead"]
+    if len({m.shape for m in masks}) != 1 or not all(np.isfinite(p["mask"]).all() for p in preds):
+        return cols, [f"no {' or '.join(wanted)}: the model predicts no masks of one size here"]
+    stack, notes = np.stack(masks), []
+    if "nifti" in wanted:
+        prob = np.stack([p["mask"][..., 0] for p in preds]) if probabilities else None
+        try:
+            written = write_nifti(out / "nifti", stem, stack, _slice_geometry(items),
+                                  items[0].slice_thickness, prob)
+            cols["mask_nifti"] = f"nifti/{written[0]}"
+            cols["probabilities_nifti"] = f"nifti/{written[1]}" if len(written) > 1 else None
+        except MaskFormatError as err:
+            notes.append(str(err))
+    if "dicom-seg" in wanted:
+        from fusion import __version__
+
+        try:
+            name = write_seg(out / "seg", stem, [it.path for it in items], stack, __version__)
+            cols["mask_seg"] = f"seg/{name}"
+        except MaskFormatError as err:
+            notes.append(str(err))
+    return cols, notes

@@ -578,13 +578,15 @@ def run_predictions(
                 "largest_slice_id": items[largest].id if largest is not None else None,
                 "largest_area_mm2": _round(vol.largest_area_mm2, 2) if vol else None,
                 "max_p_any": max(p_any) if p_any else None,
-                **_geometry_columns(group),
+                **series_geometry.geometry_columns(group),
             }
         )
-        files, notes = _series_mask_files(out, series_names(sid), formats, items, masks, preds,
-                                          save_probabilities and all_masks, no_geometry)
+        files, notes = MF.write_series_masks(out, series_names(sid), formats, items, masks,
+                                             preds, save_probabilities and all_masks, no_geometry)
         series_rows[-1].update(files)
         series_rows[-1]["warnings"] += notes
+        if notes and items[0].source == "dicom":
+            refused.append(sid)
         summary.series += 1
 
     last_save = time.monotonic()
@@ -596,6 +598,7 @@ def run_predictions(
             last_save = time.monotonic()
 
     no_geometry: list[str] = []
+    refused: list[str] = []  # DICOM series that did not get every mask file asked for
     for group in series_list:
         process(group.id, _slices_of_series(group.id, group.slices, found.skipped),
                 geometry=True, group=group)
@@ -613,65 +616,14 @@ def run_predictions(
             f"{len(no_geometry)} series without DICOM geometry (renders, images, arrays): no "
             f"{' or '.join(f for f in formats if f in MF.GEOMETRY_FORMATS)} for them, PNG masks "
             f"written instead (see the warnings column of series.csv)")
+    if refused:
+        summary.warnings.append(
+            f"{len(refused)} DICOM series did not get every mask file asked for; the reason is "
+            f"in the warnings column of series.csv")
     _write_tables(out, rows, series_rows, found.skipped)
     for name in TABLES:
         _partial_name(out / name).unlink(missing_ok=True)
     return summary
-
-
-def _geometry_columns(group: series_geometry.SeriesGroup | None) -> dict[str, Any]:
-    """Series-row columns on the stack's geometry (`fusion.series`); empty for non-DICOM."""
-    gaps = group.gaps_mm if group is not None else []
-    return {
-        "n_duplicates_dropped": group.n_duplicates if group is not None else 0,
-        "n_gaps": len(gaps),
-        "largest_gap_mm": _round(max(gaps), 2) if gaps else None,
-        "warnings": list(group.warnings) if group is not None else [],
-    }
-
-
-def _slice_geometry(items: Sequence[SliceInput]) -> list[MF.SliceGeometry] | None:
-    if any(it.position is None or it.orientation is None or it.pixel_spacing is None
-           for it in items):
-        return None
-    return [MF.SliceGeometry(it.position, it.orientation, it.pixel_spacing) for it in items]
-
-
-def _series_mask_files(
-    out: Path, stem: str, formats: Sequence[str], items: Sequence[SliceInput],
-    masks: Sequence[np.ndarray], preds: Sequence[dict[str, Any]], probabilities: bool,
-    no_geometry: list[str],
-) -> tuple[dict[str, str | None], list[str]]:
-    """Write the NIfTI / DICOM-SEG files of one series; (series-row columns, warnings)."""
-    cols: dict[str, str | None] = {"mask_nifti": None, "probabilities_nifti": None,
-                                   "mask_seg": None}
-    wanted = [f for f in formats if f in MF.GEOMETRY_FORMATS]
-    if not wanted:
-        return cols, []
-    if items[0].source != "dicom":
-        no_geometry.append(items[0].series)
-        return cols, [f"{' and '.join(wanted)} need a DICOM series: PNG masks written instead"]
-    if len({m.shape for m in masks}) != 1 or not all(np.isfinite(p["mask"]).all() for p in preds):
-        return cols, [f"no {' or '.join(wanted)}: the model predicts no masks of one size here"]
-    stack, notes = np.stack(masks), []
-    if "nifti" in wanted:
-        prob = np.stack([p["mask"][..., 0] for p in preds]) if probabilities else None
-        try:
-            written = MF.write_nifti(out / "nifti", stem, stack, _slice_geometry(items),
-                                     items[0].slice_thickness, prob)
-            cols["mask_nifti"] = f"nifti/{written[0]}"
-            cols["probabilities_nifti"] = f"nifti/{written[1]}" if len(written) > 1 else None
-        except MF.MaskFormatError as err:
-            notes.append(str(err))
-    if "dicom-seg" in wanted:
-        from fusion import __version__
-
-        try:
-            name = MF.write_seg(out / "seg", stem, [it.path for it in items], stack, __version__)
-            cols["mask_seg"] = f"seg/{name}"
-        except MF.MaskFormatError as err:
-            notes.append(str(err))
-    return cols, notes
 
 
 #: The table files of a prediction run, and the marker of a run's partial saves.

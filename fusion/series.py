@@ -185,7 +185,7 @@ def _drop_same_position(group: SeriesGroup, skip: SkipFn) -> None:
     if group.offsets is None:
         return
     kept, offsets = [group.slices[0]], [group.offsets[0]]
-    for s, off in zip(group.slices[1:], group.offsets[1:]):
+    for s, off in zip(group.slices[1:], group.offsets[1:], strict=True):
         if off - offsets[-1] < SAME_POSITION_MM:
             skip(str(s.path), "duplicate-slice", f"same position ({off:.3f} mm along the slice "
                  f"normal) as {kept[-1].path}")
@@ -261,3 +261,14 @@ def group_series(slices: Sequence[HasMeta], skip: SkipFn | None = None) -> list[
             out[-1].n_duplicates += n_same_uid
             out[-1].warnings.append(f"{n_same_uid} slice(s) with a repeated SOPInstanceUID dropped")
     return sorted(out, key=lambda g: g.id)
+
+
+def geometry_columns(group: SeriesGroup | None) -> dict[str, Any]:
+    """Series-row columns on a stack's geometry; zeros and no warnings for non-DICOM series."""
+    gaps = group.gaps_mm if group is not None else []
+    return {
+        "n_duplicates_dropped": group.n_duplicates if group is not None else 0,
+        "n_gaps": len(gaps),
+        "largest_gap_mm": round(max(gaps), 2) if gaps else None,
+        "warnings": list(group.warnings) if group is not None else [],
+    }

@@ -12,12 +12,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-
 from factories import S, write_dicom  # noqa: E402
+from test_predict import make_fake_savedmodel  # noqa: E402
+
 from fusion.inference import load_predictor  # noqa: E402
 from fusion.mask_formats import MaskFormatError, parse_formats  # noqa: E402
 from fusion.predict import run_predictions  # noqa: E402
-from test_predict import make_fake_savedmodel  # noqa: E402
 
 nib = pytest.importorskip("nibabel")
 hd = pytest.importorskip("highdicom")
@@ -146,7 +146,9 @@ def test_gap_refuses_nifti_but_not_seg_and_non_dicom_is_counted(
     assert image["mask_nifti"] is None and image["mask_seg"] is None
     assert any("need a DICOM series" in w for w in image["warnings"])
     assert (out / "masks" / "plain.png").is_file()
-    assert len(summary.warnings) == 1 and summary.warnings[0].startswith("1 series without")
+    assert [w.split(" ")[:3] for w in summary.warnings] == [
+        ["1", "series", "without"],  # the plain image
+        ["1", "DICOM", "series"]]  # the gapped stack's NIfTI
 
 
 def test_seg_needs_a_frame_of_reference(model_dir: Path, tmp_path: Path) -> None:
@@ -163,3 +165,32 @@ def test_seg_needs_a_frame_of_reference(model_dir: Path, tmp_path: Path) -> None
     (row,) = json.loads((out / "series.json").read_text())
     assert row["mask_seg"] is None
     assert any("no FrameOfReferenceUID" in w for w in row["warnings"])
+
+
+def test_real_tilted_rsna_slices_when_present(model_dir: Path, tmp_path: Path) -> None:
+    """The RSNA files have gantry-tilted IOPs and no FrameOfReferenceUID: NIfTI voxel (0, 0, 0)
+    is the header's IPP (in RAS), and the SEG is refused with its reason, counted once."""
+    import pydicom
+
+    real = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real" / "rsna-dicom"
+    if not real.is_dir():
+        pytest.skip("../shared/data/real is not present")
+    files = sorted(real.glob("*.dcm"))[:3]
+    out = tmp_path / "out"
+    summary = run_predictions(load_predictor(model_dir), files, out,
+                              mask_formats=("nifti", "dicom-seg"))
+    assert summary.predicted == 3
+    assert summary.warnings == ["3 DICOM series did not get every mask file asked for; the "
+                                "reason is in the warnings column of series.csv"]
+    rows = json.loads((out / "series.json").read_text())
+    for row in rows:
+        assert row["mask_seg"] is None
+        assert any("no FrameOfReferenceUID" in w for w in row["warnings"])
+        img = nib.load(out / row["mask_nifti"])
+        source = pydicom.dcmread(next(f for f in files if pydicom.dcmread(
+            f, stop_before_pixels=True).SeriesInstanceUID == row["series_id"]))
+        x, y, z = (float(v) for v in source.ImagePositionPatient)
+        np.testing.assert_allclose(img.affine[:3, 3], [-x, -y, z], atol=1e-3)
+        row_dir = np.asarray([float(v) for v in source.ImageOrientationPatient[:3]])
+        col_mm = float(source.PixelSpacing[1])
+        np.testing.assert_allclose(img.affine[:3, 0], row_dir * col_mm * [-1, -1, 1], atol=1e-6)

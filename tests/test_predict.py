@@ -62,12 +62,11 @@ import random  # noqa: E402
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
-import pydicom  # noqa: E402
 import pytest  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
+from factories import S, write_dicom  # noqa: E402
 
 from data_build.dicom import read_meta  # noqa: E402
-from factories import S, write_dicom  # noqa: E402
 from fusion.cli import predict as cli  # noqa: E402
 from fusion.inference import load_predictor  # noqa: E402
 from fusion.predict import (  # noqa: E402
@@ -79,7 +78,6 @@ from fusion.predict import (  # noqa: E402
     run_predictions,
     safe_name,
 )
-
 
 
 def sphere_slices(radius: float, spacing: float, dz: float) -> list[tuple[float, np.ndarray]]:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from factories import write_dicom
 
 from data_build.dicom import read_meta
-from factories import write_dicom
 from fusion.series import group_series, slice_normal
 from fusion.volumes import series_volume
 

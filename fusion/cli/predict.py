@@ -43,11 +43,12 @@ def main(model: Path, inputs: tuple[Path, ...], out: Path, mask_format: tuple[st
 
     INPUTS are DICOM files or folders (grouped into series by SeriesInstanceUID, split into
     stacks of one orientation and size, ordered along the slice normal; duplicate slices
-    dropped, interleaved stacks refused, gaps reported in series.csv), render folders of the drop's layout (<type>/<window>/<ID>.jpg), plain
-    PNG/JPEG images (read as a brain-window rendering, L40/W80) or .npy arrays ([H, W, 4]
-    windows in [0, 1], or [H, W] HU). Per series, the bleed volume in mL and the ABC/2
-    estimate are written to series.csv. Unreadable inputs are listed in skipped.json and
-    skipped; exit status 0 when anything was predicted, 1 when nothing could be.
+    dropped, interleaved stacks refused, gaps reported in series.csv), render folders of the
+    drop's layout (<type>/<window>/<ID>.jpg), plain PNG/JPEG images (read as a brain-window
+    rendering, L40/W80) or .npy arrays ([H, W, 4] windows in [0, 1], or [H, W] HU). Per
+    series, the bleed volume in mL and the ABC/2 estimate are written to series.csv.
+    Unreadable inputs are listed in skipped.json and skipped; exit status 0 when anything
+    was predicted, 1 when nothing could be.
     With --tta flip and no calibrated thresholds next to the model, decisions are those of
     the un-flipped image. Masks are written as each series finishes; a long run also saves
     its tables every minute as predictions.partial.csv and the like, so a killed run keeps
