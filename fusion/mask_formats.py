@@ -241,9 +241,11 @@ def write_seg(out: Path, stem: str, source_paths: Sequence[str], masks: np.ndarr
 
 
 def _slice_geometry(items: Sequence[Any]) -> list[SliceGeometry] | None:
-    if any(it.position is None or it.orientation is None or it.pixel_spacing is None
-           for it in items):
-        return None
+    """Each slice's geometry, or None when a slice lacks a finite IPP, IOP or PixelSpacing."""
+    for it in items:
+        for values in (it.position, it.orientation, it.pixel_spacing):
+            if values is None or not np.all(np.isfinite(np.asarray(values, np.float64))):
+                return None
     return [SliceGeometry(it.position, it.orientation, it.pixel_spacing) for it in items]
 
 

@@ -26,6 +26,7 @@ What `group_series` does with one SeriesInstanceUID, in this order:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
@@ -104,11 +105,16 @@ def slice_normal(orientation: Sequence[float] | None) -> np.ndarray | None:
     return normal / np.linalg.norm(normal)
 
 
+def _finite(values: Sequence[float] | None) -> bool:
+    return values is not None and bool(np.all(np.isfinite(np.asarray(values, np.float64))))
+
+
 def _stack_key(meta: Any) -> tuple[Any, ...]:
-    """What slices of one stack share: orientation, size and pixel spacing (rounded)."""
-    iop = meta.orientation
+    """What slices of one stack share: orientation, size and pixel spacing (rounded; a NaN or
+    infinite value counts as absent, so it cannot make every slice a stack of its own)."""
+    iop = meta.orientation if _finite(meta.orientation) else None
     iop_key = None if iop is None else tuple(round(v / ORIENTATION_TOLERANCE) for v in iop)
-    spacing = meta.pixel_spacing
+    spacing = meta.pixel_spacing if _finite(meta.pixel_spacing) else None
     spacing_key = None if spacing is None else tuple(round(v, 4) for v in spacing)
     return (iop_key, meta.rows, meta.cols, spacing_key)
 
@@ -165,7 +171,7 @@ def _interleaved(group: SeriesGroup) -> str | None:
 def _order(group: SeriesGroup) -> None:
     """Sort the slices along the normal (else by InstanceNumber, else file name)."""
     items = group.slices
-    if all(s.meta.position is not None for s in items):
+    if all(_finite(s.meta.position) for s in items):
         normal = slice_normal(items[0].meta.orientation)
         if normal is None:
             normal = np.asarray(AXIAL_NORMAL)
@@ -201,9 +207,8 @@ def _drop_same_position(group: SeriesGroup, skip: SkipFn) -> None:
 
 def _spacing(group: SeriesGroup) -> None:
     """Spacing the volume integrates, and the gaps (see the module docstring, step 5)."""
-    thickness = next((s.meta.slice_thickness for s in group.slices
-                      if s.meta.slice_thickness and np.isfinite(s.meta.slice_thickness)
-                      and s.meta.slice_thickness > 0), None)
+    thicknesses = [s.meta.slice_thickness for s in group.slices]
+    thickness = next((t for t in thicknesses if t is not None and math.isfinite(t) and t > 0), None)
     if group.offsets is None or len(group.offsets) < 2:
         if thickness is not None:
             group.spacing_mm, group.spacing_source = float(thickness), "thickness"

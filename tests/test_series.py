@@ -172,3 +172,22 @@ def test_without_positions_instance_numbers_order(tmp_path: Path) -> None:
     (group,), _ = _group(files)
     assert [s.meta.instance_number for s in group.slices] == [1, 2, 3]
     assert group.offsets is None and group.spacing_source == "thickness"
+
+
+def test_non_finite_header_values_neither_crash_nor_split(tmp_path: Path) -> None:
+    """NaN in IOP, PixelSpacing or IPP (issue 12 D9 inputs) must not raise here, nor make each
+    slice a stack of its own; NaN positions fall back to InstanceNumber order."""
+    import pydicom
+
+    files = [write_dicom(tmp_path / f"{k}.dcm", np.zeros((8, 8)), "9.1", z=float(k),
+                         instance=3 - k) for k in range(3)]
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.ImageOrientationPatient = ["nan"] * 6
+        ds.PixelSpacing = ["nan", "nan"]
+        ds.ImagePositionPatient = [0, 0, "nan"]
+        ds.save_as(f)
+    (group,), skipped = _group(files)
+    assert not skipped and len(group.slices) == 3
+    assert [s.meta.instance_number for s in group.slices] == [1, 2, 3]
+    assert group.offsets is None
