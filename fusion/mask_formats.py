@@ -173,13 +173,17 @@ def write_nifti(
 def _source_headers(paths: Sequence[str]) -> list[Any]:
     """Source headers, completed with empty type-2 attributes highdicom copies."""
     import pydicom
+    import pydicom.errors
 
     from data_build.dicom import _quiet
 
     headers = []
     with _quiet():
         for path in paths:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            try:
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
+            except (OSError, EOFError, ValueError, pydicom.errors.InvalidDicomError) as err:
+                raise MaskFormatError(f"DICOM-SEG not written: cannot re-read {path} ({err})") from None
             for name in ("FrameOfReferenceUID", "SOPClassUID", "StudyInstanceUID"):
                 if not str(ds.get(name, "")).strip():
                     raise MaskFormatError(f"DICOM-SEG not written: {path} has no {name}")
@@ -225,8 +229,9 @@ def seg_bytes(source_paths: Sequence[str], masks: np.ndarray, version: str) -> b
             series_description="fusion hemorrhage mask",
             omit_empty_frames=False,
         )
-    except (ValueError, TypeError, AttributeError) as err:
-        raise MaskFormatError(f"DICOM-SEG not written: {err}") from None
+    except (ValueError, TypeError, AttributeError, KeyError) as err:
+        # highdicom checks the sources' attributes as DICOM requires them; say which failed.
+        raise MaskFormatError(f"DICOM-SEG not written: {type(err).__name__}: {err}") from None
     buf = io.BytesIO()
     seg.save_as(buf)
     return buf.getvalue()

@@ -154,15 +154,16 @@ def discover(
 
     found = Inputs()
     seen: set[Path] = set()
+
+    def output_skipped(folder: Path) -> None:
+        found.skipped.append(SkipRecord(str(folder), "fusion-output",
+                                        "an earlier fusion-predict --out; not read as input"))
+
     for given in paths:
         root = Path(given)
         if not root.exists():
             found.skipped.append(SkipRecord(str(root), "missing", "no such file or folder"))
             continue
-        def output_skipped(folder: Path) -> None:
-            found.skipped.append(SkipRecord(str(folder), "fusion-output",
-                                            "an earlier fusion-predict --out; not read as input"))
-
         for f, explicit in walk_inputs(root, exclude, output_skipped):
             if on_file is not None:
                 on_file()
@@ -487,6 +488,9 @@ def run_predictions(
     """
     formats = tuple(mask_formats)
     MF.require_clinical(formats)
+    if any(Path(p).resolve() == out.resolve() for p in inputs):
+        raise PredictError(f"--out {out} is also an input folder: its outputs would be mixed "
+                           f"with the inputs; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     write_marker(out, {"mask_formats": list(formats)})
     found = discover(inputs, on_file, exclude=[out])

@@ -405,6 +405,10 @@ def test_earlier_outputs_inside_the_input_are_not_read(model_dir: Path, tmp_path
     skipped = json.loads((tmp_path / "o" / "skipped.json").read_text())
     assert skipped == [{"path": str(inp / "pred"), "reason": "fusion-output",
                         "detail": "an earlier fusion-predict --out; not read as input"}]
+    # --out may not be an input folder itself (its outputs would become inputs)
+    same = CliRunner().invoke(cli.main, [str(model_dir), str(inp), "--out", str(inp)])
+    assert same.exit_code == 1 and "also an input folder" in same.output
+    assert not (inp / "fusion_predict.json").exists()
     # an output of an older version (no marker, only the tables) is recognised too
     (inp / "pred" / "fusion_predict.json").unlink()
     old = CliRunner().invoke(cli.main, [str(model_dir), str(inp), "--out", str(tmp_path / "o2")])
