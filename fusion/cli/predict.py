@@ -22,7 +22,8 @@ STALE_OUTPUTS = (("masks", "*.png"), ("overlays", "*.png"), ("nifti", "*.nii.gz"
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
     "--out", "out", type=click.Path(path_type=Path, file_okay=False), required=True,
-    help="Output folder (predictions.csv/json, series.csv/json, masks/, overlays/).",
+    help="Output folder (predictions.csv/json, series.csv/json, skipped.json, masks/, overlays/, "
+         "nifti/, seg/ as --mask-format asks).",
 )
 @click.option(
     "--mask-format", "mask_format", multiple=True, metavar="FORMAT",
