@@ -35,12 +35,14 @@ def write_marker(out: Path, info: Mapping[str, Any]) -> None:
 
 def walk_inputs(
     path: Path, exclude: Iterable[Path] = (), on_skip: Callable[[Path], None] | None = None,
+    on_error: Callable[[OSError], None] | None = None,
 ) -> Iterable[tuple[Path, bool]]:
     """(file, explicitly given) for a path; folders recursively in sorted order.
 
     Hidden files and folders are left out; so are the folders in ``exclude`` (the run's own
     ``--out``) and every fusion output folder (`is_fusion_output`), each reported once through
-    ``on_skip`` (except the run's own ``--out``).
+    ``on_skip`` (except the run's own ``--out``). A folder that cannot be listed is passed to
+    ``on_error`` (``err.filename`` names it) and the walk goes on.
     """
     if not path.is_dir():
         yield path, True
@@ -51,7 +53,7 @@ def walk_inputs(
             on_skip(path)
         return
     found: list[Path] = []
-    for root, dirs, files in os.walk(path):
+    for root, dirs, files in os.walk(path, onerror=on_error):
         here = Path(root)
         kept = []
         for d in sorted(dirs):

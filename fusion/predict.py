@@ -159,12 +159,16 @@ def discover(
         found.skipped.append(SkipRecord(str(folder), "fusion-output",
                                         "an earlier fusion-predict --out; not read as input"))
 
+    def unreadable(err: OSError) -> None:
+        found.skipped.append(SkipRecord(str(err.filename), "unreadable-folder",
+                                        err.strerror or str(err)))
+
     for given in paths:
         root = Path(given)
         if not root.exists():
             found.skipped.append(SkipRecord(str(root), "missing", "no such file or folder"))
             continue
-        for f, explicit in walk_inputs(root, exclude, output_skipped):
+        for f, explicit in walk_inputs(root, exclude, output_skipped, unreadable):
             if on_file is not None:
                 on_file()
             key = f.resolve()
