@@ -79,7 +79,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = export.write_savedmodel(
-            model, Path(tmp) / "export", args.image_size, Thresholds.from_array([0.5] * 6),
+            model, Path(tmp) / "export" / "1", args.image_size, Thresholds.from_array([0.5] * 6),
             manifest.presets,
         )
         serve = tf.saved_model.load(str(folder)).signatures["serving_default"]

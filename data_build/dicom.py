@@ -78,6 +78,10 @@ class DicomMeta:
       pixel_representation: 0 unsigned, 1 signed.
       problems: header values dropped as nonsense (a non-finite or non-positive PixelSpacing,
         a non-finite ImagePositionPatient): the field reads None, as when absent.
+      orientation: ImageOrientationPatient (row direction x, y, z, column direction x, y, z),
+        direction cosines in the patient's LPS frame, None when absent or malformed.
+      acquisition_number: AcquisitionNumber, None when absent (two values in one series mean
+        two stacks, `fusion.series`).
     """
 
     id: str
@@ -97,6 +101,8 @@ class DicomMeta:
     bits_stored: int
     pixel_representation: int
     problems: tuple[str, ...] = ()
+    orientation: tuple[float, float, float, float, float, float] | None = None
+    acquisition_number: int | None = None
 
 
 def needs_rsna_fix(bits_stored: int, pixel_representation: int, intercept: float) -> bool:
@@ -163,6 +169,7 @@ def _meta(ds: pydicom.Dataset, path: Path) -> DicomMeta:
     spacing = _checked(_floats(ds.get("PixelSpacing"), 2), "PixelSpacing", True, problems)
     position = _checked(_floats(ds.get("ImagePositionPatient"), 3), "ImagePositionPatient",
                         False, problems)
+    acquisition = _float_or_none(ds.get("AcquisitionNumber"))
     return DicomMeta(
         id=_text(ds, "SOPInstanceUID") or path.stem,
         patient_id=_text(ds, "PatientID"),
@@ -181,6 +188,8 @@ def _meta(ds: pydicom.Dataset, path: Path) -> DicomMeta:
         bits_stored=int(ds.get("BitsStored") or 16),
         pixel_representation=int(ds.get("PixelRepresentation") or 0),
         problems=tuple(problems),
+        orientation=_floats(ds.get("ImageOrientationPatient"), 6),  # type: ignore[arg-type]
+        acquisition_number=None if acquisition is None else int(acquisition),
     )
 
 

@@ -1,10 +1,11 @@
 """Load an exported model and run it on NumPy batches, with optional flip test-time augmentation.
 
-The export contract (docs/design.md, "Run folder"): ``RUN/export`` is a SavedModel with
+The export contract (docs/design.md, "Run folder"): ``RUN/export/<N>`` is a SavedModel with
 ``serving_default(images float32 [B, H, W, 4])`` and ``serve_hu(hu float32 [B, H, W, 1])``,
 each returning ``probabilities [B, 6]``, ``decisions [B, 6] int32``, ``area_fraction [B]`` and
-``mask [B, H, W, 1]`` (probabilities at the input size). `load_predictor` accepts either the
-run folder or the SavedModel folder itself.
+``mask [B, H, W, 1]`` (probabilities at the input size). `load_predictor` accepts the run
+folder, its ``export/`` base folder (highest version) or the SavedModel folder itself; an
+unversioned ``RUN/export`` of an older run is still found.
 
 Thresholds (needed to turn TTA-averaged probabilities back into decisions, and by the
 evaluation) are looked up in this order: a ``thresholds`` variable on the SavedModel,
@@ -41,17 +42,44 @@ class PredictInputError(FusionError, ValueError):
     """An array handed to the predictor has the wrong shape or values."""
 
 
+def latest_version(base: Path) -> Path | None:
+    """The highest numbered ``base/<N>/`` holding a saved_model.pb (TF Serving's "latest"
+    policy), or None."""
+    if not base.is_dir():
+        return None
+    versions = [p for p in base.iterdir()
+                if p.name.isdigit() and (p / "saved_model.pb").is_file()]
+    return max(versions, key=lambda p: int(p.name)) if versions else None
+
+
 def _find_savedmodel(path: Path) -> Path:
+    """The SavedModel folder for a run folder (``RUN/export/<N>``, else an unversioned
+    ``RUN/export``), an export base folder (``RUN/export``) or a SavedModel folder."""
     if (path / "saved_model.pb").is_file():
         return path
+    for found in (latest_version(path / "export"), latest_version(path)):
+        if found is not None:
+            return found
     if (path / "export" / "saved_model.pb").is_file():
-        return path / "export"
+        return path / "export"  # exported before version folders existed
     if not path.exists():
         raise ModelLoadError(f"model path {path} does not exist; pass a run folder or its export/")
     raise ModelLoadError(
-        f"{path} is neither a SavedModel (no saved_model.pb) nor a run folder with export/; "
-        f"run fusion-train (it writes RUN/export) or pass the SavedModel folder"
+        f"{path} is neither a SavedModel (no saved_model.pb) nor a run folder with "
+        f"export/<version>/; run fusion-train (it writes RUN/export/1) or pass the SavedModel folder"
     )
+
+
+def _run_dir_of(folder: Path, given: Path) -> Path | None:
+    """The run folder of a SavedModel folder: RUN for RUN/export/<N> and RUN/export."""
+    if folder.name.isdigit() and folder.parent.name == "export":
+        run = folder.parent.parent
+        # Given the version folder itself (perhaps copied to a model server): a run only if
+        # it looks like one.
+        return run if folder != given or (run / "config.json").is_file() else None
+    if folder.name == "export" and folder != given:
+        return folder.parent
+    return folder.parent if (folder.parent / "config.json").is_file() else None
 
 
 def read_thresholds(candidates: Sequence[Path]) -> tuple[np.ndarray | None, list[str]]:
@@ -298,9 +326,7 @@ def load_predictor(path: str | os.PathLike[str]) -> Predictor:
     import tensorflow as tf
 
     folder = _find_savedmodel(Path(path))
-    run_dir = folder.parent if folder.name == "export" and folder != Path(path) else None
-    if run_dir is None and (folder.parent / "config.json").is_file():
-        run_dir = folder.parent
+    run_dir = _run_dir_of(folder, Path(path))
     try:
         loaded = tf.saved_model.load(str(folder))
     except Exception as err:  # TF raises many types for a broken SavedModel
@@ -326,7 +352,9 @@ def load_predictor(path: str | os.PathLike[str]) -> Predictor:
         values = np.asarray(variable.numpy(), dtype=np.float64).reshape(-1)
         if values.size == len(LABEL_NAMES):
             thresholds = values
-    candidates = (folder / THRESHOLDS_FILE, folder.parent / THRESHOLDS_FILE)
+    candidates = tuple(dict.fromkeys(  # the export's copy first, then the run folder's
+        (folder / THRESHOLDS_FILE, folder.parent / THRESHOLDS_FILE)
+        + ((run_dir / THRESHOLDS_FILE,) if run_dir is not None else ())))
     from_files, notes = read_thresholds(candidates)
     if thresholds is None:
         thresholds = from_files

@@ -3,8 +3,9 @@
 Inputs (files or folders, folders walked recursively):
 
 - **DICOM** (``.dcm``, or any file without a known image extension that parses as DICOM):
-  grouped into series by SeriesInstanceUID, ordered by ImagePositionPatient z (else
-  InstanceNumber, else file name), read as HU (`data_build.dicom.read_hu`) and scored through
+  grouped into series by SeriesInstanceUID and split into geometrically consistent stacks,
+  ordered along the slice normal with duplicates dropped and gaps reported (`fusion.series`),
+  read as HU (`data_build.dicom.read_hu`) and scored through
   the model's ``serve_hu`` signature. A file without a SeriesInstanceUID is a series of its own.
 - **Render folders** (``.../<window>/<ID>.jpg`` with window names of either set, mapped by
   `windows.canonical_window_name`): the four windows of one ID are decoded exactly as the
@@ -23,8 +24,10 @@ Inputs (files or folders, folders walked recursively):
 
 Outputs in OUT: ``predictions.csv`` / ``predictions.json`` (one row per slice), ``series.csv`` /
 ``series.json`` (one row per series with bleed volume and ABC/2), ``masks/<name>.png`` (0/255),
-``overlays/<name>.png`` and ``skipped.json``. Every file name is built by `safe_name`, so no id
-can write outside OUT.
+``overlays/<name>.png`` and ``skipped.json``; with ``mask_formats`` also ``nifti/<series>.nii.gz``
+and ``seg/<series>.dcm`` per DICOM stack (`fusion.mask_formats`), and always the marker
+``fusion_predict.json``, by which a later run recognises this folder and does not read it as
+input. Every file name is built by `safe_name`, so no id can write outside OUT.
 """
 from __future__ import annotations
 
@@ -50,8 +53,11 @@ from data_build.windows import (
     unwindow,
     window,
 )
+from fusion import mask_formats as MF
+from fusion import series as series_geometry
 from fusion.errors import FusionError
 from fusion.inference import Predictor
+from fusion.outputs import walk_inputs, write_marker
 from fusion.targets import binary_mask
 from fusion.volumes import series_volume
 
@@ -141,33 +147,36 @@ class Inputs:
     skipped: list[SkipRecord] = field(default_factory=list)
 
 
-def _walk(path: Path) -> Iterable[tuple[Path, bool]]:
-    """(file, explicitly given) for a path; folders recursively in sorted order."""
-    if path.is_dir():
-        for f in sorted(p for p in path.rglob("*") if p.is_file()):
-            if not any(part.startswith(".") for part in f.relative_to(path).parts):
-                yield f, False
-    else:
-        yield path, True
-
-
-def discover(paths: Sequence[str | Path], on_file: Callable[[], None] | None = None) -> Inputs:
+def discover(
+    paths: Sequence[str | Path], on_file: Callable[[], None] | None = None,
+    exclude: Sequence[Path] = (),
+) -> Inputs:
     """Sort the given files and folders into DICOM slices, render IDs, images and arrays.
 
     Unreadable or unknown files become `SkipRecord`s (files of `IGNORED_EXTENSIONS` found in
     folders are ignored silently). DICOM headers are read here (no pixels). ``on_file`` is
-    called once per file looked at (for a progress display).
+    called once per file looked at (for a progress display). Folders in ``exclude`` (the run's
+    own output) are not entered; earlier fusion-predict outputs are skipped as "fusion-output".
     """
     from data_build.dicom import DicomReadError, read_meta
 
     found = Inputs()
     seen: set[Path] = set()
+
+    def output_skipped(folder: Path) -> None:
+        found.skipped.append(SkipRecord(str(folder), "fusion-output",
+                                        "an earlier fusion-predict --out; not read as input"))
+
+    def unreadable(err: OSError) -> None:
+        found.skipped.append(SkipRecord(str(err.filename), "unreadable-folder",
+                                        err.strerror or str(err)))
+
     for given in paths:
         root = Path(given)
         if not root.exists():
             found.skipped.append(SkipRecord(str(root), "missing", "no such file or folder"))
             continue
-        for f, explicit in _walk(root):
+        for f, explicit in walk_inputs(root, exclude, output_skipped, unreadable):
             if on_file is not None:
                 on_file()
             key = f.resolve()
@@ -194,31 +203,8 @@ def discover(paths: Sequence[str | Path], on_file: Callable[[], None] | None = N
     return found
 
 
-def group_series(slices: Sequence[DicomSlice]) -> list[tuple[str, list[DicomSlice]]]:
-    """Group DICOM slices by SeriesInstanceUID and order each series.
-
-    Order: ImagePositionPatient z when every slice has a position, else InstanceNumber when
-    every slice has one, else the file name. Series come out sorted by their id.
-
-    Returns:
-      [(series id, slices in order)]; a slice without SeriesInstanceUID gets its own series
-      named ``no-series:<file stem>``.
-    """
-    groups: dict[str, list[DicomSlice]] = {}
-    for s in slices:
-        sid = s.meta.series_id or f"no-series:{s.path.stem}"
-        groups.setdefault(sid, []).append(s)
-    out = []
-    for sid in sorted(groups):
-        items = groups[sid]
-        if all(s.meta.position is not None for s in items):
-            items.sort(key=lambda s: (s.meta.position[2], s.path.name))
-        elif all(s.meta.instance_number is not None for s in items):
-            items.sort(key=lambda s: (s.meta.instance_number, s.path.name))
-        else:
-            items.sort(key=lambda s: s.path.name)
-        out.append((sid, items))
-    return out
+#: Stacks of DICOM slices in geometric order (see `fusion.series.group_series`).
+group_series = series_geometry.group_series
 
 
 def _decode(path: Path) -> np.ndarray:
@@ -324,6 +310,7 @@ class SliceInput:
     pixel_spacing: tuple[float, float] | None = None
     position: tuple[float, float, float] | None = None
     slice_thickness: float | None = None
+    orientation: tuple[float, ...] | None = None
 
     def brain_window(self) -> np.ndarray:
         """[H, W] in [0, 1] for the overlay picture."""
@@ -389,6 +376,8 @@ class PredictSummary:
     series: int = 0
     skipped: list[SkipRecord] = field(default_factory=list)
     out: Path | None = None
+    #: Run-level warnings (e.g. NIfTI asked for inputs without DICOM geometry), one per kind.
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -410,7 +399,7 @@ def _slices_of_series(
             continue
         out.append(
             SliceInput(meta.id, "dicom", str(s.path), sid, "hu", hu, meta.pixel_spacing,
-                       meta.position, meta.slice_thickness)
+                       meta.position, meta.slice_thickness, meta.orientation)
         )
     return out
 
@@ -482,6 +471,8 @@ def run_predictions(
     on_total: Callable[[int], None] | None = None,
     on_file: Callable[[], None] | None = None,
     checkpoint_s: float = 60.0,
+    mask_formats: Sequence[str] = ("png",),
+    save_probabilities: bool = False,
 ) -> PredictSummary:
     """Predict every slice of ``inputs`` and write the outputs into ``out``.
 
@@ -500,26 +491,39 @@ def run_predictions(
       on_total: called once with the number of candidate slices.
       on_file: called once per input file looked at while reading headers.
       checkpoint_s: seconds between partial table saves (0: after every series).
+      mask_formats: any of `fusion.mask_formats.MASK_FORMATS`; NIfTI and DICOM-SEG are made
+        for DICOM stacks only (other series get PNG masks and a warning, counted).
+      save_probabilities: with "nifti", also write the mask probabilities as a NIfTI.
 
     Returns:
       A `PredictSummary`; nothing raised for bad inputs (they are in ``skipped``).
     """
+    formats = tuple(mask_formats)
+    MF.require_clinical(formats)
+    if any(Path(p).resolve() == out.resolve() for p in inputs):
+        raise PredictError(f"--out {out} is also an input folder: its outputs would be mixed "
+                           f"with the inputs; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "masks").mkdir(exist_ok=True)
-    (out / "overlays").mkdir(exist_ok=True)
-    found = discover(inputs, on_file)
-    series_list = group_series(found.dicom)
+    write_marker(out, {"mask_formats": list(formats)})
+    found = discover(inputs, on_file, exclude=[out])
+    series_list = group_series(
+        found.dicom, lambda path, reason, detail: found.skipped.append(SkipRecord(path, reason, detail))
+    )
     if on_total is not None:
         on_total(len(found.dicom) + len(found.renders) + len(found.images) + len(found.arrays))
     names = _Names()
+    series_names = _Names()
     rows: list[dict[str, Any]] = []
     series_rows: list[dict[str, Any]] = []
     summary = PredictSummary(out=out)
 
-    def process(sid: str, items: list[SliceInput], geometry: bool) -> None:
+    def process(sid: str, items: list[SliceInput], geometry: bool,
+                group: series_geometry.SeriesGroup | None = None) -> None:
         if not items:
             return
         preds = _run_model(predictor, items, batch_size, tta)
+        # Renders, images and arrays have no DICOM geometry: they always get PNG masks.
+        png = "png" in formats or items[0].source != "dicom"
         masks = []
         all_masks = True
         for index, (it, p) in enumerate(zip(items, preds)):
@@ -529,7 +533,7 @@ def run_predictions(
             mask = binary_mask(p["mask"][..., 0])
             masks.append(mask)
             stem = names(it.id)
-            if has_mask:
+            if has_mask and png:
                 atomic_write_bytes(inside(out / "masks", f"{stem}.png"), _png(mask))
                 atomic_write_bytes(inside(out / "overlays", f"{stem}.png"),
                                    _overlay(it.brain_window(), mask))
@@ -551,8 +555,8 @@ def run_predictions(
                 "mask_pixels": mask_pixels if has_mask else None,
                 "mask_area_mm2": _round(mask_pixels * px_mm2, 2) if px_mm2 and has_mask else None,
                 "pixel_spacing_mm": list(it.pixel_spacing) if it.pixel_spacing else None,
-                "mask_png": f"masks/{stem}.png" if has_mask else None,
-                "overlay_png": f"overlays/{stem}.png" if has_mask else None,
+                "mask_png": f"masks/{stem}.png" if has_mask and png else None,
+                "overlay_png": f"overlays/{stem}.png" if has_mask and png else None,
             }
             rows.append(row)
             summary.predicted += 1
@@ -570,6 +574,7 @@ def run_predictions(
                 np.asarray(spacings, dtype=np.float64) if known else None,
                 positions=[it.position for it in items] if geometry else None,
                 slice_thickness=thickness if geometry else None,
+                known_spacing=(group.spacing_mm, group.spacing_source) if group else None,
             )
         largest = vol.largest_slice if vol is not None else None
         p_any = [r["p_any"] for r in rows[-len(items):]]
@@ -589,8 +594,15 @@ def run_predictions(
                 "largest_slice_id": items[largest].id if largest is not None else None,
                 "largest_area_mm2": _round(vol.largest_area_mm2, 2) if vol else None,
                 "max_p_any": max(p_any) if p_any else None,
+                **series_geometry.geometry_columns(group),
             }
         )
+        files, notes = MF.write_series_masks(out, series_names(sid), formats, items, masks,
+                                             preds, save_probabilities and all_masks, no_geometry)
+        series_rows[-1].update(files)
+        series_rows[-1]["warnings"] += notes
+        if notes and items[0].source == "dicom":
+            refused.append(sid)
         summary.series += 1
 
     last_save = time.monotonic()
@@ -601,8 +613,11 @@ def run_predictions(
             _write_tables(out, rows, series_rows, found.skipped, partial=True)
             last_save = time.monotonic()
 
-    for sid, slices in series_list:
-        process(sid, _slices_of_series(sid, slices, found.skipped), geometry=True)
+    no_geometry: list[str] = []
+    refused: list[str] = []  # DICOM series that did not get every mask file asked for
+    for group in series_list:
+        process(group.id, _slices_of_series(group.id, group.slices, found.skipped),
+                geometry=True, group=group)
         checkpoint()
     for sid, items in _render_inputs(found):
         process(sid, items, geometry=False)
@@ -612,6 +627,15 @@ def run_predictions(
         checkpoint()
 
     summary.skipped = found.skipped
+    if no_geometry:
+        summary.warnings.append(
+            f"{len(no_geometry)} series without DICOM geometry (renders, images, arrays): no "
+            f"{' or '.join(f for f in formats if f in MF.GEOMETRY_FORMATS)} for them, PNG masks "
+            f"written instead (see the warnings column of series.csv)")
+    if refused:
+        summary.warnings.append(
+            f"{len(refused)} DICOM series did not get every mask file asked for; the reason is "
+            f"in the warnings column of series.csv")
     _write_tables(out, rows, series_rows, found.skipped)
     for name in TABLES:
         _partial_name(out / name).unlink(missing_ok=True)
@@ -659,7 +683,8 @@ def _write_tables(
     series_cols = [
         "series_id", "source", "n_slices", "n_slices_with_bleed", "volume_ml", "abc2_ml", "a_mm",
         "b_mm", "c_mm", "slice_spacing_mm", "spacing_source", "largest_slice_id",
-        "largest_area_mm2", "max_p_any",
+        "largest_area_mm2", "max_p_any", "n_duplicates_dropped", "n_gaps", "largest_gap_mm",
+        "mask_nifti", "probabilities_nifti", "mask_seg", "warnings",
     ]
     atomic_write_text(name("predictions.csv"), _csv(rows, slice_cols))
     atomic_write_text(name("predictions.json"), json.dumps(rows, indent=1) + "\n")

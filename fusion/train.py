@@ -181,6 +181,7 @@ def train(
     export: bool = True,
     verbose: int | str = "auto",
     callbacks: Iterable[keras.callbacks.Callback] = (),
+    export_version: int = 1,
 ) -> TrainResult:
     """Train, calibrate, evaluate on val and export (see the module docstring).
 
@@ -191,9 +192,10 @@ def train(
       resume: continue a killed run from RUN/backup.
       overwrite: replace an existing run folder.
       strategy: "default" or "mirrored" (tf.distribute.MirroredStrategy over local GPUs).
-      export: write RUN/model.keras and RUN/export at the end.
+      export: write RUN/model.keras and RUN/export/<export_version> at the end.
       verbose: Keras verbosity ("auto", 0, 1, 2).
       callbacks: extra Keras callbacks (tests use them to interrupt a run).
+      export_version: TF Serving version folder of the export (a positive integer).
 
     Raises:
       TrainError: bad shards, run folder or strategy.
@@ -225,7 +227,7 @@ def train(
             model = keras.saving.load_model(best_path, compile=False)
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    return finish_run(model, val_ds, run_dir, cfg, manifest, epochs, export)
+    return finish_run(model, val_ds, run_dir, cfg, manifest, epochs, export, export_version)
 
 
 def validate(
@@ -260,6 +262,7 @@ def finish_run(
     manifest: Manifest,
     epochs: Sequence[int],
     export: bool = True,
+    export_version: int = 1,
 ) -> TrainResult:
     """Calibrate on val, write thresholds.json and metrics.json, save and export the model."""
     thresholds, result = validate(model, val_ds, cfg)
@@ -269,5 +272,5 @@ def finish_run(
     if export:
         from fusion.export import export_model  # TF SavedModel; imported late (heavy)
 
-        export_model(model, run_dir, cfg, thresholds, manifest.presets)
+        export_model(model, run_dir, cfg, thresholds, manifest.presets, export_version)
     return TrainResult(run_dir=run_dir, metrics=result, thresholds=thresholds.array, epochs_run=len(epochs))

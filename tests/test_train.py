@@ -253,7 +253,7 @@ def test_cli_trains_calibrates_and_exports(tmp_path: Path) -> None:
     result = invoke(*args)
     assert result.exit_code == 0, result.output + repr(result.exception)
     for name in ("config.json", "best.keras", "model.keras", "thresholds.json", "metrics.json",
-                 "history.csv", "export/saved_model.pb"):
+                 "history.csv", "export/1/saved_model.pb", "export/1/README.md"):
         assert (run / name).exists(), name
     assert any((run / "logs").rglob("*tfevents*"))  # TensorBoard
     cfg = RunConfig.load(run / "config.json")
@@ -269,6 +269,11 @@ def test_cli_trains_calibrates_and_exports(tmp_path: Path) -> None:
     # A second run into the same folder is refused without --resume / --overwrite.
     again = invoke(*args)
     assert again.exit_code == 2 and "--resume" in again.output
+    # Re-export as servable version 3, next to version 1 (TF Serving serves the highest).
+    result = invoke(str(shards), "--out", str(run), "--export-only", "--export-version", "3")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (run / "export").iterdir()) == ["1", "3"]
+    assert (run / "export" / "3" / "saved_model.pb").is_file()
 
 
 def test_resume_rules_and_best_so_far(tmp_path: Path) -> None:

@@ -80,6 +80,9 @@ def build_config(
 @click.option("--overwrite", is_flag=True, help="Replace an existing run folder.")
 @click.option("--no-export", is_flag=True, help="Skip RUN/model.keras and RUN/export.")
 @click.option("--export-only", is_flag=True, help="Only re-export a finished run (best.keras + thresholds.json).")
+@click.option("--export-version", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Servable version: the SavedModel goes to RUN/export/<N>/, the layout TF Serving "
+                   "loads (--model_base_path=RUN/export serves the highest N).")
 @click.option("--quiet", is_flag=True, help="One line per epoch instead of a progress bar.")
 def main(
     shards: Path,
@@ -99,6 +102,7 @@ def main(
     overwrite: bool,
     no_export: bool,
     export_only: bool,
+    export_version: int,
     quiet: bool,
 ) -> None:
     """Train the multi-task hemorrhage model on SHARDS (a fusion-build output folder)."""
@@ -119,13 +123,14 @@ def main(
 
     try:
         if export_only:
-            path = export_run(run_dir, shards)
+            path = export_run(run_dir, shards, version=export_version)
             click.echo(f"exported {path}")
             return
         check_inputs(shards, cfg)  # fail fast, before TensorFlow builds anything
         result = train(
             shards, run_dir, cfg, resume=resume, overwrite=overwrite, strategy=strategy,
             export=not no_export, verbose=2 if quiet or not sys.stdout.isatty() else 1,
+            export_version=export_version,
         )
     except (TrainError, ConfigError) as err:
         raise click.UsageError(str(err)) from None
