@@ -35,8 +35,11 @@ from data_build.schema import TYPE_NAMES
 
 # Tissue codes of `PhantomSlice.tissue` (uint8).
 AIR, SCALP, SKULL, CSF, GREY, WHITE, VENTRICLE, OEDEMA, BLOOD = range(9)
+# Drawn by the "real" difficulty only (`data_build.synth.realistic`).
+CALCIFICATION, FAT = 9, 10
 TISSUE_NAMES: tuple[str, ...] = (
     "air", "scalp", "skull", "csf", "grey", "white", "ventricle", "oedema", "blood",
+    "calcification", "fat",
 )
 
 AIR_HU = -1000.0
