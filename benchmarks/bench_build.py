@@ -162,6 +162,30 @@ def decode_floor_dataset(out: Path, size: int):
     )
 
 
+def decode_floor_numpy(out: Path, size: int):
+    """The same floor without TensorFlow, as `fusion.reader` reads: records by
+    `data_build.tfrecord`, parse by `data_build.examples`, the four JPEG windows decoded by
+    OpenCV at the DCT scale (libjpeg's accurate IDCT, where TensorFlow's floor asks for the fast
+    one at scale 1), stacked uint8, batched. Yields [B, S', S', 4] uint8 (S' = 512 / ratio)."""
+    from data_build import examples, schema, tfrecord
+    from fusion import data, reader
+
+    ratio = 512 // size
+    batch = []
+    for path in data.shard_files(out, "train", data.load_manifest(out)):
+        for raw in tfrecord.read_records(path):
+            record = examples.parse_example(raw)
+            batch.append(np.stack([
+                cv2.imdecode(np.frombuffer(record[schema.image_key(n)], np.uint8), reader._IMREAD[ratio])
+                for n in WINDOW_NAMES
+            ], axis=-1))
+            if len(batch) == BATCH:
+                yield np.stack(batch)
+                batch = []
+    if batch:
+        yield np.stack(batch)
+
+
 def count_batches(dataset) -> int:
     n = 0
     for batch in dataset:

@@ -23,31 +23,26 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-import cv2
-import numpy as np
 import tensorflow as tf
 import tensorflow.experimental.numpy as tnp
 
 from data_build import renders, schema, windows
 
 # One manifest for build, verify and training (schema-version check, resume hint).
-from data_build.manifest import Manifest, ManifestError
+from data_build.manifest import Manifest, ManifestError  # noqa: F401 (callers use data.ManifestError)
 from fusion.augment import augment_dataset
 from fusion.config import RunConfig
-from fusion.errors import FusionError
+
+# The TensorFlow-free reader owns what both readers share (one copy of each).
+from fusion.reader import SPLITS, EmptySplitError, shard_files  # noqa: F401
+from fusion.reader import codes_to_grey as _codes_to_grey
 from fusion.targets import pack_targets
 
-SPLITS: tuple[str, ...] = ("train", "val", "test")
 #: Reduced-scale JPEG decode factors libjpeg supports (1 = full size).
 _RATIOS: tuple[int, ...] = (1, 2, 4, 8)
 _SHUFFLE_BUFFER = 1024
-
-
-class EmptySplitError(FusionError, ValueError):
-    """The requested split holds no examples."""
 
 
 def decode(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -176,13 +171,6 @@ def _targets(features: Mapping[str, tf.Tensor], size: int) -> dict[str, tf.Tenso
 
 # --- the fast path for render shards: uint8 through batching, one table lookup per batch ------
 
-#: [2, 256] float32: row 0 inverts the bone colour map (a colour JPEG's luma -> grey), row 1
-#: is a greyscale JPEG's value / 255.
-_GREY_TABLES = np.stack(
-    [renders.GREY_FROM_LUMA.astype(np.float32), np.arange(256, dtype=np.float32) / 255.0]
-)
-
-
 def render_codes(features: Mapping[str, tf.Tensor], size: int) -> dict[str, tf.Tensor]:
     """One render record -> compact per-example tensors, batched before any float work.
 
@@ -216,23 +204,6 @@ def render_codes(features: Mapping[str, tf.Tensor], size: int) -> dict[str, tf.T
     out["codes"] = tf.concat(codes, axis=-1)
     out["table"] = tf.stack(tables)
     out["mask"] = _mask_u8(features, size)
-    return out
-
-
-def _codes_to_grey(codes: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """uint8 codes [B, S, S, 4] + table [B, 4] -> grey float32 [B, S, S, 4] (numpy, OpenCV)."""
-    if codes.size == 0:
-        return np.zeros(codes.shape, np.float32)
-    codes = np.ascontiguousarray(codes)
-    b, h, w, c = codes.shape
-    if (table == table.flat[0]).all():
-        # One table for every pixel: OpenCV's vectorised lookup, which releases the GIL.
-        lut = _GREY_TABLES[int(table.flat[0])]
-        return cv2.LUT(codes.reshape(b * h, w * c), lut).reshape(codes.shape)
-    out = np.empty(codes.shape, np.float32)
-    for i in range(b):
-        for j in range(c):
-            out[i, :, :, j] = _GREY_TABLES[int(table[i, j])][codes[i, :, :, j]]
     return out
 
 
@@ -289,32 +260,6 @@ def preprocess(
     out = _targets(features, size)
     out.update(image=image, hu=hu, is_hu=tf.cast(is_hu, tf.float32), mask=_mask(features, size))
     return out
-
-
-def shard_files(shards_dir: str | os.PathLike[str], split: str, manifest: Manifest) -> list[str]:
-    """Paths of a split's non-empty shards, in manifest order.
-
-    Raises:
-      ValueError: unknown split.
-      EmptySplitError: the split holds no examples (the message lists what the manifest holds).
-      ManifestError: a listed shard is missing.
-    """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    files = [str(Path(shards_dir) / s.file) for s in manifest.shards_of(split)]
-    if not files:
-        raise EmptySplitError(
-            f"split {split!r} has no examples in {shards_dir} (the manifest holds "
-            f"{manifest.held()} slices). Pick a non-empty split, or rebuild with other "
-            "--split-fractions or more data."
-        )
-    missing = [f for f in files if not Path(f).is_file()]
-    if missing:
-        raise ManifestError(
-            f"{len(missing)} shard(s) listed in the manifest are missing, e.g. {missing[0]}; "
-            "run fusion-verify and rebuild"
-        )
-    return files
 
 
 def make_dataset(
