@@ -59,7 +59,10 @@ from data_build.schema import TYPE_NAMES  # noqa: E402
 #: The presets compared by default: the project's default against the peer-shaped U-Net.
 DEFAULT_PRESETS: tuple[str, ...] = ("fusion", "peer-unet")
 DEFAULT_SEEDS: tuple[int, ...] = (0, 1)
-DIFFICULTIES: tuple[str, ...] = ("easy", "real")
+try:  # the phantom settings, once fusion-synth has them (issue 10, item 1)
+    from data_build.synth.difficulty import DIFFICULTIES  # noqa: E402
+except ImportError:
+    DIFFICULTIES: tuple[str, ...] = ("easy", "real")  # type: ignore[no-redef]
 #: The real set of issue 10: 92 usable slices, all bleeding, 4 folds by patient.
 REAL_SET_SLICES = 92
 FOLD_SALT = "proxy-v1"
@@ -271,7 +274,8 @@ class Row:
     Attributes:
       folds: fold indices, ascending.
       dice_per_fold: mean per-slice Dice of each fold.
-      dice: mean per-slice Dice over all slices of those folds (folds weighted by slices).
+      dice: mean per-slice Dice over all slices of those folds (each fold weighted by its
+        bleeding slices, which are all its slices in this protocol).
       macro_auc: AUC per type on the slices of all folds pooled, then the mean over the types
         with both classes present; None when no type has both.
       auc_per_type: type -> pooled AUC (None where one class is absent).
@@ -831,6 +835,10 @@ def run(args: argparse.Namespace) -> None:
     plan, cases = plan_folds(drop_root, args.folds, args.target_slices)
     atomic_write_text(out / "folds.json", json.dumps(plan.to_json(), indent=1) + "\n")
     print_plan(plan)
+    n_kept = sum(len(f) for f in plan.folds)
+    if args.target_slices and n_kept < args.target_slices:
+        print(f"note: only {n_kept} of the {args.target_slices} slices asked for (--target-slices); "
+              f"write more patients (--patients) for the real set's size", flush=True)
     if args.plan_only:
         return
     folds = [args.only_fold] if args.only_fold is not None else list(range(args.folds))
@@ -838,11 +846,12 @@ def run(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     for i, (fold, preset, seed) in enumerate(todo if not args.report_only else []):
         shards = build_fold(out, fold, plan, cases, drop_root, args.val_fraction)
+        kept = (cell_dir(out, preset, seed, fold) / RESULT_FILE).exists()
         cell = run_cell(out, preset, seed, fold, shards, len(plan.folds[fold]), args)
         elapsed = (time.perf_counter() - started) / 60
         print(f"[{i + 1}/{len(todo)}] fold {fold} {preset} seed {seed}: Dice "
-              f"{_f(cell['evaluation']['dice_mean'])}, train {cell['train_seconds'] / 60:.1f} min "
-              f"({elapsed:.0f} min so far)", flush=True)
+              f"{_f(cell['evaluation']['dice_mean'])}, train {cell['train_seconds'] / 60:.1f} min"
+              f"{' (finished before, kept)' if kept else ''} ({elapsed:.0f} min so far)", flush=True)
     cells = finished_cells(out, args.preset_list, args.seed_list, args.folds)
     if not cells:
         raise ProxyError(f"no finished cell in {out}; run without --report-only first")

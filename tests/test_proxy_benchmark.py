@@ -242,3 +242,33 @@ def test_bad_options_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureF
     assert "--only-fold 4 is not a fold of 0..3" in capsys.readouterr().err
     assert PB.main(["--out", str(tmp_path), "--seeds", "0,x"]) == 1
     assert "expected a comma-separated list" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("supported, asked, expected", [
+    (True, None, "real"), (True, "easy", "easy"), (False, None, None),
+])
+def test_difficulty_is_passed_to_fusion_synth_when_it_has_the_option(
+    supported: bool, asked: str | None, expected: str | None, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(PB, "synth_supports_difficulty", lambda: supported)
+    calls: list[list[str]] = []
+    monkeypatch.setattr(PB, "run_command", lambda args, log: calls.append(list(args)) or 0.0)
+    args = PB.parse_args(["--out", str(tmp_path)] + (["--difficulty", asked] if asked else []))
+    args.difficulty_used = PB.resolve_difficulty(args)
+    assert args.difficulty_used == expected
+    PB.write_drop(tmp_path, args)
+    (command,) = calls
+    assert command[:2] == ["fusion-synth", str(tmp_path / "drop")]
+    assert ("--difficulty" in command) == (expected is not None)
+    if expected:
+        assert command[command.index("--difficulty") + 1] == expected
+
+
+def test_difficulty_asked_of_a_synth_without_it_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(PB, "synth_supports_difficulty", lambda: False)
+    args = PB.parse_args(["--out", str(tmp_path), "--difficulty", "real"])
+    with pytest.raises(PB.ProxyError, match="this fusion-synth has no --difficulty option"):
+        PB.resolve_difficulty(args)
