@@ -826,8 +826,8 @@ def _refuse_misnamed_renders(root: Path) -> None:
     switch the build to DICOM (most render slices have no DICOM: they would be lost).
 
     Raises:
-      DropError: ``renders`` exists but is not a usable folder, or ``Renders/``, ``renders ``
-        ... exists instead.
+      DropError: ``renders`` exists but is not a usable folder, or another entry whose name
+        starts with "render" (any case: ``Renders/``, ``render/``, ``renders 2020/``) does.
     """
     renders = root / RENDERS_DIR
     if renders.is_dir():
@@ -839,7 +839,8 @@ def _refuse_misnamed_renders(root: Path) -> None:
             names = os.listdir(root)
         except OSError:
             return
-        lookalikes = sorted(n for n in names if n != RENDERS_DIR and n.strip().lower() == RENDERS_DIR)
+        # "Renders", "render", "renders 2020", "renders.old" ...: any name starting so.
+        lookalikes = sorted(n for n in names if n != RENDERS_DIR and n.strip().lower().startswith("render"))
         if not lookalikes:
             return
         found = f"found {', '.join(repr(n) for n in lookalikes)} but no {RENDERS_DIR!r} folder"

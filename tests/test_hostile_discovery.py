@@ -111,12 +111,12 @@ def test_strict_builds_a_drop_with_flagged_slices(synth_drop: Path, tmp_path: Pa
     assert report.skips_by_reason == {"flagged": 1}
 
 
-@pytest.mark.parametrize("kind", ["Renders", "file", "loop"])
+@pytest.mark.parametrize("kind", ["Renders", "render", "renders 2020", "file", "loop"])
 def test_auto_source_refuses_a_misnamed_renders_folder(tmp_path: Path, kind: str) -> None:
     root = write_tiny_synth_drop(tmp_path / "drop", dicoms=True)
     renders = root / "renders"
-    if kind == "Renders":
-        renders.rename(root / "Renders")
+    if kind in ("Renders", "render", "renders 2020"):
+        renders.rename(root / kind)
     elif kind == "file":
         renders.rename(root / "renders.old")
         renders.write_text("oops")
