@@ -271,3 +271,11 @@ def test_train_out_below_a_file_is_a_one_line_error(render_drop: FakeDrop, tmp_p
     result = CliRunner().invoke(train_cli.main, [str(out), "--out", str(tmp_path / "a-file" / "run"),
                                                  "--image-size", "32", "--epochs", "1"])
     assert "--out" in _one_line_error(result)
+
+
+def test_tf_free_tfrecord_writer_follows_the_umask(tmp_path: Path, umask: int) -> None:
+    from data_build.tfrecord import TFRecordWriter
+
+    with TFRecordWriter(tmp_path / "train-00000-of-00001.tfrecord") as writer:
+        writer.write(b"record")
+    assert _mode(tmp_path / "train-00000-of-00001.tfrecord") == 0o666 & ~umask
