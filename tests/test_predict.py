@@ -70,14 +70,12 @@ from data_build.dicom import read_meta  # noqa: E402
 from fusion.cli import predict as cli  # noqa: E402
 from fusion.inference import load_predictor  # noqa: E402
 from fusion.predict import (  # noqa: E402
-    DicomSlice,
     PredictError,
-    discover,
-    group_series,
     inside,
     run_predictions,
     safe_name,
 )
+from fusion.predict_inputs import DicomSlice, discover, group_series  # noqa: E402
 
 
 def sphere_slices(radius: float, spacing: float, dz: float) -> list[tuple[float, np.ndarray]]:
@@ -278,7 +276,7 @@ def test_real_dicoms_when_present(model_dir: Path, tmp_path: Path) -> None:
 
 def test_plain_and_render_images_invert_the_bone_colour_map(tmp_path: Path) -> None:
     from data_build.renders import grey_to_rgb
-    from fusion.predict import read_plain_grey, read_render_grey
+    from fusion.predict_inputs import read_plain_grey, read_render_grey
 
     grey = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (8, 1))  # [8, 64] ramp
     rgb = grey_to_rgb(grey)
