@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -42,7 +43,8 @@ def test_non_uid_sop_instance_keeps_a_valid_file_meta_uid(tmp_path: Path) -> Non
 def test_unsigned_and_header_only(tmp_path: Path) -> None:
     ds = pydicom.dcmread(write_ct(tmp_path / "u.dcm", np.full((2, 2), 40000), signed=False))
     assert ds.PixelRepresentation == 0 and int(ds.pixel_array.max()) == 40000
-    assert "PixelData" not in pydicom.dcmread(write_ct(tmp_path / "h.dcm", np.zeros((2, 2)), with_pixels=False))
+    header_only = write_ct(tmp_path / "h.dcm", np.zeros((2, 2)), with_pixels=False)
+    assert "PixelData" not in pydicom.dcmread(header_only)
 
 
 @pytest.mark.parametrize(("stored", "tags", "match"), [
@@ -50,7 +52,9 @@ def test_unsigned_and_header_only(tmp_path: Path) -> None:
     (np.zeros(4), {}, "2-D"),
     (np.zeros((2, 2)), {"NotAKeyword": 1}, "NotAKeyword"),
 ])
-def test_refuses_what_it_would_write_wrongly(tmp_path: Path, stored: np.ndarray, tags: dict, match: str) -> None:
+def test_refuses_what_it_would_write_wrongly(
+    tmp_path: Path, stored: np.ndarray, tags: dict[str, Any], match: str
+) -> None:
     with pytest.raises(ValueError, match=match):
         write_ct(tmp_path / "x.dcm", stored, **tags)
     assert not (tmp_path / "x.dcm").exists()
