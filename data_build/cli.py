@@ -21,6 +21,8 @@ from data_build.cases import DropError
 from data_build.synth import difficulty as synth_difficulty
 
 SOURCES = ("auto", "render", "dicom")
+#: Warnings printed in full in the build summary (the manifest keeps them all).
+SUMMARY_WARNINGS = 10
 
 
 class DropUnreadable(click.ClickException):
@@ -58,6 +60,13 @@ def _fractions(ctx: click.Context, param: click.Parameter, value: str) -> tuple[
         raise click.BadParameter(str(err), ctx, param) from None
 
 
+def _write_failed(err: OSError, out: Path) -> str:
+    """One line for an OS error while building into `out`: what failed and what to do."""
+    where = f" ({err.filename})" if err.filename else ""
+    return (f"cannot write the build to --out {out}: {err.strerror or err}{where}. Pick a folder "
+            "you can write with enough free space (or free some), then rerun with --resume.")
+
+
 def _summarise_build(report: Any) -> None:
     click.echo(f"Wrote {report.examples} slices to {report.out} "
                f"({report.shards_written} shards written, {report.shards_reused} reused).")
@@ -71,7 +80,11 @@ def _summarise_build(report: Any) -> None:
     else:
         click.echo("Skipped: none")
     if report.warnings:
-        click.echo(f"Warnings: {len(report.warnings)} (listed in the manifest)")
+        click.echo(f"Warnings: {len(report.warnings)} (all listed in the manifest)")
+        for warning in report.warnings[:SUMMARY_WARNINGS]:
+            click.echo(f"  {warning}")
+        if len(report.warnings) > SUMMARY_WARNINGS:
+            click.echo(f"  ... and {len(report.warnings) - SUMMARY_WARNINGS} more")
     click.echo(f"Manifest: {report.manifest_path}")
 
 
@@ -98,7 +111,8 @@ def _summarise_build(report: Any) -> None:
               help="Finish an interrupted build: keep shards whose checksum matches, redo the rest.")
 @OVERWRITE
 @click.option("--strict", is_flag=True,
-              help="Stop at the first bad input with its reason instead of skipping it.")
+              help="Stop at the first bad input with its reason instead of skipping it "
+                   "(slices listed in flagged.txt are intended exclusions, not bad input).")
 @click.option("--window", "window_overrides", multiple=True, callback=_window_overrides,
               metavar="NAME=LEVEL,WIDTH",
               help="Override a window preset in HU (repeatable), e.g. subdural_window=75,215.")
@@ -144,6 +158,8 @@ def build(
         raise DropUnreadable(str(err)) from None
     except (records.BuildError, ValueError) as err:
         raise click.ClickException(str(err)) from None
+    except OSError as err:  # unwritable or invalid --out, a full disk
+        raise click.ClickException(_write_failed(err, out)) from None
     _summarise_build(report)
     if report.examples == 0:
         raise click.ClickException(

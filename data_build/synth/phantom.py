@@ -30,6 +30,7 @@ from typing import Mapping, Sequence
 import cv2
 import numpy as np
 
+from data_build.errors import DataBuildError
 from data_build.schema import TYPE_NAMES
 
 # Tissue codes of `PhantomSlice.tissue` (uint8).
@@ -54,7 +55,7 @@ MIN_TYPE_FRACTION = 1e-3
 MIN_Z_SCALE = 0.3
 
 
-class PhantomError(ValueError):
+class PhantomError(DataBuildError, ValueError):
     """Invalid phantom arguments (unknown hemorrhage type, size too small, ...)."""
 
 

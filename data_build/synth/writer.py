@@ -47,10 +47,11 @@ from pydicom.uid import (
 )
 from tqdm import tqdm
 
+from data_build.errors import DataBuildError
+from data_build.renders import BONE_LUT
+from data_build.schema import FOLDER_TYPES, LABEL_NAMES, TYPE_NAMES
 from data_build.synth import phantom, realistic
 from data_build.synth.difficulty import DIFFICULTIES
-from data_build.schema import FOLDER_TYPES, LABEL_NAMES, TYPE_NAMES
-from data_build.renders import BONE_LUT
 from data_build.windows import PRESETS, canonical_window_name, to_uint8, window
 
 #: Render folder names per window set. "real" is the drop's; "brief" names bone_window in place
@@ -101,7 +102,7 @@ JPEG_QUALITY = 95
 TINT_LUT: np.ndarray = BONE_LUT
 
 
-class SynthError(ValueError):
+class SynthError(DataBuildError, ValueError):
     """Bad arguments for `write_synthetic_drop`, or an output folder that is not empty."""
 
 
