@@ -362,7 +362,8 @@ def main() -> None:
 
     sizes = [int(s) for s in args.memory_slices.split(",") if s]
     if sizes:
-        print("\n| build of N slices (fusion-build, end to end) | workers | peak RSS, whole process tree (MiB) | seconds | slices/s |")
+        print("\n| build of N slices (fusion-build, end to end) | workers "
+              "| peak RSS, whole process tree (MiB) | seconds | slices/s |")
         print("|---|---|---|---|---|")
         for n in sizes:
             mroot = work / f"drop-{n}"

@@ -85,7 +85,9 @@ def test_files_written(exported: tuple[Path, keras.Model, RunConfig]) -> None:
     assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no temporary leftovers
 
 
-def test_savedmodel_in_fresh_process_matches_keras(exported: tuple[Path, keras.Model, RunConfig], tmp_path: Path) -> None:
+def test_savedmodel_in_fresh_process_matches_keras(
+    exported: tuple[Path, keras.Model, RunConfig], tmp_path: Path
+) -> None:
     run, model, _ = exported
     rng = np.random.default_rng(0)
     inputs = {
@@ -122,7 +124,8 @@ def test_savedmodel_in_fresh_process_matches_keras(exported: tuple[Path, keras.M
                                           (got[prefix + "mask"] >= 0.5).astype(np.uint8))
             # Decisions equal the baked-in thresholds applied to the served probabilities.
             np.testing.assert_array_equal(
-                got[prefix + "decisions"], (got[prefix + "probabilities"] >= THRESHOLDS.array.astype(np.float32)).astype(np.int32)
+                got[prefix + "decisions"],
+                (got[prefix + "probabilities"] >= THRESHOLDS.array.astype(np.float32)).astype(np.int32),
             )
 
 

@@ -274,7 +274,7 @@ def test_resizes_equal_tensorflows(side: int, size: int) -> None:
 
 
 def test_model_io_equals_train_to_model_io(shards: dict[str, Path]) -> None:
-    from fusion.train import to_model_io
+    from fusion.data import to_model_io
 
     sequence = reader.ShardSequence(shards["render"], "train", image_size=16, batch_size=5, as_dicts=True)
     batch = sequence[0]

@@ -150,7 +150,7 @@ def test_resume_after_interrupted_build(render_drop: FakeDrop, tmp_path: Path) -
     (out / last).unlink()
     lines = (out / ".progress.jsonl").read_text().splitlines()
     (out / ".progress.jsonl").write_text(
-        "\n".join(l for l in lines if last not in l) + '\n{"kind": "shard", "fi'
+        "\n".join(line for line in lines if last not in line) + '\n{"kind": "shard", "fi'
     )
     second = manifest["shards"][1]["file"]
     (out / second).write_bytes(original[second][:50])

@@ -413,7 +413,7 @@ def test_broken_inputs_are_planted_and_recorded(drop: SynthSummary) -> None:
                 warnings.simplefilter("ignore")
                 ds = pydicom.dcmread(path)  # header still reads ...
                 with pytest.raises(ValueError):
-                    ds.pixel_array  # ... the pixels do not
+                    _ = ds.pixel_array  # ... the pixels do not
         else:
             rows = [r for r in _read_csv(path) if r["Origin"] == f"{b.id}.jpg"]
             assert rows[0]["Correct Label"] == ""  # so the bad Majority Label counts

@@ -65,7 +65,8 @@ def build_config(
 @click.option("--preset", "preset_name", default=DEFAULT_PRESET, show_default=True,
               help=f"Starting config: {', '.join(PRESETS)} (docs/benchmarks.md compares them).")
 @click.option("--epochs", type=click.IntRange(min=1), help="Maximum epochs.")
-@click.option("--image-size", type=click.IntRange(min=1), help="Training size in pixels (multiple of the encoder stride).")
+@click.option("--image-size", type=click.IntRange(min=1),
+              help="Training size in pixels (multiple of the encoder stride).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Global batch size.")
 @click.option("--seed", type=int, help="Seed of weights, shuffling and augmentation.")
 @click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), help="Peak AdamW learning rate.")
