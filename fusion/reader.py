@@ -40,7 +40,8 @@ from data_build import renders, schema, windows
 from data_build.examples import parse_example
 from data_build.records import ManifestError, load_manifest
 from data_build.tfrecord import index_records, read_record_at
-from fusion.config import HEADS
+from fusion.augment_numpy import augment_batch
+from fusion.config import HEADS, AugmentConfig
 from fusion.losses import area_to_target_np
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -483,6 +484,8 @@ class ShardSequence(keras.utils.PyDataset):
       seed: shuffle seed.
       drop_remainder: drop the last, smaller batch.
       as_dicts: yield the reader's dicts instead of (image, targets).
+      augment: training augmentation (`fusion.augment_numpy`), drawn from (seed, epoch, batch);
+        None for none.
       workers, use_multiprocessing, max_queue_size: as `keras.utils.PyDataset`.
 
     Raises:
@@ -500,6 +503,7 @@ class ShardSequence(keras.utils.PyDataset):
         seed: int = 0,
         drop_remainder: bool = False,
         as_dicts: bool = False,
+        augment: AugmentConfig | None = None,
         workers: int = 1,
         use_multiprocessing: bool = False,
         max_queue_size: int = 10,
@@ -515,6 +519,7 @@ class ShardSequence(keras.utils.PyDataset):
         self.image_size, self.batch_size = int(image_size), int(batch_size)
         self.heads, self.shuffle, self.seed = tuple(heads), bool(shuffle), int(seed)
         self.drop_remainder, self.as_dicts = bool(drop_remainder), bool(as_dicts)
+        self.augment = augment
         self.epoch = 0
         self._order: tuple[int, np.ndarray] | None = None
 
@@ -532,11 +537,15 @@ class ShardSequence(keras.utils.PyDataset):
         return self._order[1]
 
     def batch(self, index: int) -> dict[str, np.ndarray]:
-        """The reader's dict of batch `index` of the current epoch."""
+        """The reader's dict of batch `index` of the current epoch (augmented if set)."""
         if not 0 <= index < len(self):
             raise IndexError(f"batch {index} of {len(self)}")
         rows = self.order()[index * self.batch_size:(index + 1) * self.batch_size]
-        return self.records.read_batch(rows.tolist(), self.image_size)
+        batch = self.records.read_batch(rows.tolist(), self.image_size)
+        if self.augment is not None and self.augment.enabled:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            batch = augment_batch(batch, self.augment, rng, self.records.presets)
+        return batch
 
     def __getitem__(self, index: int) -> Any:
         batch = self.batch(index)
