@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from real_drop import make_drop  # noqa: E402
 
 from data_build import drop as drop_mod  # noqa: E402
+from data_build.manifest import Manifest  # noqa: E402
 from data_build.polygons import rasterise  # noqa: E402
 from data_build.schema import LABEL_NAMES  # noqa: E402
 from data_build.windows import WINDOW_NAMES  # noqa: E402
@@ -124,7 +125,7 @@ def our_reference_dataset(out: Path, size: int):
 
     from fusion import data
 
-    files = data.shard_files(out, "train", data.load_manifest(out))
+    files = data.shard_files(out, "train", Manifest.load(out))
     return (
         tf.data.TFRecordDataset(files)
         .map(lambda s: data.preprocess(data.decode(s), size), num_parallel_calls=tf.data.AUTOTUNE)
@@ -142,7 +143,7 @@ def decode_floor_dataset(out: Path, size: int):
     from data_build import schema
     from fusion import data
 
-    files = data.shard_files(out, "train", data.load_manifest(out))
+    files = data.shard_files(out, "train", Manifest.load(out))
     ratio = 512 // size
     spec = schema.feature_spec()
 
@@ -171,7 +172,7 @@ def decode_floor_numpy(out: Path, size: int):
 
     ratio = 512 // size
     batch = []
-    for path in data.shard_files(out, "train", data.load_manifest(out)):
+    for path in data.shard_files(out, "train", Manifest.load(out)):
         for raw in tfrecord.read_records(path):
             record = examples.parse_example(raw)
             batch.append(np.stack([
@@ -311,7 +312,7 @@ def main() -> None:
         for size in (512, 256):
             for name, make, path in readers:
                 add(f"{name} read {size}",
-                    *timed(read_passes, lambda make=make, path=path: make(path, size), passes))
+                    *timed(read_passes, lambda make=make, path=path, size=size: make(path, size), passes))
         if can_drop:
             for name, make in (("peer", lambda: peer_dataset(peer_file, 512)),
                                ("ours", lambda: our_dataset(ours, 512))):

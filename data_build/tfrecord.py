@@ -24,6 +24,8 @@ from typing import BinaryIO, Iterator
 
 import google_crc32c
 
+from data_build.files import ordinary_mode
+
 #: "c" when google-crc32c's C extension runs, "python" for its slow pure-Python fallback.
 CRC_IMPLEMENTATION: str = google_crc32c.implementation
 _MASK_DELTA = 0xA282EAD8
@@ -180,6 +182,7 @@ class TFRecordWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
         self._tmp = Path(tmp)
+        os.fchmod(fd, ordinary_mode())  # mkstemp's 0600 would make the shard private to its owner
         self._handle: BinaryIO | None = os.fdopen(fd, "wb")
         self.records = 0
 

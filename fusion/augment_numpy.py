@@ -80,7 +80,7 @@ def augment_batch(batch: dict[str, Any], cfg: AugmentConfig, rng: np.random.Gene
         is_hu [B], and hu [B, H, W, 1] for DICOM shards; other keys pass through.
       cfg: the settings; ``cfg.enabled`` False returns `batch` unchanged.
       rng: the generator of this batch's draws.
-      presets: the shards' windows (`fusion.reader.presets_from_manifest`), for the jitter.
+      presets: the shards' windows (`Manifest.presets`), for the jitter.
 
     Returns:
       A dict with the same keys, shapes and dtypes.

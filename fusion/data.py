@@ -21,18 +21,24 @@ The output dict is documented in docs/design.md, "Reader output".
 """
 from __future__ import annotations
 
+import math
 import os
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import tensorflow as tf
 import tensorflow.experimental.numpy as tnp
 
 from data_build import renders, schema, windows
-# One manifest loader for build, verify and training (schema-version check, resume hint).
-from data_build.records import ManifestError, load_manifest  # noqa: F401 (callers use data.ManifestError)
+
+# One manifest for build, verify and training (schema-version check, resume hint).
+from data_build.manifest import Manifest, ManifestError  # noqa: F401 (callers use data.ManifestError)
+from fusion.augment import augment_dataset
+from fusion.config import RunConfig
+
 # The TensorFlow-free reader owns what both readers share (one copy of each).
-from fusion.reader import SPLITS, EmptySplitError, presets_from_manifest, shard_files  # noqa: F401
+from fusion.reader import SPLITS, EmptySplitError, shard_files  # noqa: F401
 from fusion.reader import codes_to_grey as _codes_to_grey
+from fusion.targets import pack_targets
 
 #: Reduced-scale JPEG decode factors libjpeg supports (1 = full size).
 _RATIOS: tuple[int, ...] = (1, 2, 4, 8)
@@ -292,9 +298,9 @@ def make_dataset(
         raise ValueError(f"image_size must be a positive number of pixels, got {image_size}")
     if int(batch_size) <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    manifest = load_manifest(shards_dir)
+    manifest = Manifest.load(shards_dir)
     files = shard_files(shards_dir, split, manifest)
-    presets = presets_from_manifest(manifest)
+    presets = list(manifest.presets)
     autotune = tf.data.AUTOTUNE
 
     if shuffle:
@@ -315,7 +321,7 @@ def make_dataset(
     if repeat:
         dataset = dataset.repeat()
     size = int(image_size)
-    if manifest.get("source") == "render" and augment is None:
+    if manifest.source == "render" and augment is None:
         # Fast path: pixels stay uint8 until after batching (see `grey_from_codes`).
         dataset = dataset.map(
             lambda s: render_codes(decode(s), size), num_parallel_calls=autotune, deterministic=True
@@ -332,3 +338,53 @@ def make_dataset(
         dataset = dataset.map(augment, num_parallel_calls=autotune, deterministic=True)
     dataset = dataset.batch(int(batch_size), drop_remainder=drop_remainder)
     return dataset.prefetch(autotune)
+
+
+# --- training and validation datasets --------------------------------------------------------
+
+
+def to_model_io(batch: Mapping[str, tf.Tensor], heads: Sequence[str]) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+    """Reader dict -> (image, packed targets), `fusion.targets.pack_targets` on tf tensors.
+
+    Returns:
+      image [B, S, S, 4]; targets: class [B, 7], area [B, 2], mask [B, S, S, 2] (only `heads`).
+    """
+    return pack_targets(batch, heads, xp=tnp)
+
+
+def _masked_only(dataset: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
+    return dataset.unbatch().filter(lambda ex: ex["has_mask"] > 0.5).batch(batch_size)
+
+
+def make_datasets(
+    shards_dir: str | os.PathLike[str], cfg: RunConfig, manifest: Manifest
+) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    """Train (shuffled, augmented, (image, targets)) and val (reader dicts) datasets of a run."""
+    t, size = cfg.train, cfg.model.image_size
+    train_ds = make_dataset(
+        shards_dir, "train", image_size=size, batch_size=t.batch_size, shuffle=True,
+        seed=t.seed, repeat=t.steps_per_epoch is not None, augment=None,
+    )
+    if t.masked_only:
+        train_ds = _masked_only(train_ds, t.batch_size)
+    if t.steps_per_epoch is None:
+        train_ds = _with_batch_count(train_ds, manifest.split_count("train", t.masked_only), t.batch_size)
+    train_ds = augment_dataset(train_ds, cfg.augment, t.seed, manifest.presets)
+    heads = cfg.model.heads
+    train_ds = train_ds.map(lambda b: to_model_io(b, heads), num_parallel_calls=tf.data.AUTOTUNE)
+    val_ds = make_dataset(
+        shards_dir, "val", image_size=size, batch_size=t.batch_size, shuffle=False, seed=t.seed,
+        repeat=False, augment=None,
+    )
+    val_ds = _with_batch_count(val_ds, manifest.split_count("val"), t.batch_size)
+    return train_ds.prefetch(tf.data.AUTOTUNE), val_ds
+
+
+def _with_batch_count(dataset: tf.data.Dataset, examples: int, batch_size: int) -> tf.data.Dataset:
+    """Declare a finite split's batch count from the manifest's exact counts.
+
+    Keras otherwise learns an epoch's length by running off its end on the first epoch, with a
+    "Your input ran out of data" warning that reads like a failure.
+    """
+    batches = math.ceil(int(examples) / batch_size)
+    return dataset.apply(tf.data.experimental.assert_cardinality(batches))

@@ -38,13 +38,14 @@ import numpy as np
 
 from data_build import renders, schema, windows
 from data_build.examples import parse_example
-from data_build.records import ManifestError, load_manifest
+from data_build.manifest import Manifest, ManifestError
+from data_build.splits import SPLITS
 from data_build.tfrecord import index_records, read_record_at
 from fusion.augment_numpy import augment_batch
 from fusion.config import HEADS, AugmentConfig
-from fusion.losses import area_to_target_np
+from fusion.errors import FusionError
+from fusion.targets import pack_targets
 
-SPLITS: tuple[str, ...] = ("train", "val", "test")
 #: Reduced-scale JPEG decode factors libjpeg supports (1 = full size).
 RATIOS: tuple[int, ...] = (1, 2, 4, 8)
 #: cv2.imdecode flags per ratio: one channel (the JPEG's luma), EXIF orientation ignored as
@@ -63,51 +64,33 @@ GREY_TABLES = np.stack(
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 
-class EmptySplitError(ValueError):
+class EmptySplitError(FusionError, ValueError):
     """The requested split holds no examples."""
 
 
-class ReaderError(ValueError):
+class ReaderError(FusionError, ValueError):
     """A record's content cannot be read (e.g. an image that does not decode)."""
 
 
 # --- shards and manifest ---------------------------------------------------------------------
 
 
-def presets_from_manifest(manifest: Mapping[str, Any]) -> list[windows.Window]:
-    """The manifest's window presets in `windows.WINDOW_NAMES` order (defaults where absent)."""
-    presets = manifest.get("presets") or {}
-    out = []
-    for name in windows.WINDOW_NAMES:
-        if name in presets:
-            level, width = presets[name]
-            out.append(windows.Window(float(level), float(width)))
-        else:
-            out.append(windows.PRESETS[name])
-    return out
-
-
-def shard_files(shards_dir: str | os.PathLike[str], split: str, manifest: Mapping[str, Any]) -> list[str]:
+def shard_files(shards_dir: str | os.PathLike[str], split: str, manifest: Manifest) -> list[str]:
     """Paths of a split's non-empty shards, in manifest order.
 
     Raises:
       ValueError: unknown split.
       EmptySplitError: the split holds no examples (the message lists what the manifest holds).
+      ManifestError: a listed shard is missing.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    files = [
-        str(Path(shards_dir) / s["file"])
-        for s in manifest.get("shards", [])
-        if s.get("split") == split and int(s.get("examples", 0)) > 0
-    ]
+    files = [str(Path(shards_dir) / s.file) for s in manifest.shards_of(split)]
     if not files:
-        held = ", ".join(
-            f"{name}: {manifest.get('counts', {}).get(name, {}).get('slices', 0)}" for name in SPLITS
-        )
         raise EmptySplitError(
-            f"split {split!r} has no examples in {shards_dir} (the manifest holds {held} slices). "
-            "Pick a non-empty split, or rebuild with other --split-fractions or more data."
+            f"split {split!r} has no examples in {shards_dir} (the manifest holds "
+            f"{manifest.held()} slices). Pick a non-empty split, or rebuild with other "
+            "--split-fractions or more data."
         )
     missing = [f for f in files if not Path(f).is_file()]
     if missing:
@@ -116,9 +99,6 @@ def shard_files(shards_dir: str | os.PathLike[str], split: str, manifest: Mappin
             "run fusion-verify and rebuild"
         )
     return files
-
-
-# --- pixels ----------------------------------------------------------------------------------
 
 
 def jpeg_ratio(height: int, width: int, size: int) -> int:
@@ -398,26 +378,13 @@ def collate(examples: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
 def model_io(
     batch: Mapping[str, np.ndarray], heads: Sequence[str]
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Reader dict -> (image, packed targets) in the layout of `fusion.losses`.
-
-    The NumPy twin of `fusion.train.to_model_io`, which lives in a TensorFlow module (move
-    both into the shared targets module when it exists).
+    """Reader dict -> (image, packed targets): `fusion.targets.pack_targets` on NumPy arrays.
 
     Returns:
       image [B, S, S, 4] float32; targets: class [B, 7], area [B, 2], mask [B, S, S, 2]
       float32 (only `heads`).
     """
-    y: dict[str, np.ndarray] = {}
-    if "class" in heads:
-        y["class"] = np.concatenate([batch["labels"], batch["has_labels"][:, None]], -1).astype(np.float32)
-    if "area" in heads:
-        target = np.array([area_to_target_np(float(f)) for f in batch["area_fraction"]], np.float32)
-        y["area"] = np.stack([target, batch["has_area"].astype(np.float32)], -1)
-    if "mask" in heads:
-        mask = batch["mask"].astype(np.float32)
-        known = np.broadcast_to(batch["has_mask"].astype(np.float32)[:, None, None, None], mask.shape)
-        y["mask"] = np.concatenate([mask, known], -1)
-    return batch["image"], y
+    return pack_targets(batch, heads, xp=np)
 
 
 # --- records of a split, and the Keras dataset ------------------------------------------------
@@ -435,9 +402,9 @@ class SplitRecords:
     """
 
     def __init__(self, shards_dir: str | os.PathLike[str], split: str) -> None:
-        manifest = load_manifest(shards_dir)
+        manifest = Manifest.load(shards_dir)
         self.files = shard_files(shards_dir, split, manifest)
-        self.presets = presets_from_manifest(manifest)
+        self.presets = list(manifest.presets)
         entries = [
             (k, offset, length) for k, path in enumerate(self.files) for offset, length in index_records(path)
         ]

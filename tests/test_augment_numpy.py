@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from data_build import records
+from data_build.manifest import Manifest
 from data_build.synth.writer import write_synthetic_drop
 from fusion import reader
 from fusion.augment_numpy import augment_batch
@@ -73,7 +74,7 @@ def test_rotation_zoom_noise_keep_shapes_masks_and_areas_consistent(shards: dict
 def test_window_jitter_rewindows_hu_within_bounds(shards: dict[str, Path]) -> None:
     batch = _batch(shards["dicom"])
     assert batch["is_hu"].all()
-    presets = reader.presets_from_manifest(records.load_manifest(shards["dicom"]))
+    presets = list(Manifest.load(shards["dicom"]).presets)
     cfg = AugmentConfig(**{**STILL, "level_jitter_hu": 20.0, "width_jitter": 0.2})
     out = augment_batch(batch, cfg, np.random.default_rng(1), presets)
     np.testing.assert_array_equal(out["hu"], batch["hu"])  # no geometry: HU untouched

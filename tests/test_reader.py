@@ -20,6 +20,7 @@ import pytest
 import tensorflow as tf
 
 from data_build import examples, records, schema, tfrecord, windows
+from data_build.manifest import Manifest
 from data_build.synth.writer import write_synthetic_drop
 from fusion import data, reader
 
@@ -42,7 +43,7 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _files(folder: Path) -> list[str]:
-    return data.shard_files(folder, "train", data.load_manifest(folder))
+    return data.shard_files(folder, "train", Manifest.load(folder))
 
 
 # --- framing -----------------------------------------------------------------------------------
@@ -132,7 +133,7 @@ def test_every_field_decodes_equal_to_tf_parse_single_example(shards: dict[str, 
                 assert np.asarray(got[key]).dtype == np.asarray(expected).dtype, key
                 assert np.array_equal(np.asarray(got[key]), np.asarray(expected)), key
             n += 1
-    assert n == sum(s["examples"] for s in data.load_manifest(shards[source])["shards"])
+    assert n == sum(s.examples for s in Manifest.load(shards[source]).shards)
 
 
 def _len_field(number: int, payload: bytes) -> bytes:
@@ -185,7 +186,7 @@ def _ours(folder: Path, size: int, batch_size: int = 4) -> list[dict]:
 
 def _reference(folder: Path, size: int, batch_size: int = 4) -> list[dict]:
     """The tf.data reader's per-example float path (`decode` + `preprocess`)."""
-    presets = data.presets_from_manifest(data.load_manifest(folder))
+    presets = list(Manifest.load(folder).presets)
     dataset = tf.data.TFRecordDataset(_files(folder)).map(
         lambda s: data.preprocess(data.decode(s), size, presets))
     return list(dataset.batch(batch_size))
