@@ -274,8 +274,8 @@ def test_resizes_equal_tensorflows(side: int, size: int) -> None:
 # --- the Keras dataset -------------------------------------------------------------------------
 
 
-def test_model_io_equals_train_to_model_io(shards: dict[str, Path]) -> None:
-    from fusion.train import to_model_io
+def test_model_io_equals_the_tf_readers_to_model_io(shards: dict[str, Path]) -> None:
+    from fusion.data import to_model_io
 
     sequence = reader.ShardSequence(shards["render"], "train", image_size=16, batch_size=5, as_dicts=True)
     batch = sequence[0]
