@@ -16,8 +16,9 @@ The same per-example dict as `fusion.data` (docs/design.md "Reader output"), bui
 `ShardSequence` is a `keras.utils.PyDataset` over a split: records are read by offset, so each
 batch is independent; Keras' worker threads or processes share the batches out, and the
 records of batch i in epoch e depend only on (seed, e, i), whatever the number of workers.
-It yields ``(image, targets)`` as `fusion.train.to_model_io` packs them (`model_io` is its
-NumPy twin), or the reader's dict with ``as_dicts=True``.
+It yields ``(image, targets)`` packed by `fusion.targets.pack_targets` (as the tf.data path
+packs them), or the reader's dict with ``as_dicts=True``; ``augment=`` adds
+`fusion.augment_numpy`.
 
 Pixels against the tf.data reader: bit-identical where the JPEG is decoded at a reduced scale
 straight to S (libjpeg's scaled IDCTs are the same code in both); at scale 1 TensorFlow uses
