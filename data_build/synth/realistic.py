@@ -8,14 +8,16 @@ docs/benchmarks.md "Phantom realism"):
 - contrast: brain and blood HU as measured on real CT-ICH slices (bleed median 56 HU against a
   brain ring of 36 HU), diluted intraventricular blood, and a share of subacute subdurals that
   are nearly iso-dense with brain;
-- size: log-uniform bleed sizes from a few dozen pixels (small and thin bleeds) to large
-  haematomas, short z extents for small bleeds;
+- size: a third of the bleeds small (a hundred pixels or so at 512) or thin, the rest up to
+  large haematomas; small bleeds span one or two slices; slivers that partial volume with bone
+  would outshine are not drawn;
 - partial volume: the bleed boundary is blurred in HU (the mask is the region before the blur)
   and a bleed fades towards the ends of its z extent;
 - false-positive bait: calcified choroid plexus, pineal, falx and basal ganglia; orbits,
   sinuses, clivus and petrous bone at the skull base; beam-hardening streaks there;
 - acquisition: head size, position and rotation, field of view, reconstruction kernel (smooth
-  or sharp, with correlated noise), and normal slices from the skull base to the vertex.
+  or sharp, with correlated noise), scanner calibration offset, and normal slices from the
+  skull base to the vertex.
 
 All randomness comes from the generator passed in, so a seed fixes every pixel.
 """
@@ -50,34 +52,49 @@ from data_build.synth.phantom import (
 #: Outer head semi-axes (lateral, antero-posterior), mm: adult heads are ~140-160 mm wide and
 #: ~175-200 mm long.
 HEAD_MM = ((68.0, 80.0), (86.0, 100.0))
-#: Field of view as a multiple of the head length: RSNA pixel spacings of ~0.39-0.55 mm at
-#: 512 px give 200-280 mm fields for ~190 mm heads.
-FOV_OVER_HEAD = (1.04, 1.45)
+#: Field of view as a multiple of the head length: the 59 RSNA slices in ../shared/data/real
+#: have pixel spacings of 0.39-0.57 mm (median 0.49) at 512 px, fields of 201-293 mm.
+FOV_OVER_HEAD = (1.08, 1.5)
 #: A bleed is kept on a slice from this many pixels at 512 x 512 (real masks start at ~160 px,
 #: issue 10; the easy phantom drops everything under 262 px).
 MIN_BLEED_PX_AT_512 = 60
 #: A bleed's cross-section below this fraction of its largest is treated as absent (easy: 0.3).
 MIN_Z_SCALE = 0.15
 #: Share of subdurals drawn subacute, close to brain density (HU in `ISODENSE_SUBDURAL_HU`).
-ISODENSE_SUBDURAL_SHARE = 0.15
-ISODENSE_SUBDURAL_HU = (38.0, 50.0)
+ISODENSE_SUBDURAL_SHARE = 0.12
+ISODENSE_SUBDURAL_HU = (40.0, 52.0)
 #: Acute blood HU per type, before partial volume (real medians: 56 HU, p90 66 HU).
 BLOOD_HU: dict[str, tuple[float, float]] = {
-    "epidural": (56.0, 75.0),
-    "subdural": (52.0, 74.0),
-    "intraparenchymal": (50.0, 71.0),
-    "intraventricular": (46.0, 66.0),  # diluted by CSF
-    "subarachnoid": (50.0, 70.0),  # thin: partial volume with CSF lowers what is seen
+    "epidural": (56.0, 72.0),
+    "subdural": (52.0, 70.0),
+    "intraparenchymal": (50.0, 68.0),
+    "intraventricular": (48.0, 66.0),  # diluted by CSF
+    "subarachnoid": (54.0, 72.0),  # thin: partial volume with CSF lowers what is seen
 }
+#: Perihaematomal oedema, HU: a few HU under white matter (the easy phantom: 15-20 HU).
+OEDEMA_HU = (18.0, 26.0)
 #: Reconstruction kernels: name -> (blur sigma px at 512, unsharp amount, noise HU range,
 #: noise correlation sigma px at 512). Smooth kernels trade noise for blur; bone-ish sharp
 #: kernels the reverse.
 KERNELS: dict[str, tuple[float, float, tuple[float, float], float]] = {
-    "smooth": (1.1, 0.0, (1.9, 3.0), 1.0),
-    "standard": (0.7, 0.0, (2.4, 3.6), 0.8),
-    "sharp": (0.5, 0.35, (3.2, 4.8), 0.5),
+    "smooth": (1.1, 0.0, (1.7, 2.7), 1.0),
+    "standard": (0.7, 0.0, (2.2, 3.3), 0.8),
+    "sharp": (0.5, 0.35, (2.9, 4.4), 0.5),
 }
+#: How often each kernel of `KERNELS` is drawn per series.
 KERNEL_WEIGHTS = (0.3, 0.5, 0.2)
+
+
+@dataclass(frozen=True)
+class RealBleed(Bleed):
+    """A `phantom.Bleed` with what the real phantom adds.
+
+    Attributes:
+      cisterns: subarachnoid: blood also fills the basal cisterns and Sylvian fissure (False:
+        a few convexity sulci only, the small traumatic form).
+    """
+
+    cisterns: bool = True
 
 
 @dataclass(frozen=True)
@@ -91,6 +108,7 @@ class ScanStyle:
       calcifications: (u, v, radius rho units, HU, (z lo, z hi)) of each calcified structure.
       falx: (v lo, v hi, HU) of a calcified falx segment, or None.
       streaks: beam-hardening strength (0..1) at the skull base.
+      hu_offset: the scanner's calibration offset, HU, added to the whole image.
     """
 
     kernel: str
@@ -99,6 +117,7 @@ class ScanStyle:
     calcifications: tuple[tuple[float, float, float, float, tuple[float, float]], ...]
     falx: tuple[float, float, float] | None
     streaks: float
+    hu_offset: float = 0.0
 
 
 def random_anatomy(rng: np.random.Generator) -> tuple[Anatomy, float]:
@@ -141,8 +160,10 @@ def random_style(rng: np.random.Generator) -> ScanStyle:
     if rng.random() < 0.3:
         lo = float(rng.uniform(-0.8, 0.2))
         falx = (lo, lo + float(rng.uniform(0.1, 0.4)), float(rng.uniform(120.0, 500.0)))
+    # Water reads 0 +- a few HU on a calibrated scanner (the ACR phantom allows +-7 HU).
+    offset = float(rng.uniform(-5.0, 3.0))
     return ScanStyle(kernel, noise, float(rng.uniform(0.6, 1.2)), tuple(calcs), falx,
-                     float(rng.uniform(0.3, 1.0)))
+                     float(rng.uniform(0.3, 1.0)), offset)
 
 
 def head_scale(z: float) -> float:
@@ -165,28 +186,30 @@ def random_bleed(kind: str, rng: np.random.Generator, z_center: float,
         hu = float(rng.uniform(*ISODENSE_SUBDURAL_HU))
     side = float(rng.choice([0.0, np.pi]))
     shape = (float(rng.uniform(0, 2 * np.pi)), float(rng.uniform(0, 2 * np.pi)))
-    # 0 small .. 1 large, skewed to small (real p10 ~160-265 px); short z extents when small.
-    size = float(rng.random()) ** 1.3
+    # 0 small .. 1 large: a third small (real p10 ~160-265 px at 512), the rest spread up to
+    # large haematomas (real p90 4,300-8,800 px). Small bleeds also get short z extents.
+    size = float(rng.uniform(0.0, 0.2) if rng.random() < 0.35 else rng.uniform(0.1, 1.0) ** 0.7)
     half = z_half if z_half is not None else 0.04 + 0.16 * size
     if kind == "epidural":
-        return Bleed(kind, side + float(rng.uniform(-0.9, 0.9)), 0.15 + 0.4 * size,
+        return Bleed(kind, side + float(rng.uniform(-0.9, 0.9)), 0.1 + 0.45 * size,
                      0.04 + 0.12 * size ** 1.5, 0.0, hu, z_center, half, shape)
     if kind == "subdural":
-        thickness = 0.022 * 6.0 ** (0.5 * size + 0.5 * float(rng.random()))  # 0.022 .. 0.13
-        return Bleed(kind, side + float(rng.uniform(-0.6, 0.6)), 0.25 + 0.95 * size,
+        thickness = 0.022 * 6.0 ** (0.7 * size + 0.3 * float(rng.random()))  # 0.022 .. 0.13
+        return Bleed(kind, side + float(rng.uniform(-0.6, 0.6)), 0.12 + 1.15 * size,
                      thickness, 0.0, hu, z_center, half, shape)
     if kind == "intraparenchymal":
-        extent = 0.015 * (20.0 ** size)  # 0.015 .. 0.3 rho: ~30 .. 10,000 px at 512
+        extent = 0.015 * (22.0 ** size)  # 0.015 .. 0.33 rho: ~30 .. 13,000 px at 512
         # Little oedema: acute haematomas are scanned before it grows.
         return Bleed(kind, float(rng.uniform(-np.pi, np.pi)), extent,
-                     float(rng.uniform(0.0, 0.3)),
+                     float(rng.uniform(0.0, 0.2)),
                      float(rng.uniform(0.15, max(0.2, 0.75 - 1.3 * extent))), hu, z_center,
                      half, shape)
     if kind == "intraventricular":
-        return Bleed(kind, 0.0, 0.02 + 0.7 * size, 0.0, 0.0, hu, z_center,
+        return Bleed(kind, 0.0, 0.01 + 0.7 * size, 0.0, 0.0, hu, z_center,
                      half, shape)
-    return Bleed(kind, float(rng.uniform(-np.pi, np.pi)), float(rng.uniform(0.12, 0.9)),
-                 float(rng.uniform(0.015, 0.035)), 0.0, hu, z_center, half, shape)
+    return RealBleed(kind, float(rng.uniform(-np.pi, np.pi)), 0.06 + 0.84 * size,
+                     float(rng.uniform(0.015, 0.035)), 0.0, hu, z_center, half, shape,
+                     cisterns=bool(rng.random() < 0.5))
 
 
 def patient_bleeds(folder_type: str, rng: np.random.Generator, z_lo: float,
@@ -311,6 +334,23 @@ def _skull_base(tissue: np.ndarray, fr: phantom._Frame, z: float) -> np.ndarray:
 _CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
 
 
+def _sliver(blood: np.ndarray) -> bool:
+    """True for a bleed at most ~2 px thick at 512 x 512 (0.8-1.2 mm) everywhere: no reader
+    traces it, and what it shows is partial volume with bone or CSF, not blood."""
+    factor = max(1, int(round(512 / blood.shape[0])))
+    up = blood if factor == 1 else cv2.resize(blood, None, fx=factor, fy=factor,
+                                               interpolation=cv2.INTER_NEAREST)
+    return int(cv2.erode(up, _CROSS).sum()) < 0.2 * int(up.sum())
+
+
+def _far_from_bone(tissue: np.ndarray) -> np.ndarray:
+    """Bool [size, size]: pixels at least 2.5 px (at 512) from bone. Closer, a reconstruction
+    kernel's bloom of the ~1,500 HU inner table adds tens to hundreds of HU."""
+    not_bone = (tissue != SKULL).astype(np.uint8)
+    distance = cv2.distanceTransform(not_bone, cv2.DIST_L2, 3)
+    return distance >= 2.5 * tissue.shape[0] / 512.0
+
+
 def _scale_at(bleed: Bleed, z: float) -> float:
     """`Bleed.scale_at` down to `MIN_Z_SCALE`: real series show a bleed's thin ends too."""
     d = (z - bleed.z_center) / bleed.z_half
@@ -329,17 +369,22 @@ def _paint_bleeds(tissue: np.ndarray, fr: phantom._Frame, anatomy: Anatomy, z: f
     type_masks: dict[str, np.ndarray] = {}
     blood_hu = np.zeros(tissue.shape, dtype=np.float32)
     oedema_all = np.zeros(tissue.shape, dtype=bool)
+    bone_far: np.ndarray | None = None
     for bleed in bleeds:
         s = _scale_at(bleed, z)
         if s == 0.0:
             continue
         blood, oedema = phantom._bleed_mask(bleed, s, fr, tissue, anatomy, z)
+        if not getattr(bleed, "cisterns", True):
+            blood &= ~(phantom._sylvian(fr, anatomy, z) | phantom._basal_cisterns(fr, z))
         blood = phantom._clean(blood & soft, min_area)
-        n_blood = int(blood.sum())
-        # Too small, or a sliver one or two pixels thin that no reader would trace (it is
-        # all partial volume with bone or CSF): this slice is bleed-free for this bleed.
-        if n_blood < max(min_px, min_area) or cv2.erode(blood, _CROSS).sum() < 0.2 * n_blood:
-            continue
+        if blood.sum() < max(min_px, min_area) or _sliver(blood):
+            continue  # this slice is bleed-free for this bleed
+        if bleed.kind in ("epidural", "subdural"):
+            if bone_far is None:
+                bone_far = _far_from_bone(tissue)
+            if bone_far[blood.astype(bool)].mean() < 0.4:
+                continue  # a rim that the bone's bloom outshines: no reader traces it
         prior = type_masks.get(bleed.kind)
         type_masks[bleed.kind] = blood if prior is None else (prior | blood)
         # Partial volume along z: a bleed fades towards the ends of its extent.
@@ -402,7 +447,7 @@ def _hu_image(anatomy: Anatomy, style: ScanStyle, fr: phantom._Frame, under: np.
     px = size / 512.0
     lut = np.array([
         phantom.AIR_HU, anatomy.hu["scalp"], 0.0, anatomy.hu["csf"], anatomy.hu["grey"],
-        anatomy.hu["white"], anatomy.hu["ventricle"], float(rng.uniform(*phantom.OEDEMA_HU_RANGE)),
+        anatomy.hu["white"], anatomy.hu["ventricle"], float(rng.uniform(*OEDEMA_HU)),
         0.0, 0.0, float(rng.uniform(-110.0, -80.0)),
     ], dtype=np.float32)
     hu = lut[under]
@@ -431,7 +476,7 @@ def _hu_image(anatomy: Anatomy, style: ScanStyle, fr: phantom._Frame, under: np.
     white = rng.normal(0.0, 1.0, size=hu.shape).astype(np.float32)
     noise = cv2.GaussianBlur(white, (0, 0), max(0.3, corr * px))
     noise *= style.noise_sigma / max(float(noise.std()), 1e-6)
-    return (hu + noise).astype(np.float32)
+    return (hu + noise + style.hu_offset).astype(np.float32)
 
 
 def _streaks(fr: phantom._Frame, style: ScanStyle, z: float,
