@@ -172,7 +172,7 @@ def decode_floor_numpy(out: Path, size: int):
 
     ratio = 512 // size
     batch = []
-    for path in data.shard_files(out, "train", data.load_manifest(out)):
+    for path in data.shard_files(out, "train", Manifest.load(out)):
         for raw in tfrecord.read_records(path):
             record = examples.parse_example(raw)
             batch.append(np.stack([

@@ -12,8 +12,8 @@ at 512 and 256 px, and the new reader's batches shared out over 1 and 2 forked w
 processes (as `keras.utils.PyDataset(workers=N, use_multiprocessing=True)` does), as wall
 slices/s and CPU ms/slice.
 
-    python benchmarks/bench_reader.py --slices 500 --repeats 5 \\
-        [--workdir W] [--dicoms ../shared/data/real/rsna-dicom]
+    python benchmarks/bench_reader.py --slices 300 --repeats 5 \\
+        [--workdir W] [--dicoms ../shared/data/real/rsna-dicom] [--profile-only]
 
 Inputs: `benchmarks/real_drop.py` renders of the real RSNA DICOMs (512 px JPEG windows).
 """
@@ -82,14 +82,58 @@ def timed(fn, *args) -> tuple[float, int, float]:
     return time.perf_counter() - start, n, cpu_seconds() - cpu
 
 
+def profile(out: Path, size: int, reps: int = 7) -> dict[str, float]:
+    """CPU ms per slice of the reader's parts on one batch of 16 (min of `reps`: the least
+    disturbed timing), and per mask for the mask decode."""
+    import cv2
+    import numpy as np
+
+    from data_build import schema
+    from fusion import reader
+
+    sequence = reader.ShardSequence(out, "train", image_size=size, batch_size=BATCH, as_dicts=True)
+    raws = [sequence.records.record(i) for i in range(BATCH)]
+    parsed = [reader.parse_example(r) for r in raws]
+    ratio = reader.jpeg_ratio(512, 512, size)
+    examples = [reader.decode_record(p, size) for p in parsed]
+    codes = np.stack([e["codes"] for e in examples])
+    tables = np.stack([e["table"] for e in examples])
+    every = (reader.parse_example(sequence.records.record(i)) for i in range(len(sequence.records)))
+    masked = [p for p in every if p["area_pixels"] > 0][:BATCH]
+    parts = {
+        "read + CRC": (lambda: [sequence.records.record(i) for i in range(BATCH)], BATCH),
+        "parse": (lambda: [reader.parse_example(r) for r in raws], BATCH),
+        "4 JPEG decodes": (lambda: [cv2.imdecode(np.frombuffer(p[schema.image_key(n)], np.uint8),
+                                                 reader._IMREAD[ratio]) for p in parsed
+                                    for n in reader.windows.WINDOW_NAMES], BATCH),
+        "decode_record (4 windows, mask, targets)": (
+            lambda: [reader.decode_record(p, size) for p in parsed], BATCH),
+        "colour-map LUT to float32": (lambda: reader.codes_to_grey(codes, tables), BATCH),
+        "collate (stack, LUT, mask to float32)": (lambda: reader.collate(examples), BATCH),
+        "one mask decode (per masked slice)": (
+            lambda: [reader.mask_u8(p, size) for p in masked], len(masked)),
+    }
+    out_ms = {}
+    for name, (fn, n) in parts.items():
+        best = float("inf")
+        for _ in range(reps):
+            start = time.process_time()
+            fn()
+            best = min(best, time.process_time() - start)
+        out_ms[name] = 1000.0 * best / max(n, 1)
+    return out_ms
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--slices", type=int, default=500)
+    parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--dicoms", type=Path, default=REAL / "rsna-dicom")
+    parser.add_argument("--profile-only", action="store_true",
+                        help="only time the reader's parts on one batch")
     args = parser.parse_args()
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="fusion-bench-reader-"))
@@ -99,6 +143,11 @@ def main() -> None:
     if not (out / "manifest.json").exists():
         our_build(root, out, 1)
 
+    if args.profile_only:
+        for size in (512, 256):
+            for name, ms in profile(out, size).items():
+                print(f"{size} px | {name}: {ms:.2f} ms")
+        return
     readers = {
         "decode floor, TensorFlow": lambda size: count_batches(decode_floor_dataset(out, size)),
         "decode floor, OpenCV": lambda size: count_batches(decode_floor_numpy(out, size)),
@@ -138,6 +187,11 @@ def main() -> None:
         one, two = f"workers 1 {size}", f"workers 2 {size}"
         print(f"| {size} px | {med[one]:.0f}, {mcpu[one]:.2f} | {med[two]:.0f}, {mcpu[two]:.2f} | "
               f"{med[two] / med[one]:.2f}x |")
+    profiles = {size: profile(out, size) for size in (512, 256)}
+    print("\n| reader part, CPU ms/slice (min of 7, one batch) | 512 px | 256 px |")
+    print("|---|---|---|")
+    for name in profiles[512]:
+        print(f"| {name} | {profiles[512][name]:.2f} | {profiles[256][name]:.2f} |")
     print()
     for key in sorted(rates):
         print(f"{key}: slices/s {[round(x) for x in rates[key]]}, "

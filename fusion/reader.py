@@ -16,8 +16,9 @@ The same per-example dict as `fusion.data` (docs/design.md "Reader output"), bui
 `ShardSequence` is a `keras.utils.PyDataset` over a split: records are read by offset, so each
 batch is independent; Keras' worker threads or processes share the batches out, and the
 records of batch i in epoch e depend only on (seed, e, i), whatever the number of workers.
-It yields ``(image, targets)`` as `fusion.train.to_model_io` packs them (`model_io` is its
-NumPy twin), or the reader's dict with ``as_dicts=True``.
+It yields ``(image, targets)`` packed by `fusion.targets.pack_targets` (as the tf.data path
+packs them), or the reader's dict with ``as_dicts=True``; ``augment=`` adds
+`fusion.augment_numpy`.
 
 Pixels against the tf.data reader: bit-identical where the JPEG is decoded at a reduced scale
 straight to S (libjpeg's scaled IDCTs are the same code in both); at scale 1 TensorFlow uses
@@ -41,7 +42,8 @@ from data_build.examples import parse_example
 from data_build.manifest import Manifest, ManifestError
 from data_build.splits import SPLITS
 from data_build.tfrecord import index_records, read_record_at
-from fusion.config import HEADS
+from fusion.augment_numpy import augment_batch
+from fusion.config import HEADS, AugmentConfig
 from fusion.errors import FusionError
 from fusion.targets import pack_targets
 
@@ -450,6 +452,8 @@ class ShardSequence(keras.utils.PyDataset):
       seed: shuffle seed.
       drop_remainder: drop the last, smaller batch.
       as_dicts: yield the reader's dicts instead of (image, targets).
+      augment: training augmentation (`fusion.augment_numpy`), drawn from (seed, epoch, batch);
+        None for none.
       workers, use_multiprocessing, max_queue_size: as `keras.utils.PyDataset`.
 
     Raises:
@@ -467,6 +471,7 @@ class ShardSequence(keras.utils.PyDataset):
         seed: int = 0,
         drop_remainder: bool = False,
         as_dicts: bool = False,
+        augment: AugmentConfig | None = None,
         workers: int = 1,
         use_multiprocessing: bool = False,
         max_queue_size: int = 10,
@@ -482,6 +487,7 @@ class ShardSequence(keras.utils.PyDataset):
         self.image_size, self.batch_size = int(image_size), int(batch_size)
         self.heads, self.shuffle, self.seed = tuple(heads), bool(shuffle), int(seed)
         self.drop_remainder, self.as_dicts = bool(drop_remainder), bool(as_dicts)
+        self.augment = augment
         self.epoch = 0
         self._order: tuple[int, np.ndarray] | None = None
 
@@ -499,11 +505,15 @@ class ShardSequence(keras.utils.PyDataset):
         return self._order[1]
 
     def batch(self, index: int) -> dict[str, np.ndarray]:
-        """The reader's dict of batch `index` of the current epoch."""
+        """The reader's dict of batch `index` of the current epoch (augmented if set)."""
         if not 0 <= index < len(self):
             raise IndexError(f"batch {index} of {len(self)}")
         rows = self.order()[index * self.batch_size:(index + 1) * self.batch_size]
-        return self.records.read_batch(rows.tolist(), self.image_size)
+        batch = self.records.read_batch(rows.tolist(), self.image_size)
+        if self.augment is not None and self.augment.enabled:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            batch = augment_batch(batch, self.augment, rng, self.records.presets)
+        return batch
 
     def __getitem__(self, index: int) -> Any:
         batch = self.batch(index)

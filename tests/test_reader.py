@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import struct
 import subprocess
@@ -273,7 +274,7 @@ def test_resizes_equal_tensorflows(side: int, size: int) -> None:
 # --- the Keras dataset -------------------------------------------------------------------------
 
 
-def test_model_io_equals_train_to_model_io(shards: dict[str, Path]) -> None:
+def test_model_io_equals_the_tf_readers_to_model_io(shards: dict[str, Path]) -> None:
     from fusion.data import to_model_io
 
     sequence = reader.ShardSequence(shards["render"], "train", image_size=16, batch_size=5, as_dicts=True)
@@ -309,6 +310,8 @@ def test_order_is_seeded_per_epoch_and_covers_every_record(shards: dict[str, Pat
     assert sorted(epoch0) == sorted(epoch1) == manifest_order  # every record once per epoch
     assert epoch0 != epoch1 and epoch0 != ids(make(2))
     assert ids(make(1)) == epoch0  # another instance (or worker process): the same order
+    copy = pickle.loads(pickle.dumps(first))  # as a spawned worker gets it: no descriptors
+    assert copy.records._fds == {} and ids(copy) == epoch1
     dropped = make(1, drop_remainder=True)
     assert len(dropped) == len(manifest_order) // 4 and ids(dropped) == epoch0[: len(dropped) * 4]
     with pytest.raises(IndexError):

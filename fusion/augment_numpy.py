@@ -1,0 +1,110 @@
+"""Training-only augmentation in NumPy + OpenCV, for `fusion.reader` (no TensorFlow).
+
+The same three steps and `AugmentConfig` parameters as `fusion.augment` (which works on tf.data
+batches), per slice of a batched reader dict:
+
+1. window jitter (HU records only, ``is_hu`` = 1): each window's level moves by up to
+   ``level_jitter_hu`` HU and its width by up to ``width_jitter`` (relative), re-windowed from
+   ``hu`` with `data_build.windows.apply_windows`;
+2. geometry: flips, a rotation up to ``rotation_deg`` and a zoom up to ``scale`` about the image
+   centre, one affine map per slice applied to image (bilinear, 0 outside), mask (bilinear then
+   >= 0.5) and hu (air, -1024 HU, outside); ``area_fraction`` is rescaled by the mask's change
+   in pixel count;
+3. Gaussian noise on the image, clipped back to [0, 1].
+
+The draws come from a NumPy generator the caller seeds (`fusion.reader.ShardSequence` seeds it
+from (seed, epoch, batch)), so they do not repeat `fusion.augment`'s TensorFlow stateless
+draws: the two agree in distribution, not value by value.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+
+from data_build import windows
+from fusion.config import AugmentConfig
+
+#: HU used outside the rotated/zoomed field of view: air (as `fusion.augment`).
+_AIR_HU = -1024.0
+
+
+def _jitter_windows(batch: dict[str, np.ndarray], cfg: AugmentConfig, presets: Sequence[windows.Window],
+                    rng: np.random.Generator) -> np.ndarray:
+    """Re-window the HU rows with jittered presets. Returns image [B, H, W, C] float32."""
+    image = batch["image"].copy()
+    b, n = image.shape[0], len(presets)
+    shift = rng.uniform(-cfg.level_jitter_hu, cfg.level_jitter_hu, (b, n))
+    stretch = rng.uniform(1.0 - cfg.width_jitter, 1.0 + cfg.width_jitter, (b, n))
+    for i in np.flatnonzero(batch["is_hu"] > 0.5):
+        jittered = [windows.Window(p.level + shift[i, k], p.width * stretch[i, k])
+                    for k, p in enumerate(presets)]
+        image[i] = windows.apply_windows(batch["hu"][i], jittered).astype(np.float32)
+    return image
+
+
+def affine_maps(cfg: AugmentConfig, b: int, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """[B, 2, 3] float64 maps from output to input pixel coordinates (as `fusion.augment`'s
+    projective transforms): input - c = diag(fx, fy) R(theta) / zoom (output - c)."""
+    theta = rng.uniform(-1.0, 1.0, b) * math.radians(cfg.rotation_deg)
+    zoom = rng.uniform(1.0 - cfg.scale, 1.0 + cfg.scale, b)
+    flips = rng.uniform(0.0, 1.0, (b, 2)) < 0.5
+    fx = np.where(flips[:, 0] & cfg.flip_left_right, -1.0, 1.0)
+    fy = np.where(flips[:, 1] & cfg.flip_up_down, -1.0, 1.0)
+    cos, sin = np.cos(theta) / zoom, np.sin(theta) / zoom
+    m = np.zeros((b, 2, 3))
+    m[:, 0, 0], m[:, 0, 1] = fx * cos, -fx * sin
+    m[:, 1, 0], m[:, 1, 1] = fy * sin, fy * cos
+    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+    m[:, 0, 2] = cx - m[:, 0, 0] * cx - m[:, 0, 1] * cy
+    m[:, 1, 2] = cy - m[:, 1, 0] * cx - m[:, 1, 1] * cy
+    return m
+
+
+def _warp(image: np.ndarray, m: np.ndarray, fill: float) -> np.ndarray:
+    """[H, W, C] float32 through the output->input map `m`, bilinear, `fill` outside."""
+    h, w = image.shape[:2]
+    out = cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                         borderMode=cv2.BORDER_CONSTANT, borderValue=(fill,) * 4)
+    return out.reshape(image.shape)  # OpenCV drops a trailing channel axis of 1
+
+
+def augment_batch(batch: dict[str, Any], cfg: AugmentConfig, rng: np.random.Generator,
+                  presets: Sequence[windows.Window] | None = None) -> dict[str, Any]:
+    """Augment one batched reader dict (`fusion.reader`), drawing from `rng`.
+
+    Args:
+      batch: image [B, H, W, 4] float32, mask [B, H, W, 1] float32 0/1, area_fraction [B],
+        is_hu [B], and hu [B, H, W, 1] for DICOM shards; other keys pass through.
+      cfg: the settings; ``cfg.enabled`` False returns `batch` unchanged.
+      rng: the generator of this batch's draws.
+      presets: the shards' windows (`Manifest.presets`), for the jitter.
+
+    Returns:
+      A dict with the same keys, shapes and dtypes.
+    """
+    if not cfg.enabled:
+        return batch
+    out = dict(batch)
+    image = out["image"]
+    if "hu" in out and (cfg.level_jitter_hu > 0 or cfg.width_jitter > 0):
+        image = _jitter_windows(out, cfg, presets or [windows.PRESETS[n] for n in windows.WINDOW_NAMES], rng)
+    b, h, w = image.shape[:3]
+    maps = affine_maps(cfg, b, h, w, rng)
+    image = np.stack([_warp(image[i], maps[i], 0.0) for i in range(b)]) if b else image
+    mask = out["mask"]
+    warped = np.stack([_warp(mask[i], maps[i], 0.0) for i in range(b)]) if b else mask
+    warped = (warped >= 0.5).astype(mask.dtype)
+    before, after = mask.sum(axis=(1, 2, 3)), warped.sum(axis=(1, 2, 3))
+    ratio = np.where(before > 0, after / np.maximum(before, 1.0), 1.0)
+    out["area_fraction"] = (out["area_fraction"] * ratio).astype(out["area_fraction"].dtype)
+    out["mask"] = warped
+    if "hu" in out and b:
+        out["hu"] = np.stack([_warp(out["hu"][i], maps[i], _AIR_HU) for i in range(b)])
+    if cfg.noise_std > 0:
+        noise = rng.standard_normal(image.shape, dtype=np.float32) * np.float32(cfg.noise_std)
+        image = np.clip(image + noise, 0.0, 1.0)
+    out["image"] = image.astype(np.float32)
+    return out

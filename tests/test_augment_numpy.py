@@ -1,0 +1,115 @@
+"""fusion.augment_numpy: image, mask and HU moved alike, areas kept in step, seeded draws."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data_build import records
+from data_build.manifest import Manifest
+from data_build.synth.writer import write_synthetic_drop
+from fusion import reader
+from fusion.augment_numpy import augment_batch
+from fusion.config import AugmentConfig
+
+STILL = dict(rotation_deg=0.0, scale=0.0, level_jitter_hu=0.0, width_jitter=0.0, noise_std=0.0,
+             flip_left_right=False)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    work = tmp_path_factory.mktemp("augment")
+    write_synthetic_drop(work / "drop", n_patients=4, slices_per_patient=2, size=32, seed=1, broken=False)
+    out = {}
+    for source in ("render", "dicom"):
+        out[source] = work / source
+        records.build(work / "drop", out[source], source=source, workers=1, fractions=(1.0, 0.0, 0.0),
+                      progress=False)
+    return out
+
+
+def _batch(folder: Path, size: int = 32) -> dict:
+    return reader.ShardSequence(folder, "train", image_size=size, batch_size=8, as_dicts=True).batch(0)
+
+
+def test_disabled_returns_the_batch(shards: dict[str, Path]) -> None:
+    batch = _batch(shards["render"])
+    assert augment_batch(batch, AugmentConfig(enabled=False), np.random.default_rng(0)) is batch
+
+
+def test_flips_move_image_and_mask_alike(shards: dict[str, Path]) -> None:
+    batch = _batch(shards["render"])
+    out = augment_batch(batch, AugmentConfig(**{**STILL, "flip_left_right": True}), np.random.default_rng(3))
+    flipped = 0
+    for i in range(len(batch["id"])):
+        if np.array_equal(out["image"][i], batch["image"][i]):
+            np.testing.assert_array_equal(out["mask"][i], batch["mask"][i])
+        else:
+            np.testing.assert_array_equal(out["image"][i], batch["image"][i, :, ::-1])
+            np.testing.assert_array_equal(out["mask"][i], batch["mask"][i, :, ::-1])
+            flipped += 1
+    assert 0 < flipped < len(batch["id"])  # a coin per slice
+    np.testing.assert_array_equal(out["area_fraction"], batch["area_fraction"])
+
+
+def test_rotation_zoom_noise_keep_shapes_masks_and_areas_consistent(shards: dict[str, Path]) -> None:
+    batch = _batch(shards["render"])
+    cfg = AugmentConfig(rotation_deg=30.0, scale=0.3, noise_std=0.05)
+    out = augment_batch(batch, cfg, np.random.default_rng(0))
+    for key, value in batch.items():
+        assert out[key].shape == value.shape and out[key].dtype == value.dtype, key
+    assert set(np.unique(out["mask"])) <= {0.0, 1.0}
+    assert 0.0 <= out["image"].min() and out["image"].max() <= 1.0
+    assert not np.array_equal(out["image"], batch["image"])
+    before, after = batch["mask"].sum(axis=(1, 2, 3)), out["mask"].sum(axis=(1, 2, 3))
+    has = before > 0
+    assert has.any()
+    expected = batch["area_fraction"][has] * after[has] / before[has]
+    np.testing.assert_allclose(out["area_fraction"][has], expected, rtol=1e-6)
+    again = augment_batch(batch, cfg, np.random.default_rng(0))
+    np.testing.assert_array_equal(again["image"], out["image"])  # seeded
+
+
+def test_window_jitter_rewindows_hu_within_bounds(shards: dict[str, Path]) -> None:
+    batch = _batch(shards["dicom"])
+    assert batch["is_hu"].all()
+    presets = list(Manifest.load(shards["dicom"]).presets)
+    cfg = AugmentConfig(**{**STILL, "level_jitter_hu": 20.0, "width_jitter": 0.2})
+    out = augment_batch(batch, cfg, np.random.default_rng(1), presets)
+    np.testing.assert_array_equal(out["hu"], batch["hu"])  # no geometry: HU untouched
+    assert not np.allclose(out["image"], batch["image"])
+    hu = batch["hu"][..., 0]
+    for i in range(len(batch["id"])):
+        for c, preset in enumerate(presets):
+            image = out["image"][i, ..., c]
+            inside = (image > 0.01) & (image < 0.99)
+            if inside.sum() < 2 or np.ptp(hu[i][inside]) < 1:
+                continue
+            slope, intercept = np.polyfit(hu[i][inside], image[inside], 1)  # image = (hu - lower) / width
+            width = 1.0 / slope
+            level = -intercept * width + width / 2.0
+            assert preset.width * 0.8 - 1e-3 <= width <= preset.width * 1.2 + 1e-3
+            assert abs(level - preset.level) <= 20.0 + 1e-2
+
+
+def test_sequence_augments_per_seed_epoch_and_batch(shards: dict[str, Path]) -> None:
+    def make() -> reader.ShardSequence:
+        return reader.ShardSequence(shards["render"], "train", image_size=32, batch_size=4, as_dicts=True,
+                                    augment=AugmentConfig(), seed=5)
+
+    first, second = make(), make()
+    np.testing.assert_array_equal(first.batch(0)["image"], second.batch(0)["image"])
+    plain = _batch(shards["render"])["image"][:4]
+    assert not np.array_equal(first.batch(0)["image"], plain)
+    second.on_epoch_end()
+    assert not np.array_equal(first.batch(0)["image"], second.batch(0)["image"])
+
+
+def test_hu_is_warped_with_air_outside(shards: dict[str, Path]) -> None:
+    batch = _batch(shards["dicom"])
+    cfg = AugmentConfig(**{**STILL, "rotation_deg": 45.0, "scale": 0.0})
+    out = augment_batch(batch, cfg, np.random.default_rng(2))
+    turned = np.abs(out["hu"] - batch["hu"]).max(axis=(1, 2, 3)) > 0
+    assert turned.any()
+    assert (out["hu"][turned][:, 0, 0, 0] == -1024.0).all()  # a corner rotated in from outside
