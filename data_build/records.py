@@ -6,7 +6,7 @@
 2. Each case gets a split from its group (`splits.split_of`); per split, cases are sorted by id
    and cut into shards of `shard_size` examples, ``<split>-00000-of-000NN.tfrecord``.
 3. A process pool (``spawn``: workers never inherit TensorFlow) runs `convert.make_example`
-   in order; the main process writes each shard with `tf.io.TFRecordWriter` to a temporary
+   in order; the main process writes each shard (`data_build.tfrecord` framing) to a temporary
    name, then renames it. At most a bounded number of converted slices wait in memory, however
    large the drop.
 4. After each shard, a line is appended to ``OUT/.progress.jsonl`` (file, examples, sha256,
@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import cv2
 import numpy as np
 
-from data_build import convert, schema, splits, windows
+from data_build import convert, schema, splits, tfrecord, windows
 from data_build.cases import INTENDED_EXCLUSIONS, Case, Skip
 from data_build.errors import DataBuildError
 from data_build.manifest import (
@@ -454,15 +454,17 @@ def _write_shard(
     strict: bool,
     on_case: Callable[[], None],
 ) -> dict[str, Any]:
-    """Write one shard from the next ``len(plan.cases)`` results; return its progress entry."""
-    import tensorflow as tf
+    """Write one shard from the next ``len(plan.cases)`` results; return its progress entry.
 
+    Records are framed by `data_build.tfrecord` (byte-identical to TensorFlow's writer), so a
+    build never imports TensorFlow, in its workers or here.
+    """
     counts = _empty_counts()
     skips: list[Skip] = []
     path = out / plan.file
     tmp = out / f".{plan.file}{TMP_SUFFIX}"
     try:
-        with tf.io.TFRecordWriter(str(tmp)) as writer:
+        with open(tmp, "wb") as writer:
             for _ in plan.cases:
                 result = next(results)
                 on_case()
@@ -474,12 +476,12 @@ def _write_shard(
                 if strict and result.skips:
                     raise StrictStop(result.skips[0])
                 skips.extend(result.skips)
-                writer.write(result.serialized)
+                writer.write(tfrecord.frame(result.serialized))
                 _count(counts, result)
         os.replace(tmp, path)
-    except tf.errors.OpError as err:  # TensorFlow's own I/O errors, e.g. a full disk
-        raise BuildError(f"writing {tmp} failed: {err.message}. Free disk space or pick another "
-                         "--out, then rerun with --resume.") from None
+    except OSError as err:  # e.g. a full disk
+        raise BuildError(f"writing {tmp} failed: {err.strerror or err}. Free disk space or pick "
+                         "another --out, then rerun with --resume.") from None
     finally:
         if tmp.exists():
             tmp.unlink()
