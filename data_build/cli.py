@@ -18,9 +18,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from data_build import splits, windows
 from data_build.cases import DropError
+from data_build.choices import DEFAULT_SHARD_SIZE, SOURCES, WINDOW_SET_NAMES
 from data_build.synth import difficulty as synth_difficulty
 
-SOURCES = ("auto", "render", "dicom")
 #: Warnings printed in full in the build summary (the manifest keeps them all).
 SUMMARY_WARNINGS = 10
 
@@ -99,13 +99,13 @@ def _summarise_build(report: Any) -> None:
     show_default=True, help="Folder for the shards and manifest.json.",
 )
 @click.option(
-    "--source", type=click.Choice(SOURCES), default="auto", show_default=True,
+    "--source", type=click.Choice(SOURCES), default=SOURCES[0], show_default=True,
     help="Pixels to store: the four window renders, or HU from raw DICOM "
     "(auto: renders when ROOT/renders exists).",
 )
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Conversion processes [default: all cores].")
-@click.option("--shard-size", type=click.IntRange(min=1), default=1024, show_default=True,
+@click.option("--shard-size", type=click.IntRange(min=1), default=DEFAULT_SHARD_SIZE, show_default=True,
               help="Slices per shard (1024 full-size slices make ~100-250 MB).")
 @click.option("--resume", is_flag=True,
               help="Finish an interrupted build: keep shards whose checksum matches, redo the rest.")
@@ -116,9 +116,10 @@ def _summarise_build(report: Any) -> None:
 @click.option("--window", "window_overrides", multiple=True, callback=_window_overrides,
               metavar="NAME=LEVEL,WIDTH",
               help="Override a window preset in HU (repeatable), e.g. subdural_window=75,215.")
-@click.option("--split-fractions", default="0.8,0.1,0.1", show_default=True, callback=_fractions,
+@click.option("--split-fractions", default=",".join(f"{f:g}" for f in splits.DEFAULT_FRACTIONS), show_default=True,
+              callback=_fractions,
               help="TRAIN,VAL,TEST fractions of patients (else studies, else slices).")
-@click.option("--split-method", type=click.Choice(["stratified", "hash"]), default="stratified",
+@click.option("--split-method", type=click.Choice(splits.METHODS), default=splits.DEFAULT_METHOD,
               show_default=True,
               help="stratified: balance hemorrhage types, and patients with several types, "
                    "across splits (small drops); hash: a patient's split never changes as the "
@@ -182,7 +183,7 @@ def build(
 @click.option("--no-dicoms", is_flag=True, help="Write renders only, no raw DICOM slices.")
 @click.option("--no-broken", is_flag=True,
               help="Do not plant the broken inputs (corrupt JPEG, missing window, bad polygon...).")
-@click.option("--window-set", type=click.Choice(["real", "brief"]), default="real",
+@click.option("--window-set", type=click.Choice(WINDOW_SET_NAMES), default=WINDOW_SET_NAMES[0],
               show_default=True,
               help="Window folder names: the real drop's (brain_window) or the brief's (bone_window).")
 @click.option("--difficulty", type=click.Choice(synth_difficulty.DIFFICULTIES),

@@ -64,6 +64,7 @@ from tqdm import tqdm
 
 from data_build import dicom, polygons, schema
 from data_build.cases import INTENDED_EXCLUSIONS, Case, DropError, Polygon, Skip
+from data_build.choices import SOURCES
 from data_build.windows import ALIASES, WINDOW_NAMES, canonical_window_name
 
 RENDERS_DIR = "renders"
@@ -72,7 +73,6 @@ FLAGGED_FILE = "flagged.txt"
 #: Where segmentation CSVs are looked for, relative to the root ("" = the root itself).
 SEGMENTATION_DIRS: tuple[str, ...] = ("segmentation", "", "Hemorrhage Segmentation Project")
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg")
-SOURCES: tuple[str, ...] = ("auto", "render", "dicom")
 
 DETECTION_REQUIRED: tuple[str, ...] = (
     "Origin",

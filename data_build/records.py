@@ -38,6 +38,7 @@ import numpy as np
 
 from data_build import convert, schema, splits, tfrecord, windows
 from data_build.cases import INTENDED_EXCLUSIONS, Case, Skip
+from data_build.choices import DEFAULT_SHARD_SIZE
 from data_build.errors import DataBuildError
 from data_build.manifest import (
     MANIFEST_FILE,
@@ -53,8 +54,6 @@ MANIFEST = MANIFEST_FILE
 PROGRESS = PROGRESS_FILE
 SHARD_SUFFIX = ".tfrecord"
 TMP_SUFFIX = ".tmp"
-#: ~130 MB for full-size 512x512 renders (four JPEGs + mask PNG, ~130 kB a slice).
-DEFAULT_SHARD_SIZE = 1024
 
 
 class BuildError(DataBuildError):

@@ -47,6 +47,7 @@ from pydicom.uid import (
 )
 from tqdm import tqdm
 
+from data_build.choices import WINDOW_SET_NAMES
 from data_build.errors import DataBuildError
 from data_build.renders import BONE_LUT
 from data_build.schema import FOLDER_TYPES, LABEL_NAMES, TYPE_NAMES
@@ -56,10 +57,10 @@ from data_build.windows import PRESETS, canonical_window_name, to_uint8, window
 
 #: Render folder names per window set. "real" is the drop's; "brief" names bone_window in place
 #: of brain_window (same channel, see `windows.ALIASES`).
-WINDOW_SETS: Mapping[str, tuple[str, ...]] = {
-    "real": ("brain_bone_window", "brain_window", "max_contrast_window", "subdural_window"),
-    "brief": ("bone_window", "brain_bone_window", "max_contrast_window", "subdural_window"),
-}
+WINDOW_SETS: Mapping[str, tuple[str, ...]] = dict(zip(WINDOW_SET_NAMES, (
+    ("brain_bone_window", "brain_window", "max_contrast_window", "subdural_window"),
+    ("bone_window", "brain_bone_window", "max_contrast_window", "subdural_window"),
+)))
 
 LABELS_FILE = "hemorrhage-labels.csv"
 FLAGGED_FILE = "flagged.txt"
