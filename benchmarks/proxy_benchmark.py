@@ -616,7 +616,7 @@ def plan_folds(drop_root: Path, k: int, target: int | None) -> tuple[FoldPlan, d
     drop = discover(drop_root, workers=1, progress=False)
     selected, left_out = select_slices(drop.cases)
     if drop.skips:
-        left_out["skipped by the drop reader"] = len(drop.skips)
+        left_out["inputs skipped (or masks dropped) by the drop reader"] = len(drop.skips)
     kept = limit_to_target(selected, target)
     if len(kept) < len(selected):
         left_out["beyond --target-slices (whole patients)"] = len(selected) - len(kept)
@@ -813,6 +813,9 @@ def check_args(args: argparse.Namespace) -> None:
         raise ProxyError(f"--val-share must lie between 0 and 1, got {args.val_share}")
     if args.drop and not (args.drop / "hemorrhage-labels.csv").is_file():
         raise ProxyError(f"--drop {args.drop} is not a drop (no hemorrhage-labels.csv)")
+    if args.drop and args.out.resolve().is_relative_to(args.drop.resolve()):
+        raise ProxyError(f"--out {args.out} lies inside --drop {args.drop}; the sub-drops would "
+                         f"link to themselves: pick an --out outside the drop")
     for name in ("patients", "slices_per_patient", "synth_size", "image_size", "epochs"):
         if getattr(args, name) < 1:
             raise ProxyError(f"--{name.replace('_', '-')} must be at least 1")

@@ -304,3 +304,9 @@ def test_val_fraction_is_chosen_by_the_builders_own_rule() -> None:
 def test_val_fraction_needs_two_patients() -> None:
     with pytest.raises(PB.ProxyError, match="cannot be split into train and val"):
         PB.choose_val_fraction({"patient:A": [(1, 1, 0, 0, 0, 0)] * 4}, 0.15)
+
+
+def test_out_inside_the_drop_is_refused(drop_root: Path, capsys: pytest.CaptureFixture) -> None:
+    assert PB.main(["--out", str(drop_root / "bench"), "--drop", str(drop_root)]) == 1
+    assert "lies inside --drop" in capsys.readouterr().err
+    assert not (drop_root / "bench").exists()
