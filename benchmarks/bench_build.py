@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from real_drop import make_drop  # noqa: E402
 
 from data_build import drop as drop_mod  # noqa: E402
+from data_build.manifest import Manifest  # noqa: E402
 from data_build.polygons import rasterise  # noqa: E402
 from data_build.schema import LABEL_NAMES  # noqa: E402
 from data_build.windows import WINDOW_NAMES  # noqa: E402
@@ -124,7 +125,7 @@ def our_reference_dataset(out: Path, size: int):
 
     from fusion import data
 
-    files = data.shard_files(out, "train", data.load_manifest(out))
+    files = data.shard_files(out, "train", Manifest.load(out))
     return (
         tf.data.TFRecordDataset(files)
         .map(lambda s: data.preprocess(data.decode(s), size), num_parallel_calls=tf.data.AUTOTUNE)
@@ -142,7 +143,7 @@ def decode_floor_dataset(out: Path, size: int):
     from data_build import schema
     from fusion import data
 
-    files = data.shard_files(out, "train", data.load_manifest(out))
+    files = data.shard_files(out, "train", Manifest.load(out))
     ratio = 512 // size
     spec = schema.feature_spec()
 
@@ -159,6 +160,30 @@ def decode_floor_dataset(out: Path, size: int):
         .batch(BATCH)
         .prefetch(tf.data.AUTOTUNE)
     )
+
+
+def decode_floor_numpy(out: Path, size: int):
+    """The same floor without TensorFlow, as `fusion.reader` reads: records by
+    `data_build.tfrecord`, parse by `data_build.examples`, the four JPEG windows decoded by
+    OpenCV at the DCT scale (libjpeg's accurate IDCT, where TensorFlow's floor asks for the fast
+    one at scale 1), stacked uint8, batched. Yields [B, S', S', 4] uint8 (S' = 512 / ratio)."""
+    from data_build import examples, schema, tfrecord
+    from fusion import data, reader
+
+    ratio = 512 // size
+    batch = []
+    for path in data.shard_files(out, "train", data.load_manifest(out)):
+        for raw in tfrecord.read_records(path):
+            record = examples.parse_example(raw)
+            batch.append(np.stack([
+                cv2.imdecode(np.frombuffer(record[schema.image_key(n)], np.uint8), reader._IMREAD[ratio])
+                for n in WINDOW_NAMES
+            ], axis=-1))
+            if len(batch) == BATCH:
+                yield np.stack(batch)
+                batch = []
+    if batch:
+        yield np.stack(batch)
 
 
 def count_batches(dataset) -> int:
@@ -287,7 +312,7 @@ def main() -> None:
         for size in (512, 256):
             for name, make, path in readers:
                 add(f"{name} read {size}",
-                    *timed(read_passes, lambda make=make, path=path: make(path, size), passes))
+                    *timed(read_passes, lambda make=make, path=path, size=size: make(path, size), passes))
         if can_drop:
             for name, make in (("peer", lambda: peer_dataset(peer_file, 512)),
                                ("ours", lambda: our_dataset(ours, 512))):

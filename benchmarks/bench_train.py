@@ -26,8 +26,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
-from fusion import config, data, export, train  # noqa: E402
+from data_build.manifest import Manifest  # noqa: E402
+from fusion import config, data, export, optim, train  # noqa: E402
 from fusion.model import build_model  # noqa: E402
+from fusion.thresholds import Thresholds  # noqa: E402
 
 
 def main() -> None:
@@ -44,10 +46,9 @@ def main() -> None:
         model={"image_size": args.image_size},
         train={"batch_size": args.batch_size, "steps_per_epoch": args.steps},
     )
-    manifest = data.load_manifest(args.shards)
-    presets = train.manifest_presets(manifest)
-    train_ds, _ = train.make_datasets(args.shards, cfg, presets)
-    model = train.compile_model(
+    manifest = Manifest.load(args.shards)
+    train_ds, _ = data.make_datasets(args.shards, cfg, manifest)
+    model = optim.compile_model(
         build_model(cfg.model), train.resolve_loss_config(cfg, manifest), args.steps
     )
     batch = args.batch_size
@@ -78,7 +79,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = export.write_savedmodel(
-            model, Path(tmp) / "export", args.image_size, [0.5] * 6, presets
+            model, Path(tmp) / "export" / "1", args.image_size, Thresholds.from_array([0.5] * 6),
+            manifest.presets,
         )
         serve = tf.saved_model.load(str(folder)).signatures["serving_default"]
         for size in (256, 512):

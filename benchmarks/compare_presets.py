@@ -20,7 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 
-from fusion import config, data, train  # noqa: E402
+from fusion import config, data, scoring, train  # noqa: E402
 
 PRESETS = ("fusion", "peer-unet", "peer-cls")
 
@@ -42,8 +42,8 @@ def run_preset(name: str, shards: Path, out: Path, args: argparse.Namespace) -> 
     seconds = time.perf_counter() - start
     model = keras.saving.load_model(out / name / "best.keras", compile=False)
     test = data.make_dataset(shards, "test", image_size=cfg.model.image_size, batch_size=8)
-    pred = train.predict_split(model, test)
-    metrics = train.evaluate_predictions(pred, result.thresholds, cfg.model.image_size)
+    collected = scoring.collect(scoring.ModelPredictor(model), test)
+    metrics, _ = scoring.compute_metrics(collected, result.thresholds, n_boot=0)
     return {"preset": name, "seconds": seconds, "test": metrics["summary"], "n_test": metrics["n_slices"]}
 
 
@@ -65,7 +65,8 @@ def main() -> None:
     (args.out / "compare.json").write_text(json.dumps(rows, indent=2))
     print(f"\n{args.epochs} epochs x {args.steps} steps, {args.schedule} schedule, seed {args.seed}; test split, "
           f"{rows[0]['n_test']} slices\n")
-    print("| preset | macro AUC | macro AUPRC | macro F1 | Dice | empty masks on bleeds | area MAE (fraction) | train s |")
+    print("| preset | macro AUC | macro AUPRC | macro F1 | Dice | empty masks on bleeds "
+          "| area MAE (fraction) | train s |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         t = r["test"]

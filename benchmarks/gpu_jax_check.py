@@ -73,9 +73,10 @@ def section(name):
 import jax  # noqa: E402
 import keras  # noqa: E402
 
-from fusion.config import preset  # noqa: E402
-from fusion.losses import AREA_SCALE, build_losses  # noqa: E402
+from fusion.config import HEADS, preset  # noqa: E402
+from fusion.losses import build_losses  # noqa: E402
 from fusion.model import build_model  # noqa: E402
+from fusion.targets import pack_targets  # noqa: E402
 
 devs = jax.devices()
 RESULT["env"] = {
@@ -101,7 +102,7 @@ RESULT["config"] = {"preset": "demo", "model": CFG.to_dict()["model"], "loss": C
 
 # --- synthetic, learnable data ---------------------------------------------------------------
 def make_data(n: int, size: int, seed: int = 0):
-    """Images [n, S, S, 4] in [0, 1] and packed targets as fusion.train.to_model_io makes them."""
+    """Images [n, S, S, 4] in [0, 1] and packed targets (`fusion.targets.pack_targets`)."""
     rng = np.random.default_rng(seed)
     image = rng.random((n, size, size, 4), dtype=np.float32)
     # A bright blob in some slices: the mask, the labels and the area follow it.
@@ -117,15 +118,10 @@ def make_data(n: int, size: int, seed: int = 0):
     labels[:, 0] = bleed
     kinds = rng.integers(1, 6, n)
     labels[np.arange(n), kinds] = bleed
-    has_labels = np.ones((n, 1), np.float32)
     has_mask = (rng.random(n) < 0.7).astype(np.float32)
-    frac = mask.mean(axis=(1, 2, 3))
-    y = {
-        "class": np.concatenate([labels, has_labels], -1),
-        "area": np.stack([np.log1p(frac * AREA_SCALE), has_mask], -1).astype(np.float32),
-        "mask": np.concatenate([mask, np.broadcast_to(has_mask[:, None, None, None], mask.shape)], -1),
-    }
-    return image, y
+    batch = {"image": image, "labels": labels, "has_labels": np.ones(n, np.float32), "mask": mask,
+             "has_mask": has_mask, "area_fraction": mask.mean(axis=(1, 2, 3)), "has_area": has_mask}
+    return pack_targets(batch, HEADS)
 
 
 # --- compile as fusion.train.compile_model does (its module imports TensorFlow) ---------------
@@ -257,7 +253,7 @@ def inference(model):
             t = time.perf_counter()
             model.predict_on_batch(x)
             compile_s = time.perf_counter() - t
-            lat = _median_latency(lambda: model.predict_on_batch(x), reps=10)
+            lat = _median_latency(lambda x=x: model.predict_on_batch(x), reps=10)
             entry = {"predict_on_batch_compile_s": round(compile_s, 2),
                      "predict_on_batch_ms": round(1000 * lat, 3),
                      "predict_on_batch_ms_per_slice": round(1000 * lat / batch, 3)}
@@ -268,7 +264,7 @@ def inference(model):
             t = time.perf_counter()
             jax.block_until_ready(fwd(tv, ntv, xd))
             entry["device_compile_s"] = round(time.perf_counter() - t, 2)
-            dl = _median_latency(lambda: jax.block_until_ready(fwd(tv, ntv, xd)), reps=20)
+            dl = _median_latency(lambda tv=tv, ntv=ntv, xd=xd: jax.block_until_ready(fwd(tv, ntv, xd)), reps=20)
             entry["device_ms"] = round(1000 * dl, 3)
             entry["device_ms_per_slice"] = round(1000 * dl / batch, 3)
             entry["device_slices_per_s"] = round(batch / dl, 1)

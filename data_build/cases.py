@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from data_build.errors import DataBuildError
+
 #: One polygon: normalised (x, y) vertices, x = column / size, y = row / size, origin top-left.
 Polygon = tuple[tuple[float, float], ...]
 
@@ -71,5 +73,9 @@ class Skip:
     path: str = ""
 
 
-class DropError(Exception):
+#: Skip reasons that are intended exclusions, not problems: `--strict` does not stop at them.
+INTENDED_EXCLUSIONS: frozenset[str] = frozenset({"flagged"})
+
+
+class DropError(DataBuildError):
     """The drop cannot be read at all (missing root, missing labels file). Exit status 2."""

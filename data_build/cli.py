@@ -18,8 +18,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from data_build import splits, windows
 from data_build.cases import DropError
+from data_build.synth import difficulty as synth_difficulty
 
 SOURCES = ("auto", "render", "dicom")
+#: Warnings printed in full in the build summary (the manifest keeps them all).
+SUMMARY_WARNINGS = 10
 
 
 class DropUnreadable(click.ClickException):
@@ -57,6 +60,13 @@ def _fractions(ctx: click.Context, param: click.Parameter, value: str) -> tuple[
         raise click.BadParameter(str(err), ctx, param) from None
 
 
+def _write_failed(err: OSError, out: Path) -> str:
+    """One line for an OS error while building into `out`: what failed and what to do."""
+    where = f" ({err.filename})" if err.filename else ""
+    return (f"cannot write the build to --out {out}: {err.strerror or err}{where}. Pick a folder "
+            "you can write with enough free space (or free some), then rerun with --resume.")
+
+
 def _summarise_build(report: Any) -> None:
     click.echo(f"Wrote {report.examples} slices to {report.out} "
                f"({report.shards_written} shards written, {report.shards_reused} reused).")
@@ -70,7 +80,11 @@ def _summarise_build(report: Any) -> None:
     else:
         click.echo("Skipped: none")
     if report.warnings:
-        click.echo(f"Warnings: {len(report.warnings)} (listed in the manifest)")
+        click.echo(f"Warnings: {len(report.warnings)} (all listed in the manifest)")
+        for warning in report.warnings[:SUMMARY_WARNINGS]:
+            click.echo(f"  {warning}")
+        if len(report.warnings) > SUMMARY_WARNINGS:
+            click.echo(f"  ... and {len(report.warnings) - SUMMARY_WARNINGS} more")
     click.echo(f"Manifest: {report.manifest_path}")
 
 
@@ -97,7 +111,8 @@ def _summarise_build(report: Any) -> None:
               help="Finish an interrupted build: keep shards whose checksum matches, redo the rest.")
 @OVERWRITE
 @click.option("--strict", is_flag=True,
-              help="Stop at the first bad input with its reason instead of skipping it.")
+              help="Stop at the first bad input with its reason instead of skipping it "
+                   "(slices listed in flagged.txt are intended exclusions, not bad input).")
 @click.option("--window", "window_overrides", multiple=True, callback=_window_overrides,
               metavar="NAME=LEVEL,WIDTH",
               help="Override a window preset in HU (repeatable), e.g. subdural_window=75,215.")
@@ -143,6 +158,8 @@ def build(
         raise DropUnreadable(str(err)) from None
     except (records.BuildError, ValueError) as err:
         raise click.ClickException(str(err)) from None
+    except OSError as err:  # unwritable or invalid --out, a full disk
+        raise click.ClickException(_write_failed(err, out)) from None
     _summarise_build(report)
     if report.examples == 0:
         raise click.ClickException(
@@ -168,6 +185,12 @@ def build(
 @click.option("--window-set", type=click.Choice(["real", "brief"]), default="real",
               show_default=True,
               help="Window folder names: the real drop's (brain_window) or the brief's (bone_window).")
+@click.option("--difficulty", type=click.Choice(synth_difficulty.DIFFICULTIES),
+              default=synth_difficulty.DEFAULT_DIFFICULTY, show_default=True,
+              help="Phantom setting. 'real': calibrated to real head CT (bleeds ~20 HU above brain, "
+              "small and thin ones, iso-dense subdurals, calcifications, skull base, streaks, "
+              "varied pose, field of view and kernel; docs/data.md). 'easy': the original bright, "
+              "mid-sized bleeds on a clean head, byte-identical for a seed (fast tests).")
 @OVERWRITE
 @PROGRESS
 def synth(
@@ -179,6 +202,7 @@ def synth(
     no_dicoms: bool,
     no_broken: bool,
     window_set: str,
+    difficulty: str,
     overwrite: bool,
     progress: bool,
 ) -> None:
@@ -205,12 +229,12 @@ def synth(
         summary = synth_module.write_synthetic_drop(
             out, n_patients=patients, slices_per_patient=slices_per_patient, size=size,
             seed=seed, dicoms=not no_dicoms, broken=not no_broken, window_set=window_set,
-            progress=progress,
+            progress=progress, difficulty=difficulty,
         )
     except (ValueError, OSError) as err:
         raise click.ClickException(str(err)) from None
     click.echo(
-        f"Synthetic drop written to {out}: {summary.n_slices} slices "
+        f"Synthetic drop ({summary.difficulty} phantom) written to {out}: {summary.n_slices} slices "
         f"({summary.n_with_polygons} with polygons), {summary.n_renders} renders, "
         f"{summary.n_dicoms} DICOMs, {summary.n_label_rows} label rows, "
         f"{len(summary.flagged)} flagged"

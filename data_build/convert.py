@@ -13,6 +13,9 @@ come from `schema.encode_example`, the hand-written `tf.train.Example` encoder.
 """
 from __future__ import annotations
 
+import os
+import sys
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -27,8 +30,19 @@ SOURCES: tuple[str, ...] = ("render", "dicom")
 
 #: A JPEG ends with the EOI marker; a truncated file usually does not (libjpeg would still
 #: "decode" it with a warning and grey padding, TensorFlow's decoder would fail at train time).
+#: Bytes after the EOI (padding some tools add) are allowed: every decoder stops at the EOI.
 _JPEG_EOI = b"\xff\xd9"
-_EOI_TAIL = 1024
+_SOS = 0xDA
+
+#: Colour components `tf.io.decode_jpeg(channels=1)` (the training reader) can turn into grey:
+#: 1 (grey) and 3 (YCbCr). libjpeg has no CMYK/YCCK (4) -> grey conversion: TensorFlow fails
+#: with "Unsupported color conversion request" where OpenCV converts silently.
+_READER_COMPONENTS = (1, 3)
+
+#: libjpeg warnings that mean damaged entropy-coded data: it then fills rows with grey and goes
+#: on, so the image "decodes" (OpenCV and TensorFlow alike) but holds made-up pixels.
+_LIBJPEG_DAMAGE = ("Corrupt JPEG data", "Premature end of JPEG", "Inconsistent progression",
+                   "Invalid SOS parameters", "Bogus")
 
 _INT16_MIN, _INT16_MAX = -32768, 32767
 
@@ -108,41 +122,116 @@ def _read_bytes(case_id: str, path: str, what: str) -> bytes:
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 
-def jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """(height, width) from a JPEG's start-of-frame header, None when there is none."""
-    i = 2
-    while i + 9 <= len(data):
+class JpegError(ValueError):
+    """A JPEG the training reader would reject or decode to made-up pixels; the message says why."""
+
+
+@dataclass(frozen=True)
+class _JpegFrame:
+    height: int
+    width: int
+    components: int
+    scan_start: int  # offset of the first SOS marker, -1 when none was reached
+
+
+def _jpeg_frame(data: bytes) -> _JpegFrame | None:
+    """The start-of-frame header (size, colour components) and where the first scan starts."""
+    i, frame = 2, None
+    while i + 4 <= len(data):
         if data[i] != 0xFF:
-            return None
+            break
         marker = data[i + 1]
         if marker == 0xFF:  # fill byte
             i += 1
             continue
-        if marker in _SOF_MARKERS:
-            return int.from_bytes(data[i + 5 : i + 7], "big"), int.from_bytes(data[i + 7 : i + 9], "big")
+        if marker == _SOS:
+            return frame and _JpegFrame(frame.height, frame.width, frame.components, i)
+        if marker in _SOF_MARKERS and i + 10 <= len(data):
+            frame = _JpegFrame(int.from_bytes(data[i + 5 : i + 7], "big"),
+                               int.from_bytes(data[i + 7 : i + 9], "big"), data[i + 9], -1)
         i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
-    return None
+    return frame
 
 
-def _check_jpeg(case_id: str, data: bytes, path: str) -> tuple[int, int]:
-    """Decode one JPEG to prove it is readable; return its (height, width).
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) from a JPEG's start-of-frame header, None when there is none."""
+    frame = _jpeg_frame(data)
+    return None if frame is None else (frame.height, frame.width)
+
+
+_scratch: tuple[int, Any] | None = None  # (pid, file) receiving libjpeg's stderr
+
+
+def _decode_noting_warnings(data: bytes) -> tuple[np.ndarray | None, str]:
+    """`cv2.imdecode` at 1/8 scale, and what libjpeg printed to stderr meanwhile.
+
+    libjpeg reports recoverable damage ("Corrupt JPEG data: 1805 extraneous bytes before marker
+    0xd9") only as a line on stderr; OpenCV has no hook for it. So fd 2 points at a scratch file
+    for the decode (a few microseconds; build workers are single-threaded processes).
+    """
+    global _scratch
+    flags = cv2.IMREAD_REDUCED_GRAYSCALE_8
+    buffer = np.frombuffer(data, np.uint8)
+    try:
+        if _scratch is None or _scratch[0] != os.getpid():
+            _scratch = (os.getpid(), tempfile.TemporaryFile())
+        sink = _scratch[1].fileno()
+        os.ftruncate(sink, 0)
+        os.lseek(sink, 0, os.SEEK_SET)
+        if sys.stderr is not None:
+            sys.stderr.flush()
+        saved = os.dup(2)
+    except OSError:  # no fd 2 or no temporary folder: decode without the warning check
+        return cv2.imdecode(buffer, flags), ""
+    try:
+        os.dup2(sink, 2)
+        image = cv2.imdecode(buffer, flags)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    os.lseek(sink, 0, os.SEEK_SET)
+    return image, os.read(sink, 4096).decode("utf-8", "replace")
+
+
+def check_jpeg_bytes(data: bytes) -> tuple[int, int]:
+    """Prove a render JPEG decodes as the training reader decodes it; return (height, width).
 
     The decode runs at 1/8 scale: libjpeg still reads every entropy-coded block (what breaks
     in a corrupt file) but skips most of the inverse DCT, ~2x faster than a full decode, which
     was nearly all of the build's time per slice.
+
+    Raises:
+      JpegError: empty, not a JPEG, CMYK/YCCK (the reader's one-channel decode refuses it),
+        not decodable, damaged entropy-coded data (libjpeg's "Corrupt JPEG data" warning), or
+        truncated (no EOI after the first scan). Padding after the EOI is accepted.
     """
     if not data:
-        raise _CaseSkip(Skip(case_id, "corrupt-image", "empty file", path))
+        raise JpegError("empty file")
     if not data.startswith(b"\xff\xd8"):
         # The reader decodes with tf.io.decode_jpeg: PNG or BMP renders under .jpg would fail.
-        raise _CaseSkip(Skip(case_id, "corrupt-image", "not a JPEG (no SOI marker)", path))
-    size = jpeg_size(data)
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_8)
-    if size is None or image is None or image.size == 0:
-        raise _CaseSkip(Skip(case_id, "corrupt-image", "not a decodable image", path))
-    if _JPEG_EOI not in data[-_EOI_TAIL:]:
-        raise _CaseSkip(Skip(case_id, "corrupt-image", "truncated JPEG (no EOI marker)", path))
-    return size
+        raise JpegError("not a JPEG (no SOI marker)")
+    frame = _jpeg_frame(data)
+    if frame is not None and frame.components not in _READER_COMPONENTS:
+        kind = "CMYK/YCCK" if frame.components == 4 else f"{frame.components}-component"
+        raise JpegError(f"{kind} JPEG: the training reader (tf.io.decode_jpeg, one channel) cannot "
+                        "decode it; save the render as RGB or grey")
+    image, printed = _decode_noting_warnings(data)
+    if frame is None or image is None or image.size == 0:
+        raise JpegError("not a decodable image")
+    damage = next((line for line in printed.splitlines() if line.startswith(_LIBJPEG_DAMAGE)), None)
+    if damage:
+        raise JpegError(f"damaged JPEG, libjpeg says: {damage.strip()}")
+    if frame.scan_start < 0 or data.rfind(_JPEG_EOI) < frame.scan_start:
+        raise JpegError("truncated JPEG (no EOI marker)")
+    return frame.height, frame.width
+
+
+def _check_jpeg(case_id: str, data: bytes, path: str) -> tuple[int, int]:
+    """`check_jpeg_bytes`, a problem becoming a "corrupt-image" skip of the case."""
+    try:
+        return check_jpeg_bytes(data)
+    except JpegError as err:
+        raise _CaseSkip(Skip(case_id, "corrupt-image", str(err), path)) from None
 
 
 def _render_pixels(case: Case) -> tuple[dict[str, Any], int, int]:
@@ -192,6 +281,8 @@ def _dicom_pixels(case: Case) -> tuple[dict[str, Any], int, int, dicom.DicomMeta
         raise _CaseSkip(Skip(case.id, "missing-dicom", "case has no DICOM file"))
     try:
         hu, meta = dicom.read_hu(case.dicom_path)
+    except dicom.DicomHeaderError as err:
+        raise _CaseSkip(Skip(case.id, "bad-dicom-header", err.reason, str(case.dicom_path))) from None
     except dicom.DicomReadError as err:
         raise _CaseSkip(Skip(case.id, "corrupt-dicom", str(err), str(case.dicom_path))) from None
     height, width = hu.shape
@@ -291,8 +382,8 @@ def make_example(case: Case, options: ConvertOptions | None = None) -> Converted
     Returns:
       `Converted` with the record bytes, or `Skip` naming why the slice was left out
       ("missing-window", "missing-image", "corrupt-image", "size-mismatch", "missing-dicom",
-      "corrupt-dicom", "bad-labels", "error"). A bad polygon keeps the record (mask unknown)
-      and is listed in ``Converted.skips`` as "bad-polygon".
+      "corrupt-dicom", "bad-dicom-header", "bad-labels", "error"). A bad polygon keeps the
+      record (mask unknown) and is listed in ``Converted.skips`` as "bad-polygon".
     """
     options = options or ConvertOptions()
     try:

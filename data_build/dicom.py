@@ -29,6 +29,8 @@ import pydicom.config
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
+from data_build.errors import DataBuildError
+
 #: Install hint for compressed transfer syntaxes (JPEG lossless, JPEG 2000, RLE ...).
 PLUGIN_HINT = (
     "install a pixel-data plugin: `pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg` "
@@ -36,7 +38,7 @@ PLUGIN_HINT = (
 )
 
 
-class DicomReadError(ValueError):
+class DicomReadError(DataBuildError, ValueError):
     """A DICOM file cannot be read: not DICOM, truncated, no pixel data, or no decoder."""
 
     def __init__(self, path: str | Path, reason: str) -> None:
@@ -47,6 +49,15 @@ class DicomReadError(ValueError):
     def __reduce__(self) -> tuple[Any, ...]:
         # Keep (path, reason) across process boundaries (workers raise, the parent reports).
         return (type(self), (self.path, self.reason))
+
+
+class DicomHeaderError(DicomReadError):
+    """Pixels readable, but header values make HU untrustworthy (NaN/zero/huge RescaleSlope,
+    NaN RescaleIntercept, no RescaleIntercept on unsigned pixel data)."""
+
+
+#: Stored HU are int16 (`convert.encode_hu_png`): a rescale that leaves this range is nonsense.
+_HU_RANGE = (-32768.0, 32767.0)
 
 
 @dataclass(frozen=True)
@@ -65,6 +76,12 @@ class DicomMeta:
       rescale_slope, rescale_intercept: as in the header (1 and 0 when absent).
       bits_stored: BitsStored.
       pixel_representation: 0 unsigned, 1 signed.
+      problems: header values dropped as nonsense (a non-finite or non-positive PixelSpacing,
+        a non-finite ImagePositionPatient): the field reads None, as when absent.
+      orientation: ImageOrientationPatient (row direction x, y, z, column direction x, y, z),
+        direction cosines in the patient's LPS frame, None when absent or malformed.
+      acquisition_number: AcquisitionNumber, None when absent (two values in one series mean
+        two stacks, `fusion.series`).
     """
 
     id: str
@@ -83,6 +100,9 @@ class DicomMeta:
     rescale_intercept: float
     bits_stored: int
     pixel_representation: int
+    problems: tuple[str, ...] = ()
+    orientation: tuple[float, float, float, float, float, float] | None = None
+    acquisition_number: int | None = None
 
 
 def needs_rsna_fix(bits_stored: int, pixel_representation: int, intercept: float) -> bool:
@@ -106,6 +126,11 @@ def _float_or_none(value: Any) -> float | None:
         return None
 
 
+def _or(value: float | None, default: float) -> float:
+    """`default` only when absent: a slope of 0 must stay 0 (and be refused), not become 1."""
+    return default if value is None else value
+
+
 def _floats(value: Any, n: int) -> tuple[float, ...] | None:
     if value is None:
         return None
@@ -114,6 +139,20 @@ def _floats(value: Any, n: int) -> tuple[float, ...] | None:
     except (TypeError, ValueError):
         return None
     return items if len(items) == n else None
+
+
+def _checked(
+    values: tuple[float, ...] | None, keyword: str, positive: bool, problems: list[str]
+) -> tuple[float, ...] | None:
+    """`values` when finite (and > 0 if `positive`), else None with a note in `problems`."""
+    if values is None:
+        return None
+    good = all(np.isfinite(v) and (v > 0 or not positive) for v in values)
+    if not good:
+        need = "finite and > 0" if positive else "finite"
+        problems.append(f"{keyword} {list(values)} is not {need}; left unknown")
+        return None
+    return values
 
 
 def _text(ds: pydicom.Dataset, keyword: str) -> str:
@@ -126,6 +165,11 @@ def _meta(ds: pydicom.Dataset, path: Path) -> DicomMeta:
     if rows is None or cols is None:
         raise DicomReadError(path, "no Rows/Columns in the header: not an image slice")
     instance = _float_or_none(ds.get("InstanceNumber"))
+    problems: list[str] = []
+    spacing = _checked(_floats(ds.get("PixelSpacing"), 2), "PixelSpacing", True, problems)
+    position = _checked(_floats(ds.get("ImagePositionPatient"), 3), "ImagePositionPatient",
+                        False, problems)
+    acquisition = _float_or_none(ds.get("AcquisitionNumber"))
     return DicomMeta(
         id=_text(ds, "SOPInstanceUID") or path.stem,
         patient_id=_text(ds, "PatientID"),
@@ -133,16 +177,19 @@ def _meta(ds: pydicom.Dataset, path: Path) -> DicomMeta:
         series_id=_text(ds, "SeriesInstanceUID"),
         rows=int(rows),
         cols=int(cols),
-        pixel_spacing=_floats(ds.get("PixelSpacing"), 2),  # type: ignore[arg-type]
-        position=_floats(ds.get("ImagePositionPatient"), 3),  # type: ignore[arg-type]
+        pixel_spacing=spacing,  # type: ignore[arg-type]
+        position=position,  # type: ignore[arg-type]
         slice_thickness=_float_or_none(ds.get("SliceThickness")),
         instance_number=None if instance is None else int(instance),
         window_center=_float_or_none(ds.get("WindowCenter")),
         window_width=_float_or_none(ds.get("WindowWidth")),
-        rescale_slope=_float_or_none(ds.get("RescaleSlope")) or 1.0,
-        rescale_intercept=_float_or_none(ds.get("RescaleIntercept")) or 0.0,
+        rescale_slope=_or(_float_or_none(ds.get("RescaleSlope")), 1.0),
+        rescale_intercept=_or(_float_or_none(ds.get("RescaleIntercept")), 0.0),
         bits_stored=int(ds.get("BitsStored") or 16),
         pixel_representation=int(ds.get("PixelRepresentation") or 0),
+        problems=tuple(problems),
+        orientation=_floats(ds.get("ImageOrientationPatient"), 6),  # type: ignore[arg-type]
+        acquisition_number=None if acquisition is None else int(acquisition),
     )
 
 
@@ -231,6 +278,7 @@ def read_hu(path: str | Path) -> tuple[np.ndarray, DicomMeta]:
     with _quiet():
         ds = _read(path, stop_before_pixels=False)
         meta = _meta(ds, path)
+        _check_rescale(ds, meta, path)
         stored = _stored(ds, path).astype(np.int32)
     intercept = meta.rescale_intercept
     if needs_rsna_fix(meta.bits_stored, meta.pixel_representation, intercept):
@@ -238,4 +286,34 @@ def read_hu(path: str | Path) -> tuple[np.ndarray, DicomMeta]:
         stored[stored >= 4096] -= 4096
         intercept = -1000.0
     hu = stored.astype(np.float32) * np.float32(meta.rescale_slope) + np.float32(intercept)
+    low, high = (float(hu.min()), float(hu.max())) if hu.size else (0.0, 0.0)
+    if low < _HU_RANGE[0] or high > _HU_RANGE[1]:
+        raise DicomHeaderError(
+            path, f"HU {low:g}..{high:g} with RescaleSlope {meta.rescale_slope:g} and "
+            f"RescaleIntercept {meta.rescale_intercept:g} leave the int16 range: the header's "
+            "rescale values are not plausible"
+        )
     return hu, meta
+
+
+def _check_rescale(ds: pydicom.Dataset, meta: DicomMeta, path: Path) -> None:
+    """Refuse rescale values that would store made-up HU (`DicomMeta` reads absent as 1 / 0).
+
+    Raises:
+      DicomHeaderError: RescaleSlope present but not a finite non-zero number, RescaleIntercept
+        present but not finite, or RescaleIntercept absent on unsigned pixel data (stored values
+        >= 0 cannot hold air at -1000 HU without one; 0 would shift every HU silently).
+    """
+    if "RescaleSlope" in ds:
+        slope = _float_or_none(ds.get("RescaleSlope"))
+        if slope is None or not np.isfinite(slope) or slope == 0:
+            raise DicomHeaderError(path, f"RescaleSlope {ds.get('RescaleSlope')!s} is not a finite, "
+                                   "non-zero number: HU cannot be computed")
+    if "RescaleIntercept" in ds:
+        intercept = _float_or_none(ds.get("RescaleIntercept"))
+        if intercept is None or not np.isfinite(intercept):
+            raise DicomHeaderError(path, f"RescaleIntercept {ds.get('RescaleIntercept')!s} is not "
+                                   "a finite number: HU cannot be computed")
+    elif meta.pixel_representation == 0:
+        raise DicomHeaderError(path, f"no RescaleIntercept on unsigned {meta.bits_stored}-bit "
+                               "pixel data: HU cannot be known (air would not be -1000)")

@@ -50,6 +50,7 @@ from __future__ import annotations
 import concurrent.futures
 import csv
 import hashlib
+import io
 import multiprocessing
 import os
 from collections import Counter, defaultdict
@@ -62,7 +63,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from data_build import dicom, polygons, schema
-from data_build.cases import Case, DropError, Polygon, Skip
+from data_build.cases import INTENDED_EXCLUSIONS, Case, DropError, Polygon, Skip
 from data_build.windows import ALIASES, WINDOW_NAMES, canonical_window_name
 
 RENDERS_DIR = "renders"
@@ -123,7 +124,7 @@ class _Report:
         self._listed: Counter[str] = Counter()
 
     def skip(self, id: str, reason: str, detail: str = "", path: str = "") -> None:
-        if self.strict:
+        if self.strict and reason not in INTENDED_EXCLUSIONS:
             raise DropError(f"{reason}: {id}: {detail} (strict mode stops at the first problem)")
         self.skips.append(Skip(id=id, reason=reason, detail=detail, path=path))
         self.stats[f"skipped:{reason}"] += 1
@@ -153,6 +154,34 @@ def _strip_suffix(name: str) -> str:
     return name
 
 
+# --- hostile file systems ---------------------------------------------------------------------
+
+
+def _list_dir(path: str | Path, report: _Report) -> list[os.DirEntry[str]]:
+    """A folder's entries sorted by name; [] with a warning when it cannot be listed."""
+    try:
+        with os.scandir(path) as entries:
+            return sorted(entries, key=lambda e: e.name)
+    except OSError as err:  # unreadable folder, symlink loop, vanished while scanning
+        report.warn(f"ignored unreadable folder {str(path)!r}: {err.strerror or err}",
+                    kind="unreadable-folder")
+        return []
+
+
+def _entry_is(entry: os.DirEntry[str], kind: str, report: _Report) -> bool:
+    """`entry.is_file()` / `is_dir()` (kind "file" / "dir"), False with a warning on an error.
+
+    `DirEntry.is_file` follows symlinks and raises on a symlink loop (ELOOP) or an
+    unreadable target; one such entry must not end the scan of 465k files.
+    """
+    try:
+        return entry.is_file() if kind == "file" else entry.is_dir()
+    except OSError as err:
+        report.stats["unreadable_entries"] += 1
+        report.warn(f"ignored {entry.path!r}: {err.strerror or err}", kind="unreadable-entry")
+        return False
+
+
 # --- renders ----------------------------------------------------------------------------------
 
 
@@ -162,9 +191,9 @@ def _scan_renders(
     """id -> folder type -> canonical window -> path, and the window-name set seen."""
     found: dict[str, dict[str, dict[str, str]]] = {}
     raw_windows: set[str] = set()
-    type_entries = sorted(os.scandir(renders), key=lambda e: e.name)
+    type_entries = _list_dir(renders, report)
     for type_entry in tqdm(type_entries, desc="renders", unit="folder", disable=not progress):
-        if not type_entry.is_dir():
+        if not _entry_is(type_entry, "dir", report):
             report.stats["ignored_files"] += 1
             continue
         folder_type = type_entry.name.strip().lower()
@@ -176,12 +205,12 @@ def _scan_renders(
             continue
         # Real names before aliases, so a folder holding both keeps the real one.
         window_entries = sorted(
-            os.scandir(type_entry.path),
+            _list_dir(type_entry.path, report),
             key=lambda e: (e.name.strip().lower() in ALIASES, e.name),
         )
         taken: dict[str, str] = {}
         for window_entry in window_entries:
-            if not window_entry.is_dir():
+            if not _entry_is(window_entry, "dir", report):
                 report.stats["ignored_files"] += 1
                 continue
             window = canonical_window_name(window_entry.name)
@@ -214,21 +243,20 @@ def _scan_window(
     report: _Report,
 ) -> None:
     stats = report.stats
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            name = entry.name
-            lower = name.lower()
-            if not lower.endswith(IMAGE_SUFFIXES) or not entry.is_file():
-                stats["ignored_files"] += 1
-                continue
-            stats["render_files"] += 1
-            slice_id = name[: name.rfind(".")]
-            windows = found.setdefault(slice_id, {}).setdefault(folder_type, {})
-            if window in windows:  # ID.jpg and ID.jpeg side by side
-                report.warn(f"{slice_id}: two files for {folder_type}/{window}; kept "
-                            f"{windows[window]!r}, ignored {entry.path!r}", kind="duplicate-file")
-                continue
-            windows[window] = entry.path
+    for entry in _list_dir(folder, report):
+        name = entry.name
+        lower = name.lower()
+        if not lower.endswith(IMAGE_SUFFIXES) or not _entry_is(entry, "file", report):
+            stats["ignored_files"] += 1
+            continue
+        stats["render_files"] += 1
+        slice_id = name[: name.rfind(".")]
+        windows = found.setdefault(slice_id, {}).setdefault(folder_type, {})
+        if window in windows:  # ID.jpg and ID.jpeg side by side
+            report.warn(f"{slice_id}: two files for {folder_type}/{window}; kept "
+                        f"{windows[window]!r}, ignored {entry.path!r}", kind="duplicate-file")
+            continue
+        windows[window] = entry.path
 
 
 # --- labels and flagged -----------------------------------------------------------------------
@@ -243,7 +271,7 @@ def _read_labels(path: Path, report: _Report) -> pd.DataFrame:
         )
     try:
         header = pd.read_csv(path, nrows=0, encoding="utf-8-sig")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as err:
         raise DropError(f"labels file {str(path)!r} is not a readable CSV: {err}") from None
     by_lower = {str(c).strip().lower(): str(c) for c in header.columns}
     wanted = ("image", *schema.LABEL_NAMES)
@@ -304,11 +332,32 @@ def _labels_for(table: pd.DataFrame, ids: Iterable[str]) -> dict[str, tuple[int,
     return dict(zip(rows.index.tolist(), map(tuple, values)))
 
 
-def _read_flagged(path: Path) -> set[str]:
-    """Flagged ids; a missing file means none. Handles CRLF and ``.jpg`` suffixes."""
-    if not path.is_file():
+def _decode_text(data: bytes) -> str:
+    """Text of a small list file: UTF-8 (BOM or not), else UTF-16 (BOM, or NULs in every other
+    byte: Windows Notepad's "Unicode"), else Latin-1-tolerant UTF-8 with replacements."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return data.decode("utf-16", errors="replace")
+    if len(data) >= 4 and data.count(0) * 3 >= len(data):  # UTF-16 without a BOM
+        zeros_even = data[0::2].count(0) > data[1::2].count(0)
+        return data.decode("utf-16-be" if zeros_even else "utf-16-le", errors="replace")
+    return data.decode("utf-8-sig", errors="replace")
+
+
+def _read_flagged(path: Path, report: _Report) -> set[str]:
+    """Flagged ids; a missing file means none. Handles CRLF, ``.jpg`` suffixes, UTF-16.
+
+    A flagged.txt that exists but cannot be read (a folder, a symlink loop, no permission) is
+    warned loudly: its slices would otherwise be trained on.
+    """
+    if not os.path.lexists(path):
         return set()
-    text = path.read_bytes().decode("utf-8-sig", errors="replace")
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        report.warn(f"{FLAGGED_FILE} at {str(path)!r} cannot be read ({err.strerror or err}): "
+                    "flagged slices are NOT excluded; fix or remove it and rebuild")
+        return set()
+    text = _decode_text(data)
     return {_strip_suffix(line) for line in text.splitlines() if line.strip()}
 
 
@@ -340,12 +389,18 @@ def _segmentation_files(root: Path, report: _Report) -> list[Path]:
         directory = root / folder if folder else root
         if not directory.is_dir():
             continue
-        for entry in sorted(os.scandir(directory), key=lambda e: e.name):
-            if not entry.is_file() or not entry.name.lower().endswith(".csv"):
+        for entry in _list_dir(directory, report):
+            if not entry.name.lower().endswith(".csv") or entry.name == LABELS_FILE:
                 continue
-            if entry.name == LABELS_FILE:
+            try:
+                if not entry.is_file():
+                    continue
+                digest = hashlib.sha256(Path(entry.path).read_bytes()).hexdigest()
+            except OSError as err:  # symlink loop, no permission: skip this file, go on
+                detail = f"unreadable file: {err.strerror or err}"
+                report.skip(entry.name, "bad-segmentation-csv", detail, entry.path)
+                report.warn(f"ignored unreadable segmentation file {entry.path!r}: {detail}")
                 continue
-            digest = hashlib.sha256(Path(entry.path).read_bytes()).hexdigest()
             if digest in seen:
                 report.stats["segmentation_duplicate_files"] += 1
                 continue
@@ -358,16 +413,63 @@ def _csv_header(path: Path) -> list[str]:
         return [c.strip() for c in next(csv.reader(handle), [])]
 
 
-def _read_segmentation_csv(path: Path) -> pd.DataFrame:
-    """Quote-aware read (multi-line fields); every cell as text, empty cells as ""."""
-    options: dict[str, Any] = dict(dtype=str, keep_default_na=False, encoding="utf-8-sig")
+#: Physical lines one salvaged CSV record may span (quoted multi-line fields).
+_MAX_RECORD_LINES = 200
+
+
+def _read_segmentation_csv(path: Path, report: _Report) -> pd.DataFrame:
+    """Quote-aware read (multi-line fields); every cell as text, empty cells as "".
+
+    Free-text cells (``Comments``) are where hostile bytes live: a non-UTF-8 byte is read as
+    U+FFFD (the row is kept, the file warned), and a row that breaks the CSV quoting (an
+    unterminated quote swallows the rest of the file) is dropped alone, counted and warned.
+    """
+    data = path.read_bytes()
     try:
-        table = pd.read_csv(path, **options)
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = data.decode("utf-8-sig", errors="replace")
+        report.warn(f"segmentation file {str(path)!r}: {text.count(chr(0xFFFD))} byte(s) are not "
+                    "UTF-8 (read as U+FFFD); its rows are kept")
+    options: dict[str, Any] = dict(dtype=str, keep_default_na=False)
+    try:
+        table = pd.read_csv(io.StringIO(text), **options)
     except pd.errors.ParserError:
-        # The Python engine is slower but copes with some odd quoting the C engine rejects.
-        table = pd.read_csv(path, engine="python", **options)
+        try:  # the Python engine copes with some odd quoting the C engine rejects
+            table = pd.read_csv(io.StringIO(text), engine="python", **options)
+        except pd.errors.ParserError:
+            table = _salvage_rows(text, path, report)
     table.columns = [str(c).strip() for c in table.columns]
     return table
+
+
+def _salvage_rows(text: str, path: Path, report: _Report) -> pd.DataFrame:
+    """Rows of a CSV whose quoting is broken somewhere: each record (quotes balanced, as many
+    fields as the header) is kept; a line that starts no such record is dropped and counted."""
+    lines = text.replace("\r\n", "\n").split("\n")
+    header = next(csv.reader([lines[0]]), [])
+    rows: list[list[str]] = []
+    lost: list[int] = []
+    i = 1
+    while i < len(lines):
+        if not lines[i].strip():
+            i += 1
+            continue
+        end, record = i, lines[i]
+        while record.count('"') % 2 and end + 1 < len(lines) and end - i < _MAX_RECORD_LINES:
+            end += 1
+            record += "\n" + lines[end]
+        fields = next(csv.reader([record]), []) if record.count('"') % 2 == 0 else []
+        if len(fields) == len(header):
+            rows.append(fields)
+            i = end + 1
+        else:
+            lost.append(i + 1)
+            i += 1
+    report.stats["segmentation_rows_unparseable"] += len(lost)
+    report.warn(f"segmentation file {str(path)!r}: {len(lost)} row(s) with broken CSV quoting "
+                f"dropped (line(s) {', '.join(map(str, lost[:10]))}); the other rows are kept")
+    return pd.DataFrame(rows, columns=header, dtype=str)
 
 
 def _number(text: str, default: float) -> float:
@@ -440,8 +542,8 @@ def _read_segmentation(root: Path, report: _Report) -> dict[str, _SliceMask]:
             report.warn(f"ignored segmentation file {str(path)!r}: {detail}")
             continue
         try:
-            table = _read_segmentation_csv(path)
-        except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as err:
+            table = _read_segmentation_csv(path, report)
+        except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError) as err:
             report.skip(path.name, "bad-segmentation-csv", f"unreadable CSV: {err}", str(path))
             report.warn(f"ignored unreadable segmentation file {str(path)!r}: {err}")
             continue
@@ -464,7 +566,11 @@ def _read_segmentation(root: Path, report: _Report) -> dict[str, _SliceMask]:
 def _scan_dicoms(root: Path, report: _Report) -> dict[str, str]:
     """File stem -> path of every ``*.dcm`` under root (``renders/`` is not walked)."""
     found: dict[str, str] = {}
-    for directory, dirnames, filenames in os.walk(root):
+    def unreadable(err: OSError) -> None:
+        report.warn(f"ignored unreadable folder {err.filename!r} while looking for DICOMs: "
+                    f"{err.strerror or err}", kind="unreadable-folder")
+
+    for directory, dirnames, filenames in os.walk(root, onerror=unreadable):
         if directory == str(root):
             dirnames[:] = [d for d in dirnames if d != RENDERS_DIR]
         dirnames.sort()
@@ -588,6 +694,14 @@ def _check_folder(slice_id: str, folder_type: str, labels: tuple[int, ...] | Non
     )
 
 
+def _note_header_problems(slice_id: str, meta: dicom.DicomMeta | str | None,
+                          report: _Report) -> None:
+    """Count and warn header values `dicom` dropped as nonsense (PixelSpacing inf, ...)."""
+    if isinstance(meta, dicom.DicomMeta) and meta.problems:
+        report.stats["dicom_header_values_dropped"] += 1
+        report.warn(f"{slice_id}: DICOM {'; '.join(meta.problems)}", kind="dicom-header-value")
+
+
 def _meta_fields(meta: dicom.DicomMeta | str | None) -> dict[str, Any]:
     if not isinstance(meta, dicom.DicomMeta):
         return {}
@@ -638,6 +752,7 @@ def _render_cases(
             report.stats["dicom_headers_unreadable"] += 1
             report.warn(f"{slice_id}: DICOM header unreadable ({meta}); no patient/spacing",
                         kind="unreadable-dicom-header")
+        _note_header_problems(slice_id, meta, report)
         cases.append(Case(
             id=slice_id,
             source="render",
@@ -670,6 +785,7 @@ def _dicom_cases(
         if not isinstance(meta, dicom.DicomMeta):
             report.skip(slice_id, "unreadable-dicom", str(meta), path)
             continue
+        _note_header_problems(slice_id, meta, report)
         slice_labels = labels.get(slice_id)
         polygons_, source = _mask_for(slice_id, masks, report)
         if slice_labels is not None and slice_labels[0] == 0:
@@ -703,6 +819,35 @@ def _case_stats(cases: Sequence[Case], stats: Counter[str]) -> None:
         if case.labels is not None:
             for name, value in zip(schema.LABEL_NAMES, case.labels):
                 stats[f"label:{name}"] += value
+
+
+def _refuse_misnamed_renders(root: Path) -> None:
+    """With source "auto", something that looks like a misnamed ``renders/`` must not silently
+    switch the build to DICOM (most render slices have no DICOM: they would be lost).
+
+    Raises:
+      DropError: ``renders`` exists but is not a usable folder, or another entry whose name
+        starts with "render" (any case: ``Renders/``, ``render/``, ``renders 2020/``) does.
+    """
+    renders = root / RENDERS_DIR
+    if renders.is_dir():
+        return
+    if os.path.lexists(renders):
+        found = f"{str(renders)!r} exists but is not a usable folder (a file or a broken link)"
+    else:
+        try:
+            names = os.listdir(root)
+        except OSError:
+            return
+        # "Renders", "render", "renders 2020", "renders.old" ...: any name starting so.
+        lookalikes = sorted(n for n in names if n != RENDERS_DIR and n.strip().lower().startswith("render"))
+        if not lookalikes:
+            return
+        found = f"found {', '.join(repr(n) for n in lookalikes)} but no {RENDERS_DIR!r} folder"
+    raise DropError(
+        f"{found} in {str(root)!r}: rename it to {RENDERS_DIR}/ to build from the renders, or "
+        "pass --source dicom to build from the DICOM slices on purpose"
+    )
 
 
 def discover(
@@ -743,13 +888,14 @@ def discover(
         raise DropError(f"drop folder {str(root)!r} does not exist or is not a folder")
     renders = root / RENDERS_DIR
     if source == "auto":
+        _refuse_misnamed_renders(root)
         source = "render" if renders.is_dir() else "dicom"
     if source == "render" and not renders.is_dir():
         raise DropError(f"no {RENDERS_DIR}/ folder in {str(root)!r}; use source 'dicom' "
                         "for a drop of raw DICOM slices")
     report = _Report(strict)
     label_table = _read_labels(root / LABELS_FILE, report)
-    flagged = _read_flagged(root / FLAGGED_FILE)
+    flagged = _read_flagged(root / FLAGGED_FILE, report)
     report.stats["flagged_ids"] = len(flagged)
     masks = _read_segmentation(root, report)
     dicoms = _scan_dicoms(root, report)

@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 
 from data_build.cases import Polygon
+from data_build.errors import DataBuildError
 
 #: Cell texts meaning "no value" (how pandas, Python and JSON spell a missing value).
 _EMPTY_WORDS = frozenset({"nan", "none", "null"})
@@ -39,7 +40,7 @@ _EMPTY_WORDS = frozenset({"nan", "none", "null"})
 TOLERANCE = 1e-3
 
 
-class PolygonError(ValueError):
+class PolygonError(DataBuildError, ValueError):
     """A polygon field cannot be parsed: bad syntax, non-numeric or out-of-range coordinates,
     or fewer than 3 points."""
 
@@ -56,7 +57,9 @@ def _load(text: str) -> Any:
     """Parse JSON (double quotes) or a Python literal (single quotes); never `eval`."""
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
+        # RecursionError: a hostile cell of thousands of nested brackets; let the literal
+        # parser below reject it with its own (bounded) nesting limit.
         pass
     try:
         return ast.literal_eval(text)

@@ -26,6 +26,7 @@ import json
 import multiprocessing
 import os
 import platform
+import re
 import threading
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -36,18 +37,27 @@ import cv2
 import numpy as np
 
 from data_build import convert, schema, splits, windows
-from data_build.cases import Case, Skip
-from data_build.files import atomic_write_text
+from data_build.cases import INTENDED_EXCLUSIONS, Case, Skip
+from data_build.errors import DataBuildError
+from data_build.manifest import (
+    MANIFEST_FILE,
+    PROGRESS_FILE,
+    Manifest,
+    ManifestError,  # noqa: F401  (re-exported: callers catch records.ManifestError)
+    ShardEntry,
+    SplitCounts,
+    presets_from_json,
+)
 
-MANIFEST = "manifest.json"
-PROGRESS = ".progress.jsonl"
+MANIFEST = MANIFEST_FILE
+PROGRESS = PROGRESS_FILE
 SHARD_SUFFIX = ".tfrecord"
 TMP_SUFFIX = ".tmp"
 #: ~130 MB for full-size 512x512 renders (four JPEGs + mask PNG, ~130 kB a slice).
 DEFAULT_SHARD_SIZE = 1024
 
 
-class BuildError(Exception):
+class BuildError(DataBuildError):
     """A build that cannot start or go on; the message says what to do."""
 
 
@@ -69,10 +79,6 @@ class StrictStop(BuildError):
             "Fix or remove that input, or build without --strict to skip and count it."
         )
         self.skip = skip
-
-
-class ManifestError(ValueError):
-    """A shard folder without a readable manifest.json."""
 
 
 # --- reports ---------------------------------------------------------------------------------
@@ -258,20 +264,66 @@ def _presets_dict(presets: Mapping[str, Any] | None) -> dict[str, list[float]]:
 # --- output folder ---------------------------------------------------------------------------
 
 
+#: The build's own temporaries: ``.<split>-NNNNN-of-NNNNN.tfrecord.tmp`` (`_write_shard`) and
+#: ``.manifest.json.<random>.tmp`` (`files.atomic_write_text`).
+_OUR_TMP = re.compile(
+    rf"^\.(({'|'.join(splits.SPLITS)})-\d{{5}}-of-\d{{5}}\{SHARD_SUFFIX}|{re.escape(MANIFEST)}\.\w+)"
+    rf"\{TMP_SUFFIX}$"
+)
+
+
+def _manifest_shard_names(path: Path) -> set[str] | None:
+    """Shard names listed by OUT/manifest.json when `fusion-build` wrote it, else None (a user's
+    own file, unreadable or not JSON: never deleted or replaced)."""
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or not {"schema_version", "shards", "counts"} <= manifest.keys():
+        return None
+    shards = manifest["shards"] if isinstance(manifest["shards"], list) else []
+    return {s["file"] for s in shards if isinstance(s, dict) and isinstance(s.get("file"), str)}
+
+
+def _is_build_manifest(path: Path) -> bool:
+    return _manifest_shard_names(path) is not None
+
+
+def _listed_shards(out: Path) -> set[str]:
+    """Shard names the folder's own manifest and progress log list (plain names only: a listed
+    ``../x`` must never reach outside OUT)."""
+    names = set(_read_progress(out)[1]) | (_manifest_shard_names(out / MANIFEST) or set())
+    return {n for n in names if isinstance(n, str) and n.endswith(SHARD_SUFFIX) and n == Path(n).name}
+
+
 def _our_files(out: Path) -> list[Path]:
-    """Files a build writes in OUT (shards, temporaries, manifest, progress)."""
-    found = []
-    for path in out.iterdir():
-        name = path.name
-        if not path.is_file():
-            continue
-        if (
-            name.endswith(SHARD_SUFFIX)
-            or name in (MANIFEST, PROGRESS)
-            or (name.startswith(".") and name.endswith(TMP_SUFFIX))
-        ):
-            found.append(path)
+    """Files a previous build wrote in OUT: its manifest and progress log, the shards they list,
+    and its temporaries. Anything else (a user's own ``*.tfrecord`` ...) is never touched."""
+    if not out.is_dir():
+        return []
+    names = _listed_shards(out) | {PROGRESS}
+    if _is_build_manifest(out / MANIFEST):
+        names.add(MANIFEST)
+    found = [out / n for n in sorted(names) if (out / n).is_file()]
+    found += [p for p in sorted(out.iterdir()) if _OUR_TMP.match(p.name) and p.is_file()]
     return found
+
+
+def _refuse_foreign(out: Path, planned: Iterable[str]) -> None:
+    """Raise when a file this build would replace was not written by a build.
+
+    A shard name beside a build's manifest or progress log is the build's own, listed or not:
+    a run killed between renaming a shard and logging it leaves exactly that.
+    """
+    ours = _is_build_manifest(out / MANIFEST) or _read_progress(out)[0] is not None
+    foreign = [] if ours else [n for n in planned if (out / n).exists()]
+    if (out / MANIFEST).exists() and not _is_build_manifest(out / MANIFEST):
+        foreign.insert(0, MANIFEST)
+    if foreign:
+        raise BuildError(
+            f"{out} holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, which "
+            "fusion-build did not write and would replace; move it away or choose another --out"
+        )
 
 
 def _prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
@@ -312,6 +364,8 @@ def _read_progress(out: Path) -> tuple[dict[str, Any] | None, dict[str, dict[str
             entry = json.loads(line)
         except ValueError:
             continue
+        if not isinstance(entry, dict):
+            continue
         if entry.get("kind") == "config":
             config = entry["config"]
         elif entry.get("kind") == "shard":
@@ -320,8 +374,15 @@ def _read_progress(out: Path) -> tuple[dict[str, Any] | None, dict[str, dict[str
 
 
 def _append_progress(out: Path, entry: Mapping[str, Any]) -> None:
-    with open(out / PROGRESS, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(entry, sort_keys=True) + "\n")
+    with open(out / PROGRESS, "a+b") as handle:
+        # A run killed mid-line left a torn last line: start on a fresh one, or this entry
+        # would be glued to it, unreadable, and its shard redone by the next --resume.
+        size = handle.seek(0, os.SEEK_END)
+        torn = False
+        if size:
+            handle.seek(size - 1)
+            torn = handle.read(1) != b"\n"
+        handle.write((("\n" if torn else "") + json.dumps(entry, sort_keys=True) + "\n").encode())
         handle.flush()
         os.fsync(handle.fileno())
 
@@ -416,6 +477,9 @@ def _write_shard(
                 writer.write(result.serialized)
                 _count(counts, result)
         os.replace(tmp, path)
+    except tf.errors.OpError as err:  # TensorFlow's own I/O errors, e.g. a full disk
+        raise BuildError(f"writing {tmp} failed: {err.message}. Free disk space or pick another "
+                         "--out, then rerun with --resume.") from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -505,6 +569,38 @@ def build(
     )
 
 
+#: Images smaller than this (pixels, either side) are warned: too small for the model's presets.
+MIN_WARN_SIDE = 128
+
+
+def _output_warnings(
+    counts: Mapping[str, Mapping[str, Any]], sizes: Mapping[str, int]
+) -> list[str]:
+    """What about the written shards would surprise a user at training time.
+
+    Args:
+      counts: per split, the manifest's counts ("slices").
+      sizes: "HxW" -> number of slices of that size, all splits.
+    """
+    out = []
+    for split in splits.SPLITS[1:]:
+        if not counts[split]["slices"]:
+            out.append(f"split {split!r} is empty: fusion-train needs val slices to pick its "
+                       "best epoch and thresholds, fusion-evaluate a test split; use more patients "
+                       "or other --split-fractions" if split == "val" else
+                       f"split {split!r} is empty: nothing is held out for fusion-evaluate; use "
+                       "more patients or other --split-fractions")
+    for size, n in sorted(sizes.items()):
+        height, width = (int(v) for v in size.split("x"))
+        why = [w for w, bad in (("not square", height != width),
+                                (f"smaller than {MIN_WARN_SIDE} px", min(height, width) < MIN_WARN_SIDE))
+               if bad]
+        if why:
+            out.append(f"{n} slice(s) are {size} ({' and '.join(why)}): the reader resizes every "
+                       "slice to a square image_size, distorting or blowing them up; check the renders")
+    return out
+
+
 def _available_cores() -> int:
     """Cores this process may run on (a container or taskset may allow fewer than exist)."""
     try:
@@ -543,39 +639,74 @@ def write_drop(
       Others as `build`.
     """
     out = Path(out)
-    root = Path(drop.root)
     _check_options(shard_size, resume, overwrite)
     fractions = splits.check_fractions(fractions)
     presets_json = _presets_dict(presets)
     workers = max(1, int(workers or _available_cores()))
-    if strict and drop.skips:
-        raise StrictStop(drop.skips[0])
+    _check_drop(drop, strict)
+    plans = plan_shards(drop.cases, shard_size, fractions, salt, split_method)
+    config = _build_config(drop.source, shard_size, fractions, salt, split_method, presets_json, plans)
+    _refuse_foreign(out, [p.file for p in plans])
+    previous_shards = _listed_shards(out)  # before the old manifest and log are replaced
+    done = _start_or_resume(out, config, resume, overwrite)
+    entries, todo = _reusable_entries(out, plans, done, previous_shards)
+    options = convert.ConvertOptions(
+        source=drop.source, presets={k: tuple(v) for k, v in presets_json.items()}
+    )
+    _convert_and_write(out, todo, entries, options, workers, strict, progress)
+    ordered = [entries[p.file] for p in plans]
+    manifest = _manifest(drop, ordered, {**config, "workers": workers, "strict": strict})
+    manifest.save(out)
+    return BuildReport(
+        out=out,
+        manifest_path=out / MANIFEST,
+        counts={name: c.to_dict() for name, c in manifest.counts.items()},
+        skips=list(manifest.skipped),
+        shards_written=len(todo),
+        shards_reused=len(plans) - len(todo),
+        warnings=list(manifest.warnings),
+    )
+
+
+def _check_drop(drop: Any, strict: bool) -> None:
+    problems = [s for s in drop.skips if s.reason not in INTENDED_EXCLUSIONS]
+    if strict and problems:  # a flagged slice is an intended exclusion, not a problem
+        raise StrictStop(problems[0])
     if drop.source not in convert.SOURCES:
         raise BuildError(f"drop source {drop.source!r} is not one of {convert.SOURCES}")
     if not drop.cases:
         reasons = collections.Counter(s.reason for s in drop.skips)
         raise BuildError(
-            f"no slices to convert in {root} (skipped at discovery: {dict(reasons) or 'none'}); "
-            "check that it holds renders/<type>/<window>/<ID>.jpg or DICOM slices"
+            f"no slices to convert in {Path(drop.root)} (skipped at discovery: "
+            f"{dict(reasons) or 'none'}); check that it holds renders/<type>/<window>/<ID>.jpg "
+            "or DICOM slices"
         )
-    options = convert.ConvertOptions(
-        source=drop.source, presets={k: tuple(v) for k, v in presets_json.items()}
-    )
-    plans = plan_shards(drop.cases, shard_size, fractions, salt, split_method)
-    config = {
+
+
+def _build_config(
+    source: str, shard_size: int, fractions: Sequence[float], salt: str, split_method: str,
+    presets_json: Mapping[str, list[float]], plans: Sequence[_ShardPlan],
+) -> dict[str, Any]:
+    """What a resumed build must share with the interrupted one (the progress log's first line)."""
+    return {
         "schema_version": schema.SCHEMA_VERSION,
-        "source": drop.source,
+        "source": source,
         "shard_size": shard_size,
         "fractions": list(fractions),
         "salt": salt,
         "split_method": split_method,
         "split_version": splits.ALGORITHM_VERSION,
-        "presets": presets_json,
+        "presets": dict(presets_json),
         "plan": hashlib.sha256(
             "\n".join(f"{p.file}:{p.digest}" for p in plans).encode()
         ).hexdigest(),
     }
 
+
+def _start_or_resume(
+    out: Path, config: Mapping[str, Any], resume: bool, overwrite: bool
+) -> dict[str, dict[str, Any]]:
+    """Prepare OUT and the progress log. Returns the finished shards' entries of a resumed build."""
     _prepare_out(out, resume, overwrite)
     previous_config, done = _read_progress(out) if resume else (None, {})
     if resume and previous_config is not None and previous_config != config:
@@ -594,28 +725,38 @@ def write_drop(
         if progress_path.exists():
             progress_path.unlink()
         _append_progress(out, {"kind": "config", "config": config})
+    return done if resume else {}
 
+
+def _reusable_entries(
+    out: Path, plans: Sequence[_ShardPlan], done: Mapping[str, dict[str, Any]],
+    previous_shards: set[str],
+) -> tuple[dict[str, dict[str, Any]], list[_ShardPlan]]:
+    """(entries of shards kept from an interrupted run, plans still to write); drops the stale
+    shards among `previous_shards` (those the previous build listed; nothing else)."""
     entries: dict[str, dict[str, Any]] = {}
     todo: list[_ShardPlan] = []
     for plan in plans:
-        if resume and _reusable(out, plan, done.get(plan.file)):
+        if _reusable(out, plan, done.get(plan.file)):
             entries[plan.file] = done[plan.file]
         else:
             todo.append(plan)
     planned = {p.file for p in plans}
-    for stale in out.glob(f"*{SHARD_SUFFIX}"):
-        if stale.name not in planned:  # e.g. a different shard count from an older plan
-            stale.unlink()
+    for name in sorted(previous_shards - planned):  # e.g. another shard count in an older plan
+        if (out / name).is_file():
+            (out / name).unlink()
+    return entries, todo
 
+
+def _convert_and_write(
+    out: Path, todo: Sequence[_ShardPlan], entries: dict[str, dict[str, Any]],
+    options: convert.ConvertOptions, workers: int, strict: bool, progress: bool,
+) -> None:
+    """Convert the planned cases in workers and write their shards in order, logging each."""
     from tqdm import tqdm
 
     n_todo = sum(len(p.cases) for p in todo)
-    bar = tqdm(
-        total=n_todo,
-        unit="slice",
-        desc=f"converting ({drop.source})",
-        disable=not progress,
-    )
+    bar = tqdm(total=n_todo, unit="slice", desc=f"converting ({options.source})", disable=not progress)
     results = _convert_all((c for p in todo for c in p.cases), options, min(workers, n_todo))
     try:
         for plan in todo:
@@ -626,7 +767,9 @@ def write_drop(
         results.close()  # stops and joins the pool on errors too
         bar.close()
 
-    ordered = [entries[p.file] for p in plans]
+
+def _manifest(drop: Any, ordered: Sequence[Mapping[str, Any]], config: dict[str, Any]) -> Manifest:
+    """The manifest of a finished build from its shards' progress entries, in plan order."""
     skips = list(drop.skips) + [_skip_from_dict(s) for e in ordered for s in e["skips"]]
     counts = {s: _empty_counts() for s in splits.SPLITS}
     for entry in ordered:
@@ -634,77 +777,31 @@ def write_drop(
     all_sizes: collections.Counter[str] = collections.Counter()
     for c in counts.values():
         all_sizes.update(c["image_sizes"])
-    image_size = (
-        [int(v) for v in all_sizes.most_common(1)[0][0].split("x")] if all_sizes else None
-    )
-    manifest = {
-        "schema_version": schema.SCHEMA_VERSION,
-        "windows": list(windows.WINDOW_NAMES),
-        "labels": list(schema.LABEL_NAMES),
-        "presets": presets_json,
-        "source": drop.source,
-        "image_size": image_size,
-        "counts": counts,
-        "shards": [
-            {k: e[k] for k in ("file", "split", "examples", "sha256", "bytes")} for e in ordered
-        ],
-        "skipped": [_skip_dict(s) for s in skips],
-        "skipped_by_reason": dict(collections.Counter(s.reason for s in skips).most_common()),
-        "warnings": list(drop.warnings),
-        "drop": {
-            "root": str(root.resolve()),
+    size = all_sizes.most_common(1)[0][0].split("x") if all_sizes else None
+    return Manifest(
+        schema_version=schema.SCHEMA_VERSION,
+        source=drop.source,
+        presets=presets_from_json(config["presets"]),
+        counts={name: SplitCounts.from_dict(c) for name, c in counts.items()},
+        shards=tuple(ShardEntry(e["file"], e["split"], e["examples"], e["sha256"], e["bytes"])
+                     for e in ordered),
+        image_size=(int(size[0]), int(size[1])) if size else None,
+        skipped=tuple(skips),
+        skipped_by_reason=dict(collections.Counter(s.reason for s in skips).most_common()),
+        warnings=tuple(drop.warnings) + tuple(_output_warnings(counts, all_sizes)),
+        drop={
+            "root": str(Path(drop.root).resolve()),
             "source": drop.source,
             "window_set": getattr(drop, "window_set", None),
             "stats": getattr(drop, "stats", {}),
         },
-        "config": {**config, "workers": workers, "strict": strict},
-        "versions": _versions(),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1, default=str) + "\n")
-    return BuildReport(
-        out=out,
-        manifest_path=out / MANIFEST,
-        counts=counts,
-        skips=skips,
-        shards_written=len(todo),
-        shards_reused=len(plans) - len(todo),
-        warnings=list(drop.warnings),
+        config=config,
+        versions=_versions(),
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
 
 
 # --- verify ----------------------------------------------------------------------------------
-
-
-def load_manifest(out: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read ``OUT/manifest.json``.
-
-    Raises:
-      ManifestError: missing (an unfinished or wrong folder) or unreadable.
-    """
-    path = Path(out) / MANIFEST
-    if not Path(out).exists():
-        raise ManifestError(
-            f"shard folder {out} does not exist. Build shards first with "
-            f"fusion-build ROOT --out {out}."
-        )
-    if not path.is_file():
-        hint = (
-            " An interrupted build is there: finish it with fusion-build --resume."
-            if (Path(out) / PROGRESS).exists()
-            else " Build shards first with fusion-build ROOT --out FOLDER."
-        )
-        raise ManifestError(f"no {MANIFEST} in {out}.{hint}")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as err:
-        raise ManifestError(f"{path} is not valid JSON ({err}); rebuild with --overwrite") from None
-    if manifest.get("schema_version") != schema.SCHEMA_VERSION:
-        raise ManifestError(
-            f"{path} has schema_version {manifest.get('schema_version')!r}, this fusion reads "
-            f"{schema.SCHEMA_VERSION}; rebuild the shards with this version"
-        )
-    return manifest
 
 
 def _check_record(values: Mapping[str, Any], index: int) -> list[str]:
@@ -728,10 +825,15 @@ def _check_record(values: Mapping[str, Any], index: int) -> list[str]:
             problems.append(f"record {rid}: image/hu is {hu.dtype}, expected uint16 PNG")
     else:
         for name in windows.WINDOW_NAMES:
+            # The build's own check: what the training reader's decoder refuses or garbles.
             key = schema.image_key(name)
-            decode(key, cv2.IMREAD_GRAYSCALE)
-            if values[key] and b"\xff\xd9" not in values[key][-1024:]:
-                problems.append(f"record {rid}: {key} is a truncated JPEG")
+            try:
+                size = convert.check_jpeg_bytes(bytes(values[key]))
+            except convert.JpegError as err:
+                problems.append(f"record {rid}: {key}: {err}")
+                continue
+            if size != (height, width):
+                problems.append(f"record {rid}: {key} is {size}, record says {(height, width)}")
     if values["has_mask"]:
         decode("mask", cv2.IMREAD_GRAYSCALE)
     return problems
@@ -786,33 +888,32 @@ def verify(out: str | os.PathLike[str], progress: bool = False) -> VerifyReport:
       ManifestError: no readable manifest (nothing to verify against).
     """
     out = Path(out)
-    manifest = load_manifest(out)
+    manifest = Manifest.load(out)
     report = VerifyReport(out=out)
-    listed = {s["file"] for s in manifest.get("shards", [])}
+    listed = {s.file for s in manifest.shards}
     for extra in sorted(p.name for p in out.glob(f"*{SHARD_SUFFIX}") if p.name not in listed):
         report.problems.append(f"{extra}: shard not listed in the manifest")
     per_split: collections.Counter[str] = collections.Counter()
     from tqdm import tqdm
 
-    for shard in tqdm(manifest.get("shards", []), desc="verifying", unit="shard", disable=not progress):
-        path = out / shard["file"]
+    for shard in tqdm(manifest.shards, desc="verifying", unit="shard", disable=not progress):
+        path = out / shard.file
         report.shards += 1
         if not path.is_file():
-            report.problems.append(f"{shard['file']}: missing")
+            report.problems.append(f"{shard.file}: missing")
             continue
         size = path.stat().st_size
-        if size != shard["bytes"]:
-            report.problems.append(f"{shard['file']}: {size} bytes, manifest says {shard['bytes']}")
-        if _sha256_file(path) != shard["sha256"]:
-            report.problems.append(f"{shard['file']}: sha256 differs from the manifest")
-        count, problems = _check_shard(path, int(shard["examples"]))
+        if size != shard.bytes:
+            report.problems.append(f"{shard.file}: {size} bytes, manifest says {shard.bytes}")
+        if _sha256_file(path) != shard.sha256:
+            report.problems.append(f"{shard.file}: sha256 differs from the manifest")
+        count, problems = _check_shard(path, shard.examples)
         report.examples += count
-        per_split[shard["split"]] += count
+        per_split[shard.split] += count
         report.problems.extend(problems)
-    for split, counts in manifest.get("counts", {}).items():
-        if per_split[split] != counts.get("slices", 0):
+    for split, counts in manifest.counts.items():
+        if per_split[split] != counts.slices:
             report.problems.append(
-                f"split {split}: {per_split[split]} records in shards, manifest counts "
-                f"{counts.get('slices', 0)}"
+                f"split {split}: {per_split[split]} records in shards, manifest counts {counts.slices}"
             )
     return report

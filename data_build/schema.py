@@ -18,6 +18,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from data_build.errors import DataBuildError
 from data_build.windows import WINDOW_NAMES
 
 SCHEMA_VERSION = 1
@@ -107,7 +108,7 @@ FIELDS: tuple[Field, ...] = (
 FIELDS_BY_KEY: Mapping[str, Field] = {f.key: f for f in FIELDS}
 
 
-class SchemaError(ValueError):
+class SchemaError(DataBuildError, ValueError):
     """A record's values do not fit the schema."""
 
 

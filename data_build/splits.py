@@ -22,6 +22,8 @@ import hashlib
 import math
 from typing import Iterable, Mapping, Sequence
 
+from data_build.errors import DataBuildError
+
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 METHODS: tuple[str, ...] = ("stratified", "hash")
 DEFAULT_METHOD = "stratified"
@@ -33,7 +35,7 @@ DEFAULT_SALT = "fusion-v1"
 ALGORITHM_VERSION = 2
 
 
-class SplitError(ValueError):
+class SplitError(DataBuildError, ValueError):
     """Split fractions that are not three non-negative numbers summing to 1."""
 
 

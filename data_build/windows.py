@@ -86,6 +86,21 @@ def window(hu: Any, level: float, width: float, xp: Any = np) -> Any:
     return xp.clip((hu - lower) / width, 0.0, 1.0)
 
 
+def unwindow(unit: Any, level: float, width: float, xp: Any = np) -> Any:
+    """The inverse of `window` inside the window: [0, 1] -> Hounsfield units.
+
+    ``hu = (level - width / 2) + unit * width``. Values `window` clipped (below or above the
+    window) cannot come back: 0 maps to the window's floor, 1 to its ceiling.
+
+    Args:
+      unit: array of windowed values in [0, 1], any shape, float.
+      level, width: the window it was made with (width > 0).
+      xp: array module (unused by the formula; kept for symmetry with `window`).
+    """
+    del xp
+    return (level - width / 2.0) + unit * width
+
+
 def apply_windows(
     hu: Any,
     presets: Sequence[Window] | None = None,

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from types import SimpleNamespace
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Sequence
 
 import tensorflow as tf
 import tensorflow.experimental.numpy as tnp
@@ -34,16 +34,10 @@ Batch = dict[str, tf.Tensor]
 _AIR_HU = -1024.0
 
 
-def _presets_list(presets: Mapping[str, Sequence[float]] | None) -> list[tuple[float, float]]:
-    """(level, width) per canonical window, from a manifest's ``presets`` or the defaults."""
-    out = []
-    for name in windows.WINDOW_NAMES:
-        if presets is not None and name in presets:
-            level, width = presets[name]
-        else:
-            level, width = windows.PRESETS[name].level, windows.PRESETS[name].width
-        out.append((float(level), float(width)))
-    return out
+def _presets_list(presets: Sequence[windows.Window] | None) -> list[tuple[float, float]]:
+    """(level, width) per channel, `windows.WINDOW_NAMES` order (the standard presets if None)."""
+    chosen = presets if presets is not None else [windows.PRESETS[n] for n in windows.WINDOW_NAMES]
+    return [(float(w.level), float(w.width)) for w in chosen]
 
 
 def _uniform(seed: tf.Tensor, shape: Any, low: float, high: float) -> tf.Tensor:
@@ -109,7 +103,7 @@ def augment_batch(
     batch: Batch,
     seed: tf.Tensor,
     cfg: AugmentConfig,
-    presets: Mapping[str, Sequence[float]] | None = None,
+    presets: Sequence[windows.Window] | None = None,
 ) -> Batch:
     """Augment one batched reader dict.
 
@@ -118,7 +112,7 @@ def augment_batch(
         area_fraction [B], ... (other keys pass through).
       seed: int32/int64 [2] stateless seed.
       cfg: augmentation settings; ``cfg.enabled`` False returns `batch` unchanged.
-      presets: manifest presets {window: [level, width]} for the window jitter.
+      presets: the manifest's windows (`Manifest.presets`) for the window jitter.
 
     Returns:
       A dict with the same keys, shapes and dtypes.
@@ -156,7 +150,7 @@ def augment_dataset(
     dataset: tf.data.Dataset,
     cfg: AugmentConfig,
     seed: int,
-    presets: Mapping[str, Sequence[float]] | None = None,
+    presets: Sequence[windows.Window] | None = None,
 ) -> tf.data.Dataset:
     """Map `augment_batch` over a batched reader dataset, seeded, in parallel, in order."""
     if not cfg.enabled:
@@ -168,10 +162,3 @@ def augment_dataset(
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
-
-
-def make_augment_fn(
-    cfg: AugmentConfig, seed: int, presets: Mapping[str, Sequence[float]] | None = None
-) -> Callable[[tf.data.Dataset], tf.data.Dataset]:
-    """`augment_dataset` bound to its settings: dataset -> augmented dataset."""
-    return lambda dataset: augment_dataset(dataset, cfg, seed, presets)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from data_build.files import atomic_write_text
+from fusion.errors import FusionError
 
 #: Model heads, in the order of the model's outputs.
 HEADS: tuple[str, ...] = ("class", "area", "mask")
@@ -31,9 +32,11 @@ CLASS_POOLINGS: tuple[str, ...] = ("global", "attention")
 BACKBONES: Mapping[str, int] = {"resnet50": 32, "efficientnetb0": 32}
 CLASS_LOSSES: tuple[str, ...] = ("focal", "bce")
 SCHEDULES: tuple[str, ...] = ("cosine", "plateau", "constant")
+#: tf.distribute strategies `fusion-train --strategy` offers (mirrored: all local GPUs).
+STRATEGIES: tuple[str, ...] = ("default", "mirrored")
 
 
-class ConfigError(ValueError):
+class ConfigError(FusionError, ValueError):
     """A configuration value is invalid, or a config file cannot be read."""
 
 
@@ -359,6 +362,8 @@ def _presets() -> dict[str, RunConfig]:
 
 
 PRESETS: Mapping[str, RunConfig] = _presets()
+#: The preset `fusion-train` starts from.
+DEFAULT_PRESET = "fusion"
 
 
 def preset(name: str) -> RunConfig:

@@ -21,40 +21,28 @@ The output dict is documented in docs/design.md, "Reader output".
 """
 from __future__ import annotations
 
+import math
 import os
-from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
-import cv2
-import numpy as np
 import tensorflow as tf
 import tensorflow.experimental.numpy as tnp
 
 from data_build import renders, schema, windows
-# One manifest loader for build, verify and training (schema-version check, resume hint).
-from data_build.records import ManifestError, load_manifest
 
-SPLITS: tuple[str, ...] = ("train", "val", "test")
+# One manifest for build, verify and training (schema-version check, resume hint).
+from data_build.manifest import Manifest, ManifestError  # noqa: F401 (callers use data.ManifestError)
+from fusion.augment import augment_dataset
+from fusion.config import RunConfig
+
+# The TensorFlow-free reader owns what both readers share (one copy of each).
+from fusion.reader import SPLITS, EmptySplitError, shard_files  # noqa: F401
+from fusion.reader import codes_to_grey as _codes_to_grey
+from fusion.targets import pack_targets
+
 #: Reduced-scale JPEG decode factors libjpeg supports (1 = full size).
 _RATIOS: tuple[int, ...] = (1, 2, 4, 8)
 _SHUFFLE_BUFFER = 1024
-
-
-class EmptySplitError(ValueError):
-    """The requested split holds no examples."""
-
-
-def presets_from_manifest(manifest: Mapping[str, Any]) -> list[windows.Window]:
-    """The manifest's window presets in `windows.WINDOW_NAMES` order (defaults where absent)."""
-    presets = manifest.get("presets") or {}
-    out = []
-    for name in windows.WINDOW_NAMES:
-        if name in presets:
-            level, width = presets[name]
-            out.append(windows.Window(float(level), float(width)))
-        else:
-            out.append(windows.PRESETS[name])
-    return out
 
 
 def decode(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -183,13 +171,6 @@ def _targets(features: Mapping[str, tf.Tensor], size: int) -> dict[str, tf.Tenso
 
 # --- the fast path for render shards: uint8 through batching, one table lookup per batch ------
 
-#: [2, 256] float32: row 0 inverts the bone colour map (a colour JPEG's luma -> grey), row 1
-#: is a greyscale JPEG's value / 255.
-_GREY_TABLES = np.stack(
-    [renders.GREY_FROM_LUMA.astype(np.float32), np.arange(256, dtype=np.float32) / 255.0]
-)
-
-
 def render_codes(features: Mapping[str, tf.Tensor], size: int) -> dict[str, tf.Tensor]:
     """One render record -> compact per-example tensors, batched before any float work.
 
@@ -223,23 +204,6 @@ def render_codes(features: Mapping[str, tf.Tensor], size: int) -> dict[str, tf.T
     out["codes"] = tf.concat(codes, axis=-1)
     out["table"] = tf.stack(tables)
     out["mask"] = _mask_u8(features, size)
-    return out
-
-
-def _codes_to_grey(codes: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """uint8 codes [B, S, S, 4] + table [B, 4] -> grey float32 [B, S, S, 4] (numpy, OpenCV)."""
-    if codes.size == 0:
-        return np.zeros(codes.shape, np.float32)
-    codes = np.ascontiguousarray(codes)
-    b, h, w, c = codes.shape
-    if (table == table.flat[0]).all():
-        # One table for every pixel: OpenCV's vectorised lookup, which releases the GIL.
-        lut = _GREY_TABLES[int(table.flat[0])]
-        return cv2.LUT(codes.reshape(b * h, w * c), lut).reshape(codes.shape)
-    out = np.empty(codes.shape, np.float32)
-    for i in range(b):
-        for j in range(c):
-            out[i, :, :, j] = _GREY_TABLES[int(table[i, j])][codes[i, :, :, j]]
     return out
 
 
@@ -298,37 +262,6 @@ def preprocess(
     return out
 
 
-def shard_files(shards_dir: str | os.PathLike[str], split: str, manifest: Mapping[str, Any]) -> list[str]:
-    """Paths of a split's non-empty shards, in manifest order.
-
-    Raises:
-      ValueError: unknown split.
-      EmptySplitError: the split holds no examples (the message lists what the manifest holds).
-    """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    files = [
-        str(Path(shards_dir) / s["file"])
-        for s in manifest.get("shards", [])
-        if s.get("split") == split and int(s.get("examples", 0)) > 0
-    ]
-    if not files:
-        held = ", ".join(
-            f"{name}: {manifest.get('counts', {}).get(name, {}).get('slices', 0)}" for name in SPLITS
-        )
-        raise EmptySplitError(
-            f"split {split!r} has no examples in {shards_dir} (the manifest holds {held} slices). "
-            "Pick a non-empty split, or rebuild with other --split-fractions or more data."
-        )
-    missing = [f for f in files if not Path(f).is_file()]
-    if missing:
-        raise ManifestError(
-            f"{len(missing)} shard(s) listed in the manifest are missing, e.g. {missing[0]}; "
-            "run fusion-verify and rebuild"
-        )
-    return files
-
-
 def make_dataset(
     shards_dir: str | os.PathLike[str],
     split: str,
@@ -365,9 +298,9 @@ def make_dataset(
         raise ValueError(f"image_size must be a positive number of pixels, got {image_size}")
     if int(batch_size) <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    manifest = load_manifest(shards_dir)
+    manifest = Manifest.load(shards_dir)
     files = shard_files(shards_dir, split, manifest)
-    presets = presets_from_manifest(manifest)
+    presets = list(manifest.presets)
     autotune = tf.data.AUTOTUNE
 
     if shuffle:
@@ -388,7 +321,7 @@ def make_dataset(
     if repeat:
         dataset = dataset.repeat()
     size = int(image_size)
-    if manifest.get("source") == "render" and augment is None:
+    if manifest.source == "render" and augment is None:
         # Fast path: pixels stay uint8 until after batching (see `grey_from_codes`).
         dataset = dataset.map(
             lambda s: render_codes(decode(s), size), num_parallel_calls=autotune, deterministic=True
@@ -405,3 +338,53 @@ def make_dataset(
         dataset = dataset.map(augment, num_parallel_calls=autotune, deterministic=True)
     dataset = dataset.batch(int(batch_size), drop_remainder=drop_remainder)
     return dataset.prefetch(autotune)
+
+
+# --- training and validation datasets --------------------------------------------------------
+
+
+def to_model_io(batch: Mapping[str, tf.Tensor], heads: Sequence[str]) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+    """Reader dict -> (image, packed targets), `fusion.targets.pack_targets` on tf tensors.
+
+    Returns:
+      image [B, S, S, 4]; targets: class [B, 7], area [B, 2], mask [B, S, S, 2] (only `heads`).
+    """
+    return pack_targets(batch, heads, xp=tnp)
+
+
+def _masked_only(dataset: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
+    return dataset.unbatch().filter(lambda ex: ex["has_mask"] > 0.5).batch(batch_size)
+
+
+def make_datasets(
+    shards_dir: str | os.PathLike[str], cfg: RunConfig, manifest: Manifest
+) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    """Train (shuffled, augmented, (image, targets)) and val (reader dicts) datasets of a run."""
+    t, size = cfg.train, cfg.model.image_size
+    train_ds = make_dataset(
+        shards_dir, "train", image_size=size, batch_size=t.batch_size, shuffle=True,
+        seed=t.seed, repeat=t.steps_per_epoch is not None, augment=None,
+    )
+    if t.masked_only:
+        train_ds = _masked_only(train_ds, t.batch_size)
+    if t.steps_per_epoch is None:
+        train_ds = _with_batch_count(train_ds, manifest.split_count("train", t.masked_only), t.batch_size)
+    train_ds = augment_dataset(train_ds, cfg.augment, t.seed, manifest.presets)
+    heads = cfg.model.heads
+    train_ds = train_ds.map(lambda b: to_model_io(b, heads), num_parallel_calls=tf.data.AUTOTUNE)
+    val_ds = make_dataset(
+        shards_dir, "val", image_size=size, batch_size=t.batch_size, shuffle=False, seed=t.seed,
+        repeat=False, augment=None,
+    )
+    val_ds = _with_batch_count(val_ds, manifest.split_count("val"), t.batch_size)
+    return train_ds.prefetch(tf.data.AUTOTUNE), val_ds
+
+
+def _with_batch_count(dataset: tf.data.Dataset, examples: int, batch_size: int) -> tf.data.Dataset:
+    """Declare a finite split's batch count from the manifest's exact counts.
+
+    Keras otherwise learns an epoch's length by running off its end on the first epoch, with a
+    "Your input ran out of data" warning that reads like a failure.
+    """
+    batches = math.ceil(int(examples) / batch_size)
+    return dataset.apply(tf.data.experimental.assert_cardinality(batches))

@@ -1,4 +1,9 @@
-"""Export a trained model: ``RUN/model.keras`` and the SavedModel ``RUN/export``.
+"""Export a trained model: ``RUN/model.keras`` and the SavedModel ``RUN/export/<version>/``.
+
+``RUN/export`` is a TF Serving base path: each numbered subfolder (default 1,
+``fusion-train --export-version N``) is one servable version holding ``saved_model.pb`` and
+``variables/``, plus ``README.md`` and ``fusion_export.json`` stating each signature's input
+contract (`SIGNATURES`). Serve it with ``--model_base_path=RUN/export``.
 
 The SavedModel (written with `keras.export.ExportArchive`) has two signatures:
 
@@ -14,6 +19,7 @@ Both resize the input to the training size (bilinear) in the graph and return:
 | decisions | [B, 6] | int32 | probabilities >= calibrated thresholds (baked in) |
 | area_fraction | [B] | float32 | bleed pixels / all pixels (transform inverted) |
 | mask | [B, H, W, 1] | float32 | bleed probabilities at the INPUT size |
+| mask_uint8 | [B, H, W, 1] | uint8 | mask >= `MASK_THRESHOLD` as 0/1 (small REST answers) |
 
 A model without an area or mask head (preset peer-cls) returns NaN there: "not predicted".
 The export folder also holds ``thresholds.json`` and ``fusion_export.json`` (image size, label
@@ -31,34 +37,48 @@ from typing import Any, Mapping, Sequence
 import keras
 import numpy as np
 import tensorflow as tf
+import tensorflow.experimental.numpy as tnp
 
 from data_build import windows
+from data_build.files import atomic_write_text, make_temp_dir, ordinary_mode
+from data_build.manifest import Manifest, ManifestError
 from data_build.schema import LABEL_NAMES
-from data_build.files import atomic_write_text
 from fusion.config import RunConfig
-from fusion.losses import AREA_SCALE
+from fusion.errors import FusionError
+from fusion.targets import AREA_SCALE, MASK_THRESHOLD, target_to_area
+from fusion.thresholds import Thresholds, ThresholdsError
+
+#: Servable version written when none is given (TF Serving loads the highest number).
+DEFAULT_EXPORT_VERSION = 1
+#: Each signature's input contract, written into README.md and fusion_export.json.
+SIGNATURES: dict[str, str] = {
+    "serving_default": (
+        "images: float32 [B, H, W, 4], four grey window images in [0, 1], channels in "
+        "window_names order (brain, subdural, brain_bone, max_contrast). A render of the drop "
+        "must be turned to grey first: its bone colour map inverted (data_build.renders."
+        "rgb_to_grey), then divided by 255. Any H, W (resized in the graph)."
+    ),
+    "serve_hu": (
+        "hu: float32 [B, H, W, 1], raw Hounsfield units (stored value x RescaleSlope + "
+        "RescaleIntercept), windowed in the graph with the presets below. Any H, W."
+    ),
+}
 
 
-class ExportError(Exception):
+class ExportError(FusionError):
     """A run folder cannot be exported (missing checkpoint, thresholds or config)."""
 
 
-def _window_list(presets: Mapping[str, Sequence[float]] | None) -> list[windows.Window]:
-    out = []
-    for name in windows.WINDOW_NAMES:
-        if presets is not None and name in presets:
-            level, width = presets[name]
-            out.append(windows.Window(float(level), float(width)))
-        else:
-            out.append(windows.PRESETS[name])
-    return out
+def _window_list(presets: Sequence[windows.Window] | None) -> list[windows.Window]:
+    """The run's windows, `WINDOW_NAMES` order; the standard presets when the shards are unknown."""
+    return list(presets) if presets is not None else [windows.PRESETS[n] for n in windows.WINDOW_NAMES]
 
 
 def make_serving_fns(
     model: keras.Model,
     image_size: int,
-    thresholds: Sequence[float],
-    presets: Mapping[str, Sequence[float]] | None = None,
+    thresholds: Thresholds,
+    presets: Sequence[windows.Window] | None = None,
 ) -> tuple[Any, Any]:
     """The two serving functions (plain Python callables on tf tensors).
 
@@ -66,7 +86,7 @@ def make_serving_fns(
       (serve_images(images [B, H, W, 4]), serve_hu(hu [B, H, W, 1])) each returning the dict of
       the module docstring.
     """
-    thresholds_t = tf.constant(np.asarray(thresholds, np.float32).reshape(1, len(LABEL_NAMES)))
+    thresholds_t = tf.constant(thresholds.array.astype(np.float32).reshape(1, len(LABEL_NAMES)))
     window_list = _window_list(presets)
     size = int(image_size)
 
@@ -82,7 +102,7 @@ def make_serving_fns(
         }
         if "area" in out:
             target = tf.cast(out["area"], tf.float32)[:, 0]  # [B]
-            result["area_fraction"] = tf.clip_by_value(tf.math.expm1(target) / AREA_SCALE, 0.0, 1.0)
+            result["area_fraction"] = target_to_area(target, xp=tnp)
         else:
             result["area_fraction"] = tf.fill([batch], float("nan"))
         if "mask" in out:
@@ -90,6 +110,8 @@ def make_serving_fns(
             result["mask"] = tf.clip_by_value(mask, 0.0, 1.0)  # [B, H, W, 1]
         else:
             result["mask"] = tf.fill(tf.concat([[batch], in_hw, [1]], 0), float("nan"))
+        # NaN (no mask head) compares False: an all-zero mask_uint8, "no bleed found".
+        result["mask_uint8"] = tf.cast(result["mask"] >= MASK_THRESHOLD, tf.uint8)
         return result
 
     def serve_images(images: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -97,7 +119,7 @@ def make_serving_fns(
 
     def serve_hu(hu: tf.Tensor) -> dict[str, tf.Tensor]:
         # The same windowing function as the build and the reader, with this run's presets.
-        images = windows.apply_windows(tf.cast(hu, tf.float32), presets=window_list, xp=tf.experimental.numpy)
+        images = windows.apply_windows(tf.cast(hu, tf.float32), presets=window_list, xp=tnp)
         return run(tf.cast(images, tf.float32))
 
     return serve_images, serve_hu
@@ -107,8 +129,8 @@ def write_savedmodel(
     model: keras.Model,
     path: Path,
     image_size: int,
-    thresholds: Sequence[float],
-    presets: Mapping[str, Sequence[float]] | None = None,
+    thresholds: Thresholds,
+    presets: Sequence[windows.Window] | None = None,
 ) -> Path:
     """Write the SavedModel to `path` atomically (temporary folder, then rename)."""
     serve_images, serve_hu = make_serving_fns(model, image_size, thresholds, presets)
@@ -127,7 +149,7 @@ def write_savedmodel(
     )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp = make_temp_dir(path.parent, f".{path.name}.")  # readable by others as the umask allows
     try:
         archive.write_out(str(tmp), verbose=False)
         _write_sidecars(tmp, image_size, thresholds, presets)
@@ -144,20 +166,37 @@ def write_savedmodel(
     return path
 
 
-def _write_sidecars(folder: Path, image_size: int, thresholds: Sequence[float], presets: Mapping[str, Sequence[float]] | None) -> None:
-    thresholds_map = {n: float(t) for n, t in zip(LABEL_NAMES, thresholds)}
-    atomic_write_text(folder / "thresholds.json", json.dumps({"thresholds": thresholds_map}, indent=2) + "\n")
+def _write_sidecars(
+    folder: Path, image_size: int, thresholds: Thresholds, presets: Sequence[windows.Window] | None
+) -> None:
+    """thresholds.json (the same writer as the run folder's) and fusion_export.json."""
+    thresholds.save(folder)
     info = {
         "image_size": int(image_size),
         "label_names": list(LABEL_NAMES),
         "window_names": list(windows.WINDOW_NAMES),
         "presets": {w: [p.level, p.width] for w, p in zip(windows.WINDOW_NAMES, _window_list(presets))},
-        "thresholds": thresholds_map,
+        "thresholds": thresholds.to_dict()["thresholds"],
         "area_transform": f"area output = log1p(fraction * {AREA_SCALE:g}); served as the fraction",
-        "signatures": {"serving_default": "images float32 [B, H, W, 4] in [0, 1]",
-                       "serve_hu": "hu float32 [B, H, W, 1] in HU"},
+        "signatures": SIGNATURES,
+        "outputs": ["probabilities", "decisions", "area_fraction", "mask", "mask_uint8"],
+        "mask_threshold": MASK_THRESHOLD,
     }
     atomic_write_text(folder / "fusion_export.json", json.dumps(info, indent=2) + "\n")
+    atomic_write_text(folder / "README.md", _readme(info))
+
+
+def _readme(info: Mapping[str, Any]) -> str:
+    """The export's contract for a person deploying it (same facts as fusion_export.json)."""
+    lines = ["# fusion SavedModel", "",
+             "Serve the parent folder with TF Serving (`--model_base_path=.../export`); each",
+             "numbered folder is one version. Signatures (any H, W; resized in the graph):", ""]
+    lines += [f"- `{name}`: {text}" for name, text in SIGNATURES.items()]
+    lines += ["", f"Window presets (level, width HU): {info['presets']}",
+              f"Outputs: probabilities [B, 6] ({', '.join(info['label_names'])}), decisions "
+              f"[B, 6] int32, area_fraction [B], mask [B, H, W, 1] float32, mask_uint8 "
+              f"[B, H, W, 1] (mask >= {MASK_THRESHOLD}).", ""]
+    return "\n".join(lines)
 
 
 def save_keras(model: keras.Model, path: Path) -> None:
@@ -167,6 +206,7 @@ def save_keras(model: keras.Model, path: Path) -> None:
     os.close(fd)
     try:
         model.save(tmp)
+        os.chmod(tmp, ordinary_mode())  # mkstemp's 0600 would make the model private
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -177,27 +217,44 @@ def export_model(
     model: keras.Model,
     run_dir: str | Path,
     cfg: RunConfig,
-    thresholds: Sequence[float],
-    presets: Mapping[str, Sequence[float]] | None = None,
+    thresholds: Thresholds,
+    presets: Sequence[windows.Window] | None = None,
+    version: int = DEFAULT_EXPORT_VERSION,
 ) -> Path:
-    """Save ``RUN/model.keras`` and write ``RUN/export``. Returns the export folder."""
+    """Save ``RUN/model.keras`` and write ``RUN/export/<version>``. Returns that folder."""
     run_dir = Path(run_dir)
+    target = export_dir(run_dir, version)
     save_keras(model, run_dir / "model.keras")
-    return write_savedmodel(model, run_dir / "export", cfg.model.image_size, thresholds, presets)
+    if (run_dir / "export" / "saved_model.pb").is_file():
+        # An unversioned export of this run (before versions): TF Serving cannot load it and
+        # load_predictor would keep preferring the versioned one, so replace it.
+        shutil.rmtree(run_dir / "export")
+    return write_savedmodel(model, target, cfg.model.image_size, thresholds, presets)
 
 
-def export_run(run_dir: str | Path, shards_dir: str | Path | None = None) -> Path:
+def export_dir(run_dir: str | Path, version: int = DEFAULT_EXPORT_VERSION) -> Path:
+    """``RUN/export/<version>``; ExportError unless version is a positive integer."""
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ExportError(f"export version must be a positive integer (TF Serving's version "
+                          f"folders are numbers); got {version!r}")
+    return Path(run_dir) / "export" / str(version)
+
+
+def export_run(run_dir: str | Path, shards_dir: str | Path | None = None,
+               version: int = DEFAULT_EXPORT_VERSION) -> Path:
     """Re-export a finished run from its files (best.keras, thresholds.json, config.json).
 
     Args:
       run_dir: the run folder.
       shards_dir: shards whose manifest gives the window presets (default: the standard
         presets of `data_build.windows`).
+      version: the servable version folder, ``RUN/export/<version>``.
 
     Raises:
       ExportError: a file of the run is missing or unreadable.
     """
     run_dir = Path(run_dir)
+    export_dir(run_dir, version)  # refuse a bad version before loading anything
     for name in ("config.json", "thresholds.json"):
         if not (run_dir / name).is_file():
             raise ExportError(f"{run_dir / name} is missing: is {run_dir} a finished fusion-train run?")
@@ -208,14 +265,14 @@ def export_run(run_dir: str | Path, shards_dir: str | Path | None = None) -> Pat
         raise ExportError(f"{run_dir} has neither best.keras nor model.keras; train first")
     cfg = RunConfig.load(run_dir / "config.json")
     try:
-        data = json.loads((run_dir / "thresholds.json").read_text(encoding="utf-8"))
-        thresholds = [float(data["thresholds"][n]) for n in LABEL_NAMES]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ExportError(f"cannot read thresholds from {run_dir / 'thresholds.json'}: {err}") from None
+        thresholds = Thresholds.load(run_dir)
+    except ThresholdsError as err:
+        raise ExportError(f"cannot read thresholds: {err}") from None
     presets = None
     if shards_dir is not None:
-        from fusion.train import manifest_presets, read_manifest
-
-        presets = manifest_presets(read_manifest(Path(shards_dir)))
+        try:
+            presets = Manifest.load(shards_dir).presets
+        except ManifestError as err:
+            raise ExportError(str(err)) from None
     model = keras.saving.load_model(model_path, compile=False)
-    return export_model(model, run_dir, cfg, thresholds, presets)
+    return export_model(model, run_dir, cfg, thresholds, presets, version)

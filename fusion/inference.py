@@ -1,15 +1,16 @@
 """Load an exported model and run it on NumPy batches, with optional flip test-time augmentation.
 
-The export contract (docs/design.md, "Run folder"): ``RUN/export`` is a SavedModel with
+The export contract (docs/design.md, "Run folder"): ``RUN/export/<N>`` is a SavedModel with
 ``serving_default(images float32 [B, H, W, 4])`` and ``serve_hu(hu float32 [B, H, W, 1])``,
 each returning ``probabilities [B, 6]``, ``decisions [B, 6] int32``, ``area_fraction [B]`` and
-``mask [B, H, W, 1]`` (probabilities at the input size). `load_predictor` accepts either the
-run folder or the SavedModel folder itself.
+``mask [B, H, W, 1]`` (probabilities at the input size). `load_predictor` accepts the run
+folder, its ``export/`` base folder (highest version) or the SavedModel folder itself; an
+unversioned ``RUN/export`` of an older run is still found.
 
 Thresholds (needed to turn TTA-averaged probabilities back into decisions, and by the
 evaluation) are looked up in this order: a ``thresholds`` variable on the SavedModel,
 ``thresholds.json`` inside the SavedModel folder, then in its parent (the run folder). The
-file is read defensively: ``{"thresholds": {name: t}}``, ``{name: t}`` or a list of 6 numbers.
+file is read by `fusion.thresholds.Thresholds` (one reader for every copy).
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from data_build.schema import LABEL_NAMES
+from fusion.errors import FusionError
+from fusion.thresholds import THRESHOLDS_FILE, Thresholds, ThresholdsError
 
 log = logging.getLogger(__name__)
 
@@ -31,79 +34,73 @@ TTA_MODES: tuple[str, ...] = ("none", "flip")
 OUTPUT_KEYS: tuple[str, ...] = ("probabilities", "decisions", "area_fraction", "mask")
 
 
-class ModelLoadError(Exception):
+class ModelLoadError(FusionError):
     """The model folder is missing or is not a SavedModel with the expected signatures."""
 
 
-class PredictInputError(ValueError):
+class PredictInputError(FusionError, ValueError):
     """An array handed to the predictor has the wrong shape or values."""
 
 
+def latest_version(base: Path) -> Path | None:
+    """The highest numbered ``base/<N>/`` holding a saved_model.pb (TF Serving's "latest"
+    policy), or None."""
+    if not base.is_dir():
+        return None
+    versions = [p for p in base.iterdir()
+                if p.name.isdigit() and (p / "saved_model.pb").is_file()]
+    return max(versions, key=lambda p: int(p.name)) if versions else None
+
+
 def _find_savedmodel(path: Path) -> Path:
+    """The SavedModel folder for a run folder (``RUN/export/<N>``, else an unversioned
+    ``RUN/export``), an export base folder (``RUN/export``) or a SavedModel folder."""
     if (path / "saved_model.pb").is_file():
         return path
+    for found in (latest_version(path / "export"), latest_version(path)):
+        if found is not None:
+            return found
     if (path / "export" / "saved_model.pb").is_file():
-        return path / "export"
+        return path / "export"  # exported before version folders existed
     if not path.exists():
         raise ModelLoadError(f"model path {path} does not exist; pass a run folder or its export/")
     raise ModelLoadError(
-        f"{path} is neither a SavedModel (no saved_model.pb) nor a run folder with export/; "
-        f"run fusion-train (it writes RUN/export) or pass the SavedModel folder"
+        f"{path} is neither a SavedModel (no saved_model.pb) nor a run folder with "
+        f"export/<version>/; run fusion-train (it writes RUN/export/1) or pass the SavedModel folder"
     )
 
 
-def parse_thresholds(data: Any, names: Sequence[str] = LABEL_NAMES) -> np.ndarray | None:
-    """Thresholds in `names` order from any of the accepted layouts, or None if unusable.
-
-    Accepted: ``{"thresholds": {name: t}}``, ``{"thresholds": [t, ...]}``, ``{name: t}``,
-    ``[t, ...]``. Names missing from a mapping get 0.5 (logged).
-    """
-    if isinstance(data, Mapping) and "thresholds" in data:
-        data = data["thresholds"]
-    if isinstance(data, Mapping):
-        if not any(n in data for n in names):
-            return None
-        out = []
-        for n in names:
-            value = data.get(n)
-            if isinstance(value, Mapping):  # e.g. {"threshold": t, "f1": ...}
-                value = value.get("threshold")
-            if value is None:
-                log.warning("thresholds: no value for %r, using 0.5", n)
-                value = 0.5
-            out.append(float(value))
-        return np.asarray(out, dtype=np.float64)
-    if isinstance(data, (list, tuple)) and len(data) == len(names):
-        try:
-            return np.asarray([float(v) for v in data], dtype=np.float64)
-        except (TypeError, ValueError):
-            return None
-    return None
+def _run_dir_of(folder: Path, given: Path) -> Path | None:
+    """The run folder of a SavedModel folder: RUN for RUN/export/<N> and RUN/export."""
+    if folder.name.isdigit() and folder.parent.name == "export":
+        run = folder.parent.parent
+        # Given the version folder itself (perhaps copied to a model server): a run only if
+        # it looks like one.
+        return run if folder != given or (run / "config.json").is_file() else None
+    if folder.name == "export" and folder != given:
+        return folder.parent
+    return folder.parent if (folder.parent / "config.json").is_file() else None
 
 
-def read_thresholds_file(path: Path, names: Sequence[str] = LABEL_NAMES) -> np.ndarray | None:
-    """Thresholds from a JSON file, or None when it is absent or unreadable (logged)."""
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        log.warning("could not read %s: %s", path, err)
-        return None
-    out = parse_thresholds(data, names)
-    if out is None:
-        log.warning("%s has no usable thresholds for %s", path, ", ".join(names))
-    return out
-
-
-def read_threshold_notes(candidates: Sequence[Path]) -> list[str]:
-    """The calibration notes of the first ``thresholds.json`` among ``candidates`` that has a
-    "notes" list (the run folder's; an export's own copy holds only thresholds); [] if none."""
+def read_thresholds(candidates: Sequence[Path]) -> tuple[np.ndarray | None, list[str]]:
+    """Thresholds from the first readable ``thresholds.json`` among `candidates`, and the
+    calibration notes of the first one that has any (an export written before the notes were
+    copied into it holds only thresholds; the run folder's has both)."""
+    values: np.ndarray | None = None
+    notes: list[str] = []
     for path in candidates:
-        notes = read_json_dict(path).get("notes")
-        if isinstance(notes, list):
-            return [str(n) for n in notes]
-    return []
+        if not path.is_file():
+            continue
+        try:
+            found = Thresholds.load(path)
+        except ThresholdsError as err:
+            log.warning("%s", err)
+            continue
+        if values is None:
+            values = found.array
+        if not notes:
+            notes = list(found.notes)
+    return values, notes
 
 
 def read_run_config(run_dir: Path) -> dict[str, Any]:
@@ -329,9 +326,7 @@ def load_predictor(path: str | os.PathLike[str]) -> Predictor:
     import tensorflow as tf
 
     folder = _find_savedmodel(Path(path))
-    run_dir = folder.parent if folder.name == "export" and folder != Path(path) else None
-    if run_dir is None and (folder.parent / "config.json").is_file():
-        run_dir = folder.parent
+    run_dir = _run_dir_of(folder, Path(path))
     try:
         loaded = tf.saved_model.load(str(folder))
     except Exception as err:  # TF raises many types for a broken SavedModel
@@ -357,10 +352,12 @@ def load_predictor(path: str | os.PathLike[str]) -> Predictor:
         values = np.asarray(variable.numpy(), dtype=np.float64).reshape(-1)
         if values.size == len(LABEL_NAMES):
             thresholds = values
-    candidates = (folder / "thresholds.json", folder.parent / "thresholds.json")
-    for candidate in candidates:
-        if thresholds is None:
-            thresholds = read_thresholds_file(candidate)
+    candidates = tuple(dict.fromkeys(  # the export's copy first, then the run folder's
+        (folder / THRESHOLDS_FILE, folder.parent / THRESHOLDS_FILE)
+        + ((run_dir / THRESHOLDS_FILE,) if run_dir is not None else ())))
+    from_files, notes = read_thresholds(candidates)
+    if thresholds is None:
+        thresholds = from_files
     config = read_run_config(run_dir) if run_dir is not None else {}
     return Predictor(
         path=folder,
@@ -370,7 +367,7 @@ def load_predictor(path: str | os.PathLike[str]) -> Predictor:
         config=config,
         resize_to=input_size,
         export_info=read_json_dict(folder / "fusion_export.json"),
-        threshold_notes=read_threshold_notes(candidates),
+        threshold_notes=notes,
         _loaded=loaded,
         _signatures=signatures,
     )

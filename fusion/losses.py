@@ -1,25 +1,16 @@
 """Masked multi-task losses (plain Keras 3: keras.ops only).
 
 Partial labels are handled by packing each target's presence flag into ``y_true`` as its last
-channel, so every loss knows which slices it may learn from and averages over those only:
+channel (`fusion.targets.pack_targets`, which documents the layout), so every loss knows which
+slices it may learn from and averages over those only. A slice whose flag is 0 adds exactly
+nothing to its loss (it is neither in the numerator nor in the denominator); a batch with no
+flagged slice gives a loss of 0.
 
-| output | y_true | last channel |
-|---|---|---|
-| class | [B, 7] = labels [B, 6] + has_labels | 1: labels known |
-| area  | [B, 2] = area target + has_area | 1: area known (mask known) |
-| mask  | [B, H, W, 2] = mask + has_mask broadcast | 1: mask known (normal: known empty) |
-
-A slice whose flag is 0 adds exactly nothing to its loss (it is neither in the numerator nor
-in the denominator); a batch with no flagged slice gives a loss of 0.
-
-Area: the bleed area fraction (bleed pixels / all pixels) is heavily skewed (most slices 0,
-bleeds 0.1-5 %, a few much larger), so the head regresses ``log1p(fraction * 1e3)`` (0 -> 0,
-0.1 % -> 0.69, 1 % -> 2.4, 10 % -> 4.6) with a Huber loss. ``area_mm2 = fraction x H x W x
-row_spacing x col_spacing`` at the size whose spacing is given.
+The area head is regressed with a Huber loss in the transformed space of
+`fusion.targets.area_to_target` (``log1p(fraction * 1e3)``).
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import keras
@@ -27,23 +18,7 @@ from keras import ops
 
 from fusion.config import LossConfig
 
-AREA_SCALE = 1e3
 _EPS = 1e-7
-
-
-def area_to_target(fraction: Any) -> Any:
-    """Area fraction in [0, 1] -> regression target ``log1p(fraction * 1e3)`` (any array type)."""
-    return ops.log1p(fraction * AREA_SCALE)
-
-
-def target_to_area(target: Any) -> Any:
-    """Inverse of `area_to_target`, clipped to [0, 1] (a fraction cannot leave that range)."""
-    return ops.clip(ops.expm1(target) / AREA_SCALE, 0.0, 1.0)
-
-
-def area_to_target_np(fraction: float) -> float:
-    """`area_to_target` for Python/NumPy scalars (no backend tensors)."""
-    return math.log1p(fraction * AREA_SCALE)
 
 
 def _masked_mean(values: Any, flags: Any) -> Any:

@@ -18,6 +18,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from fusion.errors import FusionError
+
 log = logging.getLogger(__name__)
 
 #: Quantiles reported for per-slice Dice / IoU distributions.
@@ -30,7 +32,7 @@ DEFAULT_THRESHOLD = 0.5
 MIN_CALIBRATION_POSITIVES = 20
 
 
-class MetricError(ValueError):
+class MetricError(FusionError, ValueError):
     """Inputs to a metric have the wrong shape or values (the message says which)."""
 
 

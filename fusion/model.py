@@ -6,7 +6,7 @@
   W any multiples of the encoder stride (``cfg.stride``).
 - output ``class`` [B, 6] sigmoid probabilities in `schema.LABEL_NAMES` order (any + 5 types);
 - output ``area`` [B, 1] the bleed area fraction in the transformed space of
-  `fusion.losses.area_to_target` (``log1p(fraction * 1e3)``); invert with `target_to_area`;
+  `fusion.targets.area_to_target` (``log1p(fraction * 1e3)``); invert with `target_to_area`;
 - output ``mask`` [B, H, W, 1] sigmoid bleed probabilities from a decoder with skip connections.
 
 The heads present are ``cfg.heads`` ("class" always). Outputs are float32 even under a mixed

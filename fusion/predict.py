@@ -3,14 +3,16 @@
 Inputs (files or folders, folders walked recursively):
 
 - **DICOM** (``.dcm``, or any file without a known image extension that parses as DICOM):
-  grouped into series by SeriesInstanceUID, ordered by ImagePositionPatient z (else
-  InstanceNumber, else file name), read as HU (`data_build.dicom.read_hu`) and scored through
+  grouped into series by SeriesInstanceUID and split into geometrically consistent stacks,
+  ordered along the slice normal with duplicates dropped and gaps reported (`fusion.series`),
+  read as HU (`data_build.dicom.read_hu`) and scored through
   the model's ``serve_hu`` signature. A file without a SeriesInstanceUID is a series of its own.
 - **Render folders** (``.../<window>/<ID>.jpg`` with window names of either set, mapped by
   `windows.canonical_window_name`): the four windows of one ID are decoded exactly as the
   training reader decodes renders (bone colour map inverted, `read_render_grey`), stacked in
-  `WINDOW_NAMES` order and scored through ``serving_default``. An ID missing a window is skipped ("missing-window"). All IDs of one
-  parent folder (e.g. ``renders/epidural``) form one "series" without geometry (no volume).
+  `WINDOW_NAMES` order and scored through ``serving_default``. An ID missing a window is
+  skipped ("missing-window"). All IDs of one parent folder (e.g. ``renders/epidural``) form
+  one "series" without geometry (no volume).
 - **Plain images** (a single ``.png``/``.jpg``, grey or RGB; a colour image is taken as
   bone-mapped like the drop's renders, see `read_plain_grey`): taken as a **brain-window
   rendering** (L40/W80, the window radiologists read bleeds in). Its grey level v in [0, 1] is
@@ -23,12 +25,15 @@ Inputs (files or folders, folders walked recursively):
 
 Outputs in OUT: ``predictions.csv`` / ``predictions.json`` (one row per slice), ``series.csv`` /
 ``series.json`` (one row per series with bleed volume and ABC/2), ``masks/<name>.png`` (0/255),
-``overlays/<name>.png`` and ``skipped.json``. Every file name is built by `safe_name`, so no id
-can write outside OUT.
+``overlays/<name>.png`` and ``skipped.json``; with ``mask_formats`` also ``nifti/<series>.nii.gz``
+and ``seg/<series>.dcm`` per DICOM stack (`fusion.mask_formats`), and always the marker
+``fusion_predict.json``, by which a later run recognises this folder and does not read it as
+input. Every file name is built by `safe_name`, so no id can write outside OUT.
 """
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -37,28 +42,36 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from data_build.schema import LABEL_NAMES
-from data_build.windows import WINDOW_NAMES, canonical_window_name
 from data_build.files import atomic_write_bytes, atomic_write_text
+from data_build.schema import LABEL_NAMES
+from fusion import mask_formats as MF
+from fusion import series as series_geometry
+from fusion.errors import FusionError
 from fusion.inference import Predictor
+from fusion.outputs import write_marker
+from fusion.predict_inputs import (
+    Inputs,
+    SkipRecord,
+    SliceInput,
+    discover,
+    group_series,
+    render_inputs,
+    single_inputs,
+    slices_of_series,
+)
+from fusion.targets import binary_mask
 from fusion.volumes import series_volume
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg"})
-#: Files of these kinds met while walking a folder are ignored silently (labels, notes).
-IGNORED_EXTENSIONS = frozenset({".csv", ".txt", ".json", ".md", ".html", ".log", ".xml", ".py"})
-#: Brain window used to recover HU from a plain image (see the module docstring).
-PLAIN_IMAGE_WINDOW = (40.0, 80.0)
-MASK_THRESHOLD = 0.5
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-class PredictError(Exception):
+class PredictError(FusionError):
     """Prediction cannot run at all (output folder unusable, no input given)."""
 
 
@@ -104,225 +117,7 @@ class _Names:
         return name
 
 
-# --- inputs ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SkipRecord:
-    """An input left out: the file, a short reason and the detail."""
-
-    path: str
-    reason: str
-    detail: str = ""
-
-
-@dataclass
-class DicomSlice:
-    path: Path
-    meta: Any  # data_build.dicom.DicomMeta
-
-
-@dataclass
-class Inputs:
-    """What `discover` found."""
-
-    dicom: list[DicomSlice] = field(default_factory=list)
-    renders: dict[tuple[str, str], dict[str, Path]] = field(default_factory=dict)
-    images: list[Path] = field(default_factory=list)
-    arrays: list[Path] = field(default_factory=list)
-    skipped: list[SkipRecord] = field(default_factory=list)
-
-
-def _walk(path: Path) -> Iterable[tuple[Path, bool]]:
-    """(file, explicitly given) for a path; folders recursively in sorted order."""
-    if path.is_dir():
-        for f in sorted(p for p in path.rglob("*") if p.is_file()):
-            if not any(part.startswith(".") for part in f.relative_to(path).parts):
-                yield f, False
-    else:
-        yield path, True
-
-
-def discover(paths: Sequence[str | Path], on_file: Callable[[], None] | None = None) -> Inputs:
-    """Sort the given files and folders into DICOM slices, render IDs, images and arrays.
-
-    Unreadable or unknown files become `SkipRecord`s (files of `IGNORED_EXTENSIONS` found in
-    folders are ignored silently). DICOM headers are read here (no pixels). ``on_file`` is
-    called once per file looked at (for a progress display).
-    """
-    from data_build.dicom import DicomReadError, read_meta
-
-    found = Inputs()
-    seen: set[Path] = set()
-    for given in paths:
-        root = Path(given)
-        if not root.exists():
-            found.skipped.append(SkipRecord(str(root), "missing", "no such file or folder"))
-            continue
-        for f, explicit in _walk(root):
-            if on_file is not None:
-                on_file()
-            key = f.resolve()
-            if key in seen:
-                continue
-            seen.add(key)
-            ext = f.suffix.lower()
-            window = canonical_window_name(f.parent.name)
-            if window is not None and ext in IMAGE_EXTENSIONS:
-                group = (str(f.parent.parent), f.stem)
-                found.renders.setdefault(group, {})[window] = f
-            elif ext in IMAGE_EXTENSIONS:
-                found.images.append(f)
-            elif ext == ".npy":
-                found.arrays.append(f)
-            elif ext in IGNORED_EXTENSIONS and not explicit:
-                continue
-            else:
-                try:
-                    found.dicom.append(DicomSlice(f, read_meta(f)))
-                except DicomReadError as err:
-                    reason = "unreadable-dicom" if ext in (".dcm", ".dicom") else "unknown-file"
-                    found.skipped.append(SkipRecord(str(f), reason, err.reason))
-    return found
-
-
-def group_series(slices: Sequence[DicomSlice]) -> list[tuple[str, list[DicomSlice]]]:
-    """Group DICOM slices by SeriesInstanceUID and order each series.
-
-    Order: ImagePositionPatient z when every slice has a position, else InstanceNumber when
-    every slice has one, else the file name. Series come out sorted by their id.
-
-    Returns:
-      [(series id, slices in order)]; a slice without SeriesInstanceUID gets its own series
-      named ``no-series:<file stem>``.
-    """
-    groups: dict[str, list[DicomSlice]] = {}
-    for s in slices:
-        sid = s.meta.series_id or f"no-series:{s.path.stem}"
-        groups.setdefault(sid, []).append(s)
-    out = []
-    for sid in sorted(groups):
-        items = groups[sid]
-        if all(s.meta.position is not None for s in items):
-            items.sort(key=lambda s: (s.meta.position[2], s.path.name))
-        elif all(s.meta.instance_number is not None for s in items):
-            items.sort(key=lambda s: (s.meta.instance_number, s.path.name))
-        else:
-            items.sort(key=lambda s: s.path.name)
-        out.append((sid, items))
-    return out
-
-
-def _decode(path: Path) -> np.ndarray:
-    """PNG/JPEG pixels [H, W, C] (uint8 or uint16) decoded by TensorFlow, as the reader does
-    (`fusion.data`), so a render gives the model the values it was trained on."""
-    import tensorflow as tf
-
-    data = path.read_bytes()
-    if not data:
-        raise ValueError("empty file")
-    try:
-        img = tf.io.decode_image(data, channels=0, expand_animations=False).numpy()
-    except (tf.errors.InvalidArgumentError, ValueError) as err:
-        text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", getattr(err, "message", str(err)))
-        raise ValueError(f"not a readable PNG/JPEG ({text.splitlines()[0][:120]})") from None
-    if img.ndim != 3:
-        raise ValueError(f"expected a 2-D image, got shape {img.shape}")
-    return img
-
-
-def _scale(img: np.ndarray) -> np.ndarray:
-    return img.astype(np.float32) / (65535.0 if img.dtype == np.uint16 else 255.0)
-
-
-def read_render_grey(path: Path) -> np.ndarray:
-    """One window render -> [H, W] float32 in [0, 1], exactly as `fusion.data` reads renders.
-
-    JPEGs go through `fusion.data.decode_render` at their own size (one-channel luma decode,
-    the drop's bone colour map inverted for colour JPEGs), so the model sees the values it was
-    trained on. Other formats: colour = bone-mapped (`renders.rgb_to_grey`), grey as it is.
-    """
-    import tensorflow as tf
-
-    from data_build.renders import rgb_to_grey
-    from fusion.data import decode_render
-
-    data = path.read_bytes()
-    if data[:3] == b"\xff\xd8\xff":
-        try:
-            height, width, _ = (int(v) for v in tf.image.extract_jpeg_shape(data).numpy())
-            if height == width:
-                return decode_render(tf.constant(data), height).numpy()[..., 0]
-        except tf.errors.InvalidArgumentError as err:
-            raise ValueError(f"not a readable JPEG ({str(err).splitlines()[0][:120]})") from None
-    img = _decode(path)
-    if img.shape[-1] >= 3:
-        return np.asarray(rgb_to_grey(img[..., :3]), dtype=np.float32)
-    return _scale(img[..., 0])
-
-
-def read_plain_grey(path: Path) -> np.ndarray:
-    """A plain image -> [H, W] float32 grey in [0, 1].
-
-    Grey images (one channel, or RGB with R = G = B within 2 levels) are taken as they are;
-    other colour images are assumed to be bone-mapped like the drop's renders and inverted
-    with `data_build.renders.rgb_to_grey`. An alpha channel is ignored.
-    """
-    from data_build.renders import rgb_to_grey
-
-    img = _decode(path)
-    if img.shape[-1] < 3:
-        return _scale(img[..., 0])
-    rgb = img[..., :3]
-    spread = np.abs(rgb.astype(np.int32) - rgb[..., :1].astype(np.int32)).max()
-    if spread <= (2 * 257 if rgb.dtype == np.uint16 else 2):
-        return _scale(rgb[..., 0])
-    if rgb.dtype == np.uint16:
-        rgb = (rgb // 257).astype(np.uint8)
-    return np.asarray(rgb_to_grey(rgb), dtype=np.float32)
-
-
-def _load_npy(path: Path) -> tuple[np.ndarray, str]:
-    """(array, "images" | "hu") from a .npy file; ValueError with the reason otherwise."""
-    arr = np.load(path, allow_pickle=False)
-    if arr.ndim == 3 and arr.shape[-1] == 4:
-        if arr.dtype == np.uint8:
-            return arr.astype(np.float32) / 255.0, "images"
-        arr = arr.astype(np.float32)
-        if not (np.isfinite(arr).all() and arr.min() >= 0.0 and arr.max() <= 1.0):
-            raise ValueError("[H, W, 4] arrays must hold windows in [0, 1] (or uint8)")
-        return arr, "images"
-    if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] == 1):
-        arr = arr.reshape(arr.shape[0], arr.shape[1]).astype(np.float32)
-        if not np.isfinite(arr).all():
-            raise ValueError("HU array holds NaN or infinite values")
-        return arr, "hu"
-    raise ValueError(f"expected [H, W, 4] windows or [H, W] HU, got shape {arr.shape}")
-
-
 # --- per-slice work ----------------------------------------------------------------------------
-
-
-@dataclass
-class SliceInput:
-    """One slice ready for the model."""
-
-    id: str
-    source: str  # dicom | render | image | npy
-    path: str
-    series: str
-    kind: str  # "hu" (serve_hu) or "images" (serving_default)
-    array: np.ndarray  # [H, W] HU or [H, W, 4] windows
-    pixel_spacing: tuple[float, float] | None = None
-    position: tuple[float, float, float] | None = None
-    slice_thickness: float | None = None
-
-    def brain_window(self) -> np.ndarray:
-        """[H, W] in [0, 1] for the overlay picture."""
-        if self.kind == "hu":
-            level, width = 40.0, 80.0
-            return np.clip((self.array - (level - width / 2)) / width, 0.0, 1.0)
-        return self.array[..., WINDOW_NAMES.index("brain_window")]
 
 
 def _run_model(
@@ -381,6 +176,8 @@ class PredictSummary:
     series: int = 0
     skipped: list[SkipRecord] = field(default_factory=list)
     out: Path | None = None
+    #: Run-level warnings (e.g. NIfTI asked for inputs without DICOM geometry), one per kind.
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -388,79 +185,97 @@ class PredictSummary:
         return 0 if self.predicted > 0 else 1
 
 
-def _slices_of_series(
-    sid: str, slices: Sequence[DicomSlice], skipped: list[SkipRecord]
-) -> list[SliceInput]:
-    from data_build.dicom import DicomReadError, read_hu
+@dataclass(frozen=True)
+class SliceRow:
+    """One row of predictions.csv / .json: a slice's probabilities, decisions, areas and files."""
 
-    out = []
-    for s in slices:
-        try:
-            hu, meta = read_hu(s.path)
-        except DicomReadError as err:
-            skipped.append(SkipRecord(str(s.path), "unreadable-dicom", err.reason))
-            continue
-        out.append(
-            SliceInput(meta.id, "dicom", str(s.path), sid, "hu", hu, meta.pixel_spacing,
-                       meta.position, meta.slice_thickness)
-        )
-    return out
+    id: str
+    source: str
+    path: str
+    series_id: str
+    index_in_series: int
+    probabilities: tuple[float | None, ...]  # LABEL_NAMES order
+    decisions: tuple[int, ...]  # LABEL_NAMES order
+    area_fraction: float | None
+    area_mm2: float | None
+    mask_pixels: int | None
+    mask_area_mm2: float | None
+    pixel_spacing_mm: list[float] | None
+    mask_png: str | None
+    overlay_png: str | None
 
-
-def _render_inputs(found: Inputs) -> Iterable[tuple[str, list[SliceInput]]]:
-    by_folder: dict[str, list[SliceInput]] = {}
-    for (folder, sid), windows in sorted(found.renders.items()):
-        missing = [w for w in WINDOW_NAMES if w not in windows]
-        if missing:
-            found.skipped.append(
-                SkipRecord(str(next(iter(windows.values()))), "missing-window",
-                           f"{sid} lacks {', '.join(missing)}")
-            )
-            continue
-        chans = []
-        for w in WINDOW_NAMES:
-            try:
-                chans.append(read_render_grey(windows[w]))
-            except (ValueError, OSError) as err:
-                found.skipped.append(SkipRecord(str(windows[w]), "corrupt-image", str(err)))
-                break
-        if len(chans) != len(WINDOW_NAMES):
-            continue
-        if len({c.shape for c in chans}) != 1:
-            found.skipped.append(
-                SkipRecord(str(windows[WINDOW_NAMES[0]].parent.parent), "size-mismatch",
-                           f"{sid}: windows differ in size {[c.shape for c in chans]}")
-            )
-            continue
-        series = f"render:{Path(folder).name}"
-        by_folder.setdefault(series, []).append(
-            SliceInput(sid, "render", str(windows[WINDOW_NAMES[0]].parent.parent), series,
-                       "images", np.stack(chans, axis=-1))
-        )
-    yield from by_folder.items()
+    def to_dict(self) -> dict[str, Any]:
+        """The table row, columns in `SLICE_COLUMNS` order."""
+        head = {k: getattr(self, k) for k in ("id", "source", "path", "series_id", "index_in_series")}
+        return {
+            **head,
+            **{f"p_{n}": p for n, p in zip(LABEL_NAMES, self.probabilities)},
+            **{f"decision_{n}": d for n, d in zip(LABEL_NAMES, self.decisions)},
+            **{k: getattr(self, k) for k in SLICE_COLUMNS[5 + 2 * len(LABEL_NAMES):]},
+        }
 
 
-def _single_inputs(found: Inputs) -> Iterable[tuple[str, list[SliceInput]]]:
-    level, width = PLAIN_IMAGE_WINDOW
-    for path in found.images:
-        try:
-            gray = read_plain_grey(path)
-        except (ValueError, OSError) as err:
-            found.skipped.append(SkipRecord(str(path), "corrupt-image", str(err)))
-            continue
-        hu = (level - width / 2.0) + gray * width
-        yield f"image:{path.stem}", [
-            SliceInput(path.stem, "image", str(path), f"image:{path.stem}", "hu", hu)
-        ]
-    for path in found.arrays:
-        try:
-            arr, kind = _load_npy(path)
-        except (ValueError, OSError) as err:
-            found.skipped.append(SkipRecord(str(path), "bad-array", str(err)))
-            continue
-        yield f"npy:{path.stem}", [
-            SliceInput(path.stem, "npy", str(path), f"npy:{path.stem}", kind, arr)
-        ]
+#: predictions.csv columns.
+SLICE_COLUMNS: tuple[str, ...] = (
+    "id", "source", "path", "series_id", "index_in_series",
+    *(f"p_{n}" for n in LABEL_NAMES), *(f"decision_{n}" for n in LABEL_NAMES),
+    "area_fraction", "area_mm2", "mask_pixels", "mask_area_mm2", "pixel_spacing_mm", "mask_png",
+    "overlay_png",
+)
+
+
+@dataclass
+class SeriesRow:
+    """One row of series.csv / .json: a series' bleed volume, ABC/2, geometry and mask files."""
+
+    series_id: str
+    source: str
+    n_slices: int
+    n_slices_with_bleed: int | None = None
+    volume_ml: float | None = None
+    abc2_ml: float | None = None
+    a_mm: float | None = None
+    b_mm: float | None = None
+    c_mm: float | None = None
+    slice_spacing_mm: float | None = None
+    spacing_source: str = "unknown"
+    largest_slice_id: str | None = None
+    largest_area_mm2: float | None = None
+    max_p_any: float | None = None
+    n_duplicates_dropped: int = 0
+    n_gaps: int = 0
+    largest_gap_mm: float | None = None
+    mask_nifti: str | None = None
+    probabilities_nifti: str | None = None
+    mask_seg: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in SERIES_COLUMNS}
+
+
+#: series.csv columns (the fields of `SeriesRow`, in order).
+SERIES_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(SeriesRow))
+
+
+@dataclass
+class _Run:
+    """The state of one `run_predictions` call that every series adds to."""
+
+    predictor: Predictor
+    out: Path
+    formats: tuple[str, ...]
+    batch_size: int
+    tta: str
+    save_probabilities: bool
+    progress: Callable[[int], None] | None
+    summary: PredictSummary
+    names: _Names = field(default_factory=_Names)
+    series_names: _Names = field(default_factory=_Names)
+    rows: list[SliceRow] = field(default_factory=list)
+    series_rows: list[SeriesRow] = field(default_factory=list)
+    no_geometry: list[str] = field(default_factory=list)  # series that could only get PNG masks
+    refused: list[str] = field(default_factory=list)  # DICOM series without every mask file asked for
 
 
 def run_predictions(
@@ -474,6 +289,8 @@ def run_predictions(
     on_total: Callable[[int], None] | None = None,
     on_file: Callable[[], None] | None = None,
     checkpoint_s: float = 60.0,
+    mask_formats: Sequence[str] = ("png",),
+    save_probabilities: bool = False,
 ) -> PredictSummary:
     """Predict every slice of ``inputs`` and write the outputs into ``out``.
 
@@ -492,122 +309,159 @@ def run_predictions(
       on_total: called once with the number of candidate slices.
       on_file: called once per input file looked at while reading headers.
       checkpoint_s: seconds between partial table saves (0: after every series).
+      mask_formats: any of `fusion.mask_formats.MASK_FORMATS`; NIfTI and DICOM-SEG are made
+        for DICOM stacks only (other series get PNG masks and a warning, counted).
+      save_probabilities: with "nifti", also write the mask probabilities as a NIfTI.
 
     Returns:
       A `PredictSummary`; nothing raised for bad inputs (they are in ``skipped``).
     """
+    formats = tuple(mask_formats)
+    MF.require_clinical(formats)
+    if any(Path(p).resolve() == out.resolve() for p in inputs):
+        raise PredictError(f"--out {out} is also an input folder: its outputs would be mixed "
+                           f"with the inputs; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "masks").mkdir(exist_ok=True)
-    (out / "overlays").mkdir(exist_ok=True)
-    found = discover(inputs, on_file)
-    series_list = group_series(found.dicom)
+    write_marker(out, {"mask_formats": list(formats)})
+    found = discover(inputs, on_file, exclude=[out])
+    series_list = group_series(
+        found.dicom, lambda path, reason, detail: found.skipped.append(SkipRecord(path, reason, detail))
+    )
     if on_total is not None:
         on_total(len(found.dicom) + len(found.renders) + len(found.images) + len(found.arrays))
-    names = _Names()
-    rows: list[dict[str, Any]] = []
-    series_rows: list[dict[str, Any]] = []
-    summary = PredictSummary(out=out)
-
-    def process(sid: str, items: list[SliceInput], geometry: bool) -> None:
-        if not items:
-            return
-        preds = _run_model(predictor, items, batch_size, tta)
-        masks = []
-        all_masks = True
-        for index, (it, p) in enumerate(zip(items, preds)):
-            # A model without a mask head returns NaN masks ("not predicted", fusion.export).
-            has_mask = bool(np.isfinite(p["mask"]).all())
-            all_masks &= has_mask
-            mask = np.nan_to_num(p["mask"][..., 0], nan=0.0) >= MASK_THRESHOLD
-            masks.append(mask)
-            stem = names(it.id)
-            if has_mask:
-                atomic_write_bytes(inside(out / "masks", f"{stem}.png"), _png(mask))
-                atomic_write_bytes(inside(out / "overlays", f"{stem}.png"),
-                                   _overlay(it.brain_window(), mask))
-            h, w = mask.shape
-            px_mm2 = it.pixel_spacing[0] * it.pixel_spacing[1] if it.pixel_spacing else None
-            area_fraction = float(p["area_fraction"])
-            mask_pixels = int(mask.sum())
-            row: dict[str, Any] = {
-                "id": it.id,
-                "source": it.source,
-                "path": it.path,
-                "series_id": it.series,
-                "index_in_series": index,
-                **{f"p_{n}": _round(float(p["probabilities"][j])) for j, n in
-                   enumerate(LABEL_NAMES)},
-                **{f"decision_{n}": int(p["decisions"][j]) for j, n in enumerate(LABEL_NAMES)},
-                "area_fraction": _round(area_fraction, 6),
-                "area_mm2": _round(area_fraction * h * w * px_mm2, 2) if px_mm2 else None,
-                "mask_pixels": mask_pixels if has_mask else None,
-                "mask_area_mm2": _round(mask_pixels * px_mm2, 2) if px_mm2 and has_mask else None,
-                "pixel_spacing_mm": list(it.pixel_spacing) if it.pixel_spacing else None,
-                "mask_png": f"masks/{stem}.png" if has_mask else None,
-                "overlay_png": f"overlays/{stem}.png" if has_mask else None,
-            }
-            rows.append(row)
-            summary.predicted += 1
-            if progress is not None:
-                progress(1)
-        spacings = [it.pixel_spacing for it in items]
-        known = all(s is not None for s in spacings) and geometry
-        shapes = {m.shape for m in masks}
-        if len(shapes) != 1 or not all_masks:
-            vol = None  # no common grid, or no masks predicted: no volume
-        else:
-            thickness = next((it.slice_thickness for it in items if it.slice_thickness), None)
-            vol = series_volume(
-                np.stack(masks),
-                np.asarray(spacings, dtype=np.float64) if known else None,
-                positions=[it.position for it in items] if geometry else None,
-                slice_thickness=thickness if geometry else None,
-            )
-        largest = vol.largest_slice if vol is not None else None
-        p_any = [r["p_any"] for r in rows[-len(items):]]
-        series_rows.append(
-            {
-                "series_id": sid,
-                "source": items[0].source,
-                "n_slices": len(items),
-                "n_slices_with_bleed": vol.n_slices_with_bleed if vol else None,
-                "volume_ml": _round(vol.volume_ml, 3) if vol else None,
-                "abc2_ml": _round(vol.abc2_ml, 3) if vol else None,
-                "a_mm": _round(vol.a_mm, 2) if vol else None,
-                "b_mm": _round(vol.b_mm, 2) if vol else None,
-                "c_mm": _round(vol.c_mm, 2) if vol else None,
-                "slice_spacing_mm": _round(vol.slice_spacing_mm, 3) if vol else None,
-                "spacing_source": vol.spacing_source if vol else "unknown",
-                "largest_slice_id": items[largest].id if largest is not None else None,
-                "largest_area_mm2": _round(vol.largest_area_mm2, 2) if vol else None,
-                "max_p_any": max(p_any) if p_any else None,
-            }
-        )
-        summary.series += 1
-
+    run = _Run(predictor, out, formats, batch_size, tta, save_probabilities, progress,
+               PredictSummary(out=out))
     last_save = time.monotonic()
-
-    def checkpoint() -> None:
-        nonlocal last_save
+    for sid, items, geometry, group in _all_series(found, series_list):
+        _predict_series(run, sid, items, geometry, group)
         if time.monotonic() - last_save >= checkpoint_s:
-            _write_tables(out, rows, series_rows, found.skipped, partial=True)
+            _write_tables(out, run.rows, run.series_rows, found.skipped, partial=True)
             last_save = time.monotonic()
-
-    for sid, slices in series_list:
-        process(sid, _slices_of_series(sid, slices, found.skipped), geometry=True)
-        checkpoint()
-    for sid, items in _render_inputs(found):
-        process(sid, items, geometry=False)
-        checkpoint()
-    for sid, items in _single_inputs(found):
-        process(sid, items, geometry=True)
-        checkpoint()
-
+    summary = run.summary
     summary.skipped = found.skipped
-    _write_tables(out, rows, series_rows, found.skipped)
+    summary.warnings.extend(_run_warnings(run))
+    _write_tables(out, run.rows, run.series_rows, found.skipped)
     for name in TABLES:
         _partial_name(out / name).unlink(missing_ok=True)
     return summary
+
+
+def _all_series(
+    found: Inputs, series_list: Sequence[series_geometry.SeriesGroup]
+) -> Iterator[tuple[str, list[SliceInput], bool, series_geometry.SeriesGroup | None]]:
+    """(series id, slices, has DICOM geometry, stack) for DICOM stacks, render folders, then
+    single images and arrays; each series is decoded only when its turn comes."""
+    for group in series_list:
+        yield group.id, slices_of_series(group.id, group.slices, found.skipped), True, group
+    for sid, items in render_inputs(found):
+        yield sid, items, False, None
+    for sid, items in single_inputs(found):
+        yield sid, items, True, None
+
+
+def _predict_series(
+    run: _Run, sid: str, items: list[SliceInput], geometry: bool,
+    group: series_geometry.SeriesGroup | None,
+) -> None:
+    """Run the model over one series, write its masks, and add its slice and series rows."""
+    if not items:
+        return
+    preds = _run_model(run.predictor, items, run.batch_size, run.tta)
+    # Renders, images and arrays have no DICOM geometry: they always get PNG masks.
+    png = "png" in run.formats or items[0].source != "dicom"
+    masks = [binary_mask(p["mask"][..., 0]) for p in preds]
+    # A model without a mask head returns NaN masks ("not predicted", fusion.export).
+    has_masks = [bool(np.isfinite(p["mask"]).all()) for p in preds]
+    for index, (it, p, mask, has_mask) in enumerate(zip(items, preds, masks, has_masks)):
+        run.rows.append(_slice_row(run, index, it, p, mask, has_mask and png))
+        run.summary.predicted += 1
+        if run.progress is not None:
+            run.progress(1)
+    row = _series_row(sid, items, masks, all(has_masks), geometry, group,
+                      [r.probabilities[0] for r in run.rows[-len(items):]])
+    files, notes = MF.write_series_masks(run.out, run.series_names(sid), run.formats, items, masks,
+                                         preds, run.save_probabilities and all(has_masks), run.no_geometry)
+    for key, value in files.items():
+        setattr(row, key, value)
+    row.warnings += notes
+    if notes and items[0].source == "dicom":
+        run.refused.append(sid)
+    run.series_rows.append(row)
+    run.summary.series += 1
+
+
+def _slice_row(
+    run: _Run, index: int, it: SliceInput, p: dict[str, Any], mask: np.ndarray, write_png: bool
+) -> SliceRow:
+    """Write the slice's PNG mask and overlay (when asked) and build its table row."""
+    stem = run.names(it.id)
+    has_mask = bool(np.isfinite(p["mask"]).all())
+    if write_png:
+        atomic_write_bytes(inside(run.out / "masks", f"{stem}.png"), _png(mask))
+        atomic_write_bytes(inside(run.out / "overlays", f"{stem}.png"), _overlay(it.brain_window(), mask))
+    h, w = mask.shape
+    px_mm2 = it.pixel_spacing[0] * it.pixel_spacing[1] if it.pixel_spacing else None
+    area_fraction = float(p["area_fraction"])
+    mask_pixels = int(mask.sum())
+    return SliceRow(
+        id=it.id, source=it.source, path=it.path, series_id=it.series, index_in_series=index,
+        probabilities=tuple(_round(float(v)) for v in p["probabilities"]),
+        decisions=tuple(int(v) for v in p["decisions"]),
+        area_fraction=_round(area_fraction, 6),
+        area_mm2=_round(area_fraction * h * w * px_mm2, 2) if px_mm2 else None,
+        mask_pixels=mask_pixels if has_mask else None,
+        mask_area_mm2=_round(mask_pixels * px_mm2, 2) if px_mm2 and has_mask else None,
+        pixel_spacing_mm=list(it.pixel_spacing) if it.pixel_spacing else None,
+        mask_png=f"masks/{stem}.png" if write_png else None,
+        overlay_png=f"overlays/{stem}.png" if write_png else None,
+    )
+
+
+def _series_row(
+    sid: str, items: Sequence[SliceInput], masks: Sequence[np.ndarray], all_masks: bool,
+    geometry: bool, group: series_geometry.SeriesGroup | None, p_any: Sequence[float | None],
+) -> SeriesRow:
+    """The series' volume (mL from the masks), ABC/2, largest slice and geometry columns."""
+    spacings = [it.pixel_spacing for it in items]
+    known = all(s is not None for s in spacings) and geometry
+    vol = None  # no common grid, or no masks predicted: no volume
+    if len({m.shape for m in masks}) == 1 and all_masks:
+        thickness = next((it.slice_thickness for it in items if it.slice_thickness), None)
+        vol = series_volume(
+            np.stack(masks),
+            np.asarray(spacings, dtype=np.float64) if known else None,
+            positions=[it.position for it in items] if geometry else None,
+            slice_thickness=thickness if geometry else None,
+            known_spacing=(group.spacing_mm, group.spacing_source) if group else None,
+        )
+    row = SeriesRow(series_id=sid, source=items[0].source, n_slices=len(items),
+                    max_p_any=max((p for p in p_any if p is not None), default=None),
+                    **series_geometry.geometry_columns(group))
+    if vol is not None:
+        largest = vol.largest_slice
+        row.n_slices_with_bleed = vol.n_slices_with_bleed
+        row.volume_ml, row.abc2_ml = _round(vol.volume_ml, 3), _round(vol.abc2_ml, 3)
+        row.a_mm, row.b_mm, row.c_mm = _round(vol.a_mm, 2), _round(vol.b_mm, 2), _round(vol.c_mm, 2)
+        row.slice_spacing_mm = _round(vol.slice_spacing_mm, 3)
+        row.spacing_source = vol.spacing_source
+        row.largest_slice_id = items[largest].id if largest is not None else None
+        row.largest_area_mm2 = _round(vol.largest_area_mm2, 2)
+    return row
+
+
+def _run_warnings(run: _Run) -> list[str]:
+    """Run-level warnings, one per kind, with counts."""
+    out = []
+    if run.no_geometry:
+        out.append(
+            f"{len(run.no_geometry)} series without DICOM geometry (renders, images, arrays): no "
+            f"{' or '.join(f for f in run.formats if f in MF.GEOMETRY_FORMATS)} for them, PNG masks "
+            f"written instead (see the warnings column of series.csv)")
+    if run.refused:
+        out.append(
+            f"{len(run.refused)} DICOM series did not get every mask file asked for; the reason is "
+            f"in the warnings column of series.csv")
+    return out
 
 
 #: The table files of a prediction run, and the marker of a run's partial saves.
@@ -634,7 +488,7 @@ def _csv(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
 
 
 def _write_tables(
-    out: Path, rows: list[dict[str, Any]], series_rows: list[dict[str, Any]],
+    out: Path, slice_rows: Sequence[SliceRow], series_rows_: Sequence[SeriesRow],
     skipped: list[SkipRecord], partial: bool = False,
 ) -> None:
     """Write the five tables atomically (as ``*.partial.*`` when ``partial``)."""
@@ -642,20 +496,11 @@ def _write_tables(
     def name(table: str) -> Path:
         return _partial_name(out / table) if partial else out / table
 
-    slice_cols = (
-        ["id", "source", "path", "series_id", "index_in_series"]
-        + [f"p_{n}" for n in LABEL_NAMES] + [f"decision_{n}" for n in LABEL_NAMES]
-        + ["area_fraction", "area_mm2", "mask_pixels", "mask_area_mm2", "pixel_spacing_mm",
-           "mask_png", "overlay_png"]
-    )
-    series_cols = [
-        "series_id", "source", "n_slices", "n_slices_with_bleed", "volume_ml", "abc2_ml", "a_mm",
-        "b_mm", "c_mm", "slice_spacing_mm", "spacing_source", "largest_slice_id",
-        "largest_area_mm2", "max_p_any",
-    ]
-    atomic_write_text(name("predictions.csv"), _csv(rows, slice_cols))
+    rows = [r.to_dict() for r in slice_rows]
+    series_rows = [r.to_dict() for r in series_rows_]
+    atomic_write_text(name("predictions.csv"), _csv(rows, SLICE_COLUMNS))
     atomic_write_text(name("predictions.json"), json.dumps(rows, indent=1) + "\n")
-    atomic_write_text(name("series.csv"), _csv(series_rows, series_cols))
+    atomic_write_text(name("series.csv"), _csv(series_rows, SERIES_COLUMNS))
     atomic_write_text(name("series.json"), json.dumps(series_rows, indent=1) + "\n")
     atomic_write_text(
         name("skipped.json"),

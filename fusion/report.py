@@ -8,7 +8,8 @@ from __future__ import annotations
 import base64
 import html
 import math
-from typing import Any, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
@@ -133,7 +134,7 @@ def _frame(ax: _Axes, title: str, xlabel: str, ylabel: str) -> list[str]:
 
 def _legend(labels: Sequence[str], colors: Sequence[str]) -> list[str]:
     parts = []
-    for i, (label, color) in enumerate(zip(labels, colors)):
+    for i, (label, color) in enumerate(zip(labels, colors, strict=True)):
         y = _MT + 12 + i * 13
         parts.append(
             f'<line x1="{_W - _MR - 118}" y1="{y - 3}" x2="{_W - _MR - 104}" y2="{y - 3}" '
@@ -156,12 +157,15 @@ def svg_lines(
     """Line chart (ROC, PR, reliability). Non-finite points are left out.
 
     Args:
-      series: (label, xs, ys) per curve.
+      series: (label, xs, ys) per curve; xs and ys of equal length.
       diagonal: draw the y = x reference line (chance ROC, perfect calibration).
       markers: draw a dot at every point (for sparse curves such as reliability bins).
 
     Returns:
       An ``<svg>`` element as text.
+
+    Raises:
+      ValueError: a curve's xs and ys differ in length (points would be silently dropped).
     """
     ax = _Axes(xlim, ylim)
     parts = _frame(ax, title, xlabel, ylabel)
@@ -171,10 +175,10 @@ def svg_lines(
             f'y2="{ax.y(ylim[1]):.1f}" stroke="#999" stroke-dasharray="4 3"/>'
         )
     colors = [PALETTE[i % len(PALETTE)] for i in range(len(series))]
-    for (_, xs, ys), color in zip(series, colors):
+    for (_, xs, ys), color in zip(series, colors, strict=True):
         pts = [
             (float(x), float(y))
-            for x, y in zip(xs, ys)
+            for x, y in zip(xs, ys, strict=True)
             if x is not None and y is not None and math.isfinite(x) and math.isfinite(y)
         ]
         if not pts:
@@ -203,7 +207,7 @@ def svg_histogram(
     top = max(1, int(counts.max()) if counts.size else 1)
     ax = _Axes(value_range, (0.0, top * 1.05))
     parts = _frame(ax, title, xlabel, "slices")
-    for c, a, b in zip(counts, edges[:-1], edges[1:]):
+    for c, a, b in zip(counts, edges[:-1], edges[1:], strict=True):
         if c == 0:
             continue
         x, w = ax.x(a), ax.x(b) - ax.x(a)
@@ -236,7 +240,8 @@ def svg_bland_altman(
     parts = _frame(
         ax, title, f"mean of predicted and true ({unit})", f"predicted − true ({unit})"
     )
-    for x, y in zip(m, d):
+    # not strict: with no finite point, m holds a placeholder range for the axes while d stays empty
+    for x, y in zip(m, d, strict=False):
         parts.append(
             f'<circle cx="{ax.x(x):.1f}" cy="{ax.y(y):.1f}" r="2" fill="{PALETTE[5]}" '
             f'fill-opacity="0.6"/>'
@@ -316,43 +321,142 @@ vertical-align:top}figcaption{font-size:12px;color:#444}
 """
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+@dataclass(frozen=True)
+class _Row:
+    """A table row: each field is one HTML-ready cell (already escaped or formatted), in column order.
+
+    Subclasses set ``HEADER`` (the column titles, plain text) and declare one field per column, so a
+    table's header and its rows cannot drift apart.
+    """
+
+    HEADER: ClassVar[tuple[str, ...]] = ()
+
+    def cells(self) -> tuple[str, ...]:
+        return tuple(getattr(self, f.name) for f in fields(self))
+
+
+@dataclass(frozen=True)
+class _SummaryRow(_Row):
+    HEADER: ClassVar[tuple[str, ...]] = ("", "value")
+    label: str
+    value: str
+
+
+@dataclass(frozen=True)
+class _ClassificationRow(_Row):
+    HEADER: ClassVar[tuple[str, ...]] = (
+        "label", "pos", "neg", "AUC", "AUPRC", "threshold", "sensitivity", "specificity", "F1",
+    )
+    label: str
+    positives: str
+    negatives: str
+    auc: str
+    auprc: str
+    threshold: str
+    sensitivity: str
+    specificity: str
+    f1: str
+
+    @classmethod
+    def per_label(cls, name: str, m: Mapping[str, Any]) -> _ClassificationRow:
+        """One label's row, with 95 % bootstrap intervals where ``m["ci"]`` has them."""
+        ci = m.get("ci", {})
+        return cls(
+            _esc(name),
+            _fmt(m.get("positives")),
+            _fmt(m.get("negatives")),
+            _fmt_ci(m.get("auc"), ci.get("auc")),
+            _fmt_ci(m.get("auprc"), ci.get("auprc")),
+            _fmt(m.get("threshold")),
+            _fmt_ci(m.get("sensitivity"), ci.get("sensitivity")),
+            _fmt_ci(m.get("specificity"), ci.get("specificity")),
+            _fmt_ci(m.get("f1"), ci.get("f1")),
+        )
+
+    @classmethod
+    def macro(cls, label: str, m: Mapping[str, Any]) -> _ClassificationRow:
+        """A macro-average row: no counts, no threshold, no intervals; the label in bold."""
+        return cls(
+            f"<b>{label}</b>", "", "", _fmt(m.get("auc")), _fmt(m.get("auprc")), "",
+            _fmt(m.get("sensitivity")), _fmt(m.get("specificity")), _fmt(m.get("f1")),
+        )
+
+
+@dataclass(frozen=True)
+class _ContextRow(_Row):
+    HEADER: ClassVar[tuple[str, ...]] = (
+        "type", "neg", "alone: n", "alone: AUC", "beside another type: n", "beside another type: AUC",
+    )
+    type: str
+    negatives: str
+    alone_n: str
+    alone_auc: str
+    with_other_n: str
+    with_other_auc: str
+
+
+@dataclass(frozen=True)
+class _SegmentationRow(_Row):
+    HEADER: ClassVar[tuple[str, ...]] = ("", "mean", "median", "5 %", "25 %", "75 %", "95 %")
+    label: str
+    mean: str
+    median: str
+    q05: str
+    q25: str
+    q75: str
+    q95: str
+
+
+@dataclass(frozen=True)
+class _AreaRow(_Row):
+    HEADER: ClassVar[tuple[str, ...]] = (
+        "", "n", "MAE", "bias (pred − true)", "LoA low", "LoA high", "r",
+    )
+    label: str
+    n: str
+    mae: str
+    bias: str
+    loa_low: str
+    loa_high: str
+    pearson_r: str
+
+
+def _table(row_type: type[_Row], rows: Sequence[_Row]) -> str:
+    head = "".join(f"<th>{_esc(h)}</th>" for h in row_type.HEADER)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row.cells()) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _classification_rows(cls: Mapping[str, Any]) -> list[list[str]]:
-    rows = []
+def _summary_section(metrics: Mapping[str, Any]) -> list[str]:
+    cls = metrics.get("classification") or {}
+    seg = metrics.get("segmentation") or {}
+    rows = [
+        _SummaryRow("model", _esc(metrics.get("model", ""))),
+        _SummaryRow("shards / split", _esc(f"{metrics.get('shards', '')} / {metrics.get('split', '')}")),
+        _SummaryRow("test-time augmentation", _esc(metrics.get("tta", "none"))),
+        _SummaryRow("slices", _fmt(metrics.get("n_slices"))),
+        _SummaryRow("slices with labels", _fmt(cls.get("n"))),
+        _SummaryRow("slices with known masks", _fmt(seg.get("n"))),
+        _SummaryRow("thresholds from", _esc(metrics.get("threshold_source", ""))),
+        _SummaryRow("macro AUC (5 types)", _fmt((cls.get("macro_types") or {}).get("auc"))),
+        _SummaryRow("mean Dice (known masks)", _fmt((seg.get("dice") or {}).get("mean"))),
+        _SummaryRow("created", _esc(metrics.get("created", ""))),
+    ]
+    return ['<section id="summary"><h2>Summary</h2>', _table(_SummaryRow, rows) + "</section>"]
+
+
+def _classification_rows(cls: Mapping[str, Any]) -> list[_ClassificationRow]:
     per = dict(cls.get("per_class", {}))
     if "multi" in cls:
         per["multi (≥2 types)"] = cls["multi"]
-    for name, m in per.items():
-        ci = m.get("ci", {})
-        rows.append(
-            [
-                _esc(name),
-                _fmt(m.get("positives")),
-                _fmt(m.get("negatives")),
-                _fmt_ci(m.get("auc"), ci.get("auc")),
-                _fmt_ci(m.get("auprc"), ci.get("auprc")),
-                _fmt(m.get("threshold")),
-                _fmt_ci(m.get("sensitivity"), ci.get("sensitivity")),
-                _fmt_ci(m.get("specificity"), ci.get("specificity")),
-                _fmt_ci(m.get("f1"), ci.get("f1")),
-            ]
-        )
+    rows = [_ClassificationRow.per_label(name, m) for name, m in per.items()]
     for key, label in (("macro", "macro (all labels)"), ("macro_types", "macro (5 types)")):
         if key in cls:
-            m = cls[key]
-            rows.append(
-                [f"<b>{label}</b>", "", "", _fmt(m.get("auc")), _fmt(m.get("auprc")), "",
-                 _fmt(m.get("sensitivity")), _fmt(m.get("specificity")), _fmt(m.get("f1"))]
-            )
+            rows.append(_ClassificationRow.macro(label, cls[key]))
     return rows
 
 
-def _context_rows(cls: Mapping[str, Any]) -> list[list[str]]:
+def _context_rows(cls: Mapping[str, Any]) -> list[_ContextRow]:
     """Rows of the alone / beside-another-type table; empty when metrics lack "by_context"."""
     by_context = cls.get("by_context")
     if not isinstance(by_context, Mapping):
@@ -364,10 +468,167 @@ def _context_rows(cls: Mapping[str, Any]) -> list[list[str]]:
         alone = block.get("alone") or {}
         other = block.get("with_other") or {}
         rows.append(
-            [_esc(name), _fmt(block.get("n_neg")), _fmt(alone.get("n_pos")),
-             _fmt(alone.get("auc")), _fmt(other.get("n_pos")), _fmt(other.get("auc"))]
+            _ContextRow(_esc(name), _fmt(block.get("n_neg")), _fmt(alone.get("n_pos")),
+                        _fmt(alone.get("auc")), _fmt(other.get("n_pos")), _fmt(other.get("auc")))
         )
     return rows
+
+
+def _classification_section(cls: Mapping[str, Any]) -> list[str]:
+    out = [
+        '<section id="classification"><h2>Classification</h2>',
+        "<p class=note>Decisions at the calibrated thresholds (p ≥ t is positive); 95 % "
+        "bootstrap intervals in grey; – = not measurable on this split (e.g. no positives). "
+        "“multi” = two or more of the five types: AUC/AUPRC from P(≥2) assuming independent "
+        "types, decisions = two or more positive type decisions.</p>",
+        _table(_ClassificationRow, _classification_rows(cls)),
+    ]
+    context_rows = _context_rows(cls)
+    if context_rows:
+        out.append(
+            '<h3 id="by-context">Each type alone vs. beside another type</h3>'
+            "<p class=note>AUC of P(type) with the type alone on a slice vs. beside another "
+            "hemorrhage type: negatives are all slices without the type (neg); positives are the "
+            "slices whose only type it is (alone) or the slices with it and at least one other "
+            "type (beside another type). – = undefined (no positives or no negatives).</p>"
+        )
+        out.append(_table(_ContextRow, context_rows))
+    out.append("</section>")
+    return out
+
+
+def _chart_section(section: str, heading: str, svgs: Sequence[str], note: str = "") -> list[str]:
+    out = [f'<section id="{section}"><h2>{_esc(heading)}</h2>']
+    if note:
+        out.append(f"<p class=note>{_esc(note)}</p>")
+    out.append('<div class="charts">' + "".join(svgs) + "</div></section>")
+    return out
+
+
+def _curve_sections(plots: Mapping[str, Any]) -> list[str]:
+    """ROC, precision-recall and reliability sections, one chart each, all labels per chart."""
+    roc = svg_lines(plots.get("roc", []), "ROC", "false positive rate", "true positive rate",
+                    diagonal=True)
+    pr = svg_lines(plots.get("pr", []), "Precision-recall", "recall", "precision")
+    reliability = svg_lines(plots.get("reliability", []), "Reliability (10 bins)", "mean predicted",
+                            "fraction positive", diagonal=True, markers=True)
+    return [
+        *_chart_section("roc", "ROC curves", [roc]),
+        *_chart_section("pr", "Precision-recall curves", [pr]),
+        *_chart_section(
+            "reliability", "Reliability", [reliability],
+            "Points on the diagonal are well calibrated; below it the model is over-confident.",
+        ),
+    ]
+
+
+def _segmentation_rows(seg: Mapping[str, Any]) -> list[_SegmentationRow]:
+    rows = []
+    for key, label in (("dice", "Dice, all known masks"), ("iou", "IoU, all known masks"),
+                       ("dice_nonempty", "Dice, slices with bleed"),
+                       ("iou_nonempty", "IoU, slices with bleed")):
+        d = seg.get(key) or {}
+        q = d.get("quantiles") or {}
+        ci = (seg.get("ci") or {}).get(key)
+        rows.append(_SegmentationRow(label, _fmt_ci(d.get("mean"), ci), _fmt(d.get("median")),
+                                     _fmt(q.get("q05")), _fmt(q.get("q25")), _fmt(q.get("q75")),
+                                     _fmt(q.get("q95"))))
+    return rows
+
+
+def _segmentation_section(seg: Mapping[str, Any], dice: Sequence[float]) -> list[str]:
+    """Dice/IoU table and per-slice Dice histogram; a note instead when no mask is known.
+
+    Args:
+      seg: the ``segmentation`` block of metrics.json.
+      dice: per-slice Dice over the slices with a known mask.
+    """
+    out = ['<section id="segmentation"><h2>Segmentation</h2>']
+    if seg.get("n"):
+        out.append(_table(_SegmentationRow, _segmentation_rows(seg)))
+        out.append(
+            f"<p class=note>Slices with known masks: {_fmt(seg.get('n'))}, with bleed: "
+            f"{_fmt(seg.get('n_true_nonempty'))}. Empty prediction where the truth has bleed: "
+            f"{_fmt(seg.get('empty_prediction_rate'))}; bleed predicted on truly empty slices: "
+            f"{_fmt(seg.get('false_positive_rate'))}. Both empty counts as Dice 1.</p>"
+        )
+        out.append('<div class="charts">' + svg_histogram(dice, "Dice per slice (known masks)", "Dice")
+                   + "</div>")
+    else:
+        out.append("<p class=note>No slice of this split has a known mask.</p>")
+    out.append("</section>")
+    return out
+
+
+def _area_rows(area: Mapping[str, Any]) -> list[_AreaRow]:
+    rows = []
+    for key, label in (("fraction", "area head, fraction of image"),
+                       ("fraction_from_mask", "predicted mask, fraction of image"),
+                       ("mm2", "area head, mm²")):
+        a = area.get(key)
+        if not a:
+            continue
+        ci = a.get("ci") or {}
+        rows.append(_AreaRow(label, _fmt(a.get("n")), _fmt_ci(a.get("mae"), ci.get("mae"), 4),
+                             _fmt_ci(a.get("bias"), ci.get("bias"), 4), _fmt(a.get("loa_low"), 4),
+                             _fmt(a.get("loa_high"), 4), _fmt(a.get("pearson_r"))))
+    return rows
+
+
+def _area_section(area: Mapping[str, Any], plots: Mapping[str, Any]) -> list[str]:
+    """Area agreement table and one Bland-Altman plot per unit that has points.
+
+    Args:
+      area: the ``area`` block of metrics.json (fractions of the image; mm² where spacing is known).
+      plots: reads ``area_fraction`` and ``area_mm2``, each ``{"mean": [...], "diff": [...]}``.
+    """
+    out = ['<section id="area"><h2>Bleed area</h2>']
+    rows = _area_rows(area)
+    if rows:
+        out.append(_table(_AreaRow, rows))
+    svgs = []
+    for key, unit in (("fraction", "fraction"), ("mm2", "mm²")):
+        pts = plots.get(f"area_{key}")
+        a = area.get(key) or {}
+        if pts:
+            svgs.append(svg_bland_altman(pts["mean"], pts["diff"], a.get("bias"),
+                                         a.get("loa_low"), a.get("loa_high"),
+                                         f"Bland-Altman, area ({unit})", unit))
+    if svgs:
+        out.append('<div class="charts">' + "".join(svgs) + "</div>")
+    else:
+        out.append("<p class=note>No slice of this split has a known area.</p>")
+    out.append("</section>")
+    return out
+
+
+def _overlay_figure(item: Mapping[str, Any]) -> str:
+    caption = (f"{_esc(item.get('kind', ''))}: {_esc(item.get('id', ''))}, "
+               f"Dice {_fmt(item.get('dice'))}")
+    return (f'<figure><img alt="{caption}" src="{data_uri_png(item["png"])}">'
+            f"<figcaption>{caption}</figcaption></figure>")
+
+
+def _overlay_section(overlays: Sequence[Mapping[str, Any]]) -> list[str]:
+    out = [
+        '<section id="overlays"><h2>Best and worst slices</h2>',
+        "<p class=note>Among slices whose true mask has bleed: image (brain window), true mask "
+        "(green), predicted mask (red).</p>",
+    ]
+    if overlays:
+        out.extend(_overlay_figure(item) for item in overlays)
+    else:
+        out.append("<p class=note>No slice with a non-empty true mask.</p>")
+    out.append("</section>")
+    return out
+
+
+def _notes_section(notes: Sequence[str]) -> list[str]:
+    return [
+        '<section id="notes"><h2>Notes</h2><ul>',
+        *(f"<li>{_esc(note)}</li>" for note in notes or ["none"]),
+        "</ul></section>",
+    ]
 
 
 def render_html(
@@ -389,157 +650,17 @@ def render_html(
     Returns:
       HTML text; every image is inline (SVG or base64 PNG), no external URL.
     """
+    # One list entry per output line: the sections return lines, joined by "\n" once at the end.
     out = [
         "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>",
         f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{_esc(title)}</h1>",
+        *_summary_section(metrics),
+        *_classification_section(metrics.get("classification") or {}),
+        *_curve_sections(plots),
+        *_segmentation_section(metrics.get("segmentation") or {}, plots.get("dice", [])),
+        *_area_section(metrics.get("area") or {}, plots),
+        *_overlay_section(overlays),
+        *_notes_section(metrics.get("notes", [])),
     ]
-    # Summary
-    cls = metrics.get("classification") or {}
-    seg = metrics.get("segmentation") or {}
-    summary_rows = [
-        ["model", _esc(metrics.get("model", ""))],
-        ["shards / split", _esc(f"{metrics.get('shards', '')} / {metrics.get('split', '')}")],
-        ["test-time augmentation", _esc(metrics.get("tta", "none"))],
-        ["slices", _fmt(metrics.get("n_slices"))],
-        ["slices with labels", _fmt(cls.get("n"))],
-        ["slices with known masks", _fmt(seg.get("n"))],
-        ["thresholds from", _esc(metrics.get("threshold_source", ""))],
-        ["macro AUC (5 types)", _fmt((cls.get("macro_types") or {}).get("auc"))],
-        ["mean Dice (known masks)", _fmt((seg.get("dice") or {}).get("mean"))],
-        ["created", _esc(metrics.get("created", ""))],
-    ]
-    out.append('<section id="summary"><h2>Summary</h2>')
-    out.append(_table(["", "value"], summary_rows) + "</section>")
-
-    out.append('<section id="classification"><h2>Classification</h2>')
-    out.append(
-        "<p class=note>Decisions at the calibrated thresholds (p ≥ t is positive); 95 % "
-        "bootstrap intervals in grey; – = not measurable on this split (e.g. no positives). "
-        "“multi” = two or more of the five types: AUC/AUPRC from P(≥2) assuming independent "
-        "types, decisions = two or more positive type decisions.</p>"
-    )
-    out.append(
-        _table(
-            ["label", "pos", "neg", "AUC", "AUPRC", "threshold", "sensitivity", "specificity",
-             "F1"],
-            _classification_rows(cls),
-        )
-    )
-    context_rows = _context_rows(cls)
-    if context_rows:
-        out.append(
-            '<h3 id="by-context">Each type alone vs. beside another type</h3>'
-            "<p class=note>AUC of P(type) with the type alone on a slice vs. beside another "
-            "hemorrhage type: negatives are all slices without the type (neg); positives are the "
-            "slices whose only type it is (alone) or the slices with it and at least one other "
-            "type (beside another type). – = undefined (no positives or no negatives).</p>"
-        )
-        out.append(
-            _table(
-                ["type", "neg", "alone: n", "alone: AUC", "beside another type: n",
-                 "beside another type: AUC"],
-                context_rows,
-            )
-        )
-    out.append("</section>")
-
-    def charts(section: str, heading: str, svgs: list[str], note: str = "") -> None:
-        out.append(f'<section id="{section}"><h2>{_esc(heading)}</h2>')
-        if note:
-            out.append(f"<p class=note>{_esc(note)}</p>")
-        out.append('<div class="charts">' + "".join(svgs) + "</div></section>")
-
-    charts(
-        "roc", "ROC curves",
-        [svg_lines(plots.get("roc", []), "ROC", "false positive rate", "true positive rate",
-                   diagonal=True)],
-    )
-    charts(
-        "pr", "Precision-recall curves",
-        [svg_lines(plots.get("pr", []), "Precision-recall", "recall", "precision")],
-    )
-    charts(
-        "reliability", "Reliability",
-        [svg_lines(plots.get("reliability", []), "Reliability (10 bins)", "mean predicted",
-                   "fraction positive", diagonal=True, markers=True)],
-        "Points on the diagonal are well calibrated; below it the model is over-confident.",
-    )
-
-    out.append('<section id="segmentation"><h2>Segmentation</h2>')
-    if seg.get("n"):
-        rows = []
-        for key, label in (("dice", "Dice, all known masks"), ("iou", "IoU, all known masks"),
-                           ("dice_nonempty", "Dice, slices with bleed"),
-                           ("iou_nonempty", "IoU, slices with bleed")):
-            d = seg.get(key) or {}
-            q = d.get("quantiles") or {}
-            ci = (seg.get("ci") or {}).get(key)
-            rows.append([label, _fmt_ci(d.get("mean"), ci), _fmt(d.get("median")),
-                         _fmt(q.get("q05")), _fmt(q.get("q25")), _fmt(q.get("q75")),
-                         _fmt(q.get("q95"))])
-        out.append(_table(["", "mean", "median", "5 %", "25 %", "75 %", "95 %"], rows))
-        out.append(
-            f"<p class=note>Slices with known masks: {_fmt(seg.get('n'))}, with bleed: "
-            f"{_fmt(seg.get('n_true_nonempty'))}. Empty prediction where the truth has bleed: "
-            f"{_fmt(seg.get('empty_prediction_rate'))}; bleed predicted on truly empty slices: "
-            f"{_fmt(seg.get('false_positive_rate'))}. Both empty counts as Dice 1.</p>"
-        )
-        out.append('<div class="charts">' + svg_histogram(plots.get("dice", []),
-                   "Dice per slice (known masks)", "Dice") + "</div>")
-    else:
-        out.append("<p class=note>No slice of this split has a known mask.</p>")
-    out.append("</section>")
-
-    out.append('<section id="area"><h2>Bleed area</h2>')
-    area = metrics.get("area") or {}
-    rows = []
-    for key, label, unit in (("fraction", "area head, fraction of image", ""),
-                             ("fraction_from_mask", "predicted mask, fraction of image", ""),
-                             ("mm2", "area head, mm²", "mm²")):
-        a = area.get(key)
-        if not a:
-            continue
-        ci = a.get("ci") or {}
-        rows.append([label, _fmt(a.get("n")), _fmt_ci(a.get("mae"), ci.get("mae"), 4),
-                     _fmt_ci(a.get("bias"), ci.get("bias"), 4), _fmt(a.get("loa_low"), 4),
-                     _fmt(a.get("loa_high"), 4), _fmt(a.get("pearson_r"))])
-    if rows:
-        out.append(_table(["", "n", "MAE", "bias (pred − true)", "LoA low", "LoA high", "r"],
-                          rows))
-    svgs = []
-    for key, unit in (("fraction", "fraction"), ("mm2", "mm²")):
-        pts = plots.get(f"area_{key}")
-        a = area.get(key) or {}
-        if pts:
-            svgs.append(svg_bland_altman(pts["mean"], pts["diff"], a.get("bias"),
-                                         a.get("loa_low"), a.get("loa_high"),
-                                         f"Bland-Altman, area ({unit})", unit))
-    if svgs:
-        out.append('<div class="charts">' + "".join(svgs) + "</div>")
-    else:
-        out.append("<p class=note>No slice of this split has a known area.</p>")
-    out.append("</section>")
-
-    out.append('<section id="overlays"><h2>Best and worst slices</h2>')
-    out.append(
-        "<p class=note>Among slices whose true mask has bleed: image (brain window), true mask "
-        "(green), predicted mask (red).</p>"
-    )
-    if overlays:
-        for item in overlays:
-            caption = (f"{_esc(item.get('kind', ''))}: {_esc(item.get('id', ''))}, "
-                       f"Dice {_fmt(item.get('dice'))}")
-            out.append(
-                f'<figure><img alt="{caption}" src="{data_uri_png(item["png"])}">'
-                f"<figcaption>{caption}</figcaption></figure>"
-            )
-    else:
-        out.append("<p class=note>No slice with a non-empty true mask.</p>")
-    out.append("</section>")
-
-    out.append('<section id="notes"><h2>Notes</h2><ul>')
-    for note in metrics.get("notes", []) or ["none"]:
-        out.append(f"<li>{_esc(note)}</li>")
-    out.append("</ul></section></body></html>")
-    return "\n".join(out)
+    return "\n".join(out) + "</body></html>"

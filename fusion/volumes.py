@@ -17,8 +17,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from fusion.errors import FusionError
 
-class VolumeError(ValueError):
+
+class VolumeError(FusionError, ValueError):
     """Masks and geometry of a series do not fit together (the message says how)."""
 
 
@@ -136,6 +138,7 @@ def series_volume(
     pixel_spacing: Any,
     positions: Sequence[Sequence[float] | None] | None = None,
     slice_thickness: float | None = None,
+    known_spacing: tuple[float | None, str] | None = None,
 ) -> SeriesVolume:
     """Bleed volume and ABC/2 of one series.
 
@@ -144,6 +147,9 @@ def series_volume(
       pixel_spacing: (row, col) mm, or [N, 2] per slice, or None when unknown.
       positions: ImagePositionPatient per slice (mm), same order, or None.
       slice_thickness: SliceThickness (mm), used when positions are missing.
+      known_spacing: (slice spacing mm or None, source) already worked out from the series geometry
+        (`fusion.series.SeriesGroup`: along the slice normal, gaps excluded); overrides
+        ``positions`` and ``slice_thickness``.
 
     Returns:
       A `SeriesVolume`; volumes are None when pixel or slice spacing is unknown.
@@ -157,7 +163,10 @@ def series_volume(
     if positions is not None and len(positions) != n:
         raise VolumeError(f"{len(positions)} positions for {n} slices")
     spacing = _spacing_rows(pixel_spacing, n)
-    dz, source = slice_spacing(positions, slice_thickness)
+    if known_spacing is not None:
+        dz, source = known_spacing
+    else:
+        dz, source = slice_spacing(positions, slice_thickness)
     pixels = m.reshape(n, -1).sum(axis=1)
     with_bleed = int(np.count_nonzero(pixels))
     areas_mm2 = pixels * spacing[:, 0] * spacing[:, 1] if spacing is not None else None

@@ -12,12 +12,17 @@ PATIENTS="${DEMO_PATIENTS:-80}"
 SLICES="${DEMO_SLICES:-6}"
 # 15% validation: the thresholds are calibrated there, and 10% of a small drop is ~4 patients.
 FRACTIONS="${DEMO_SPLIT_FRACTIONS:-0.7,0.15,0.15}"
+# Phantom setting (fusion-synth --difficulty): "real" is calibrated to real head CT (bleeds
+# ~20 HU above brain, small and thin ones, calcifications, skull base...); "easy" is the
+# original phantom, whose figures real CT does not reproduce (docs/benchmarks.md).
+DIFFICULTY="${DEMO_DIFFICULTY:-easy}"
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "1/6 synthetic drop ($PATIENTS patients x $SLICES slices, real layout) -> $OUT/drop"
-"${BIN}fusion-synth" "$OUT/drop" --patients "$PATIENTS" --slices-per-patient "$SLICES" --seed 0 --overwrite
+step "1/6 synthetic drop ($PATIENTS patients x $SLICES slices, real layout, phantom setting '$DIFFICULTY') -> $OUT/drop"
+"${BIN}fusion-synth" "$OUT/drop" --patients "$PATIENTS" --slices-per-patient "$SLICES" --seed 0 \
+    --difficulty "$DIFFICULTY" --overwrite
 
 step "2/6 build shards -> $OUT/tfrecords"
 "${BIN}fusion-build" "$OUT/drop" --out "$OUT/tfrecords" --split-fractions "$FRACTIONS" --overwrite
@@ -35,11 +40,11 @@ step "6/6 predict on the raw DICOM series -> $OUT/predictions"
 "${BIN}fusion-predict" "$OUT/run" "$OUT/drop/dcms" --out "$OUT/predictions" --overwrite
 
 PY="${BIN}python"; command -v "$PY" >/dev/null || PY=python3
-"$PY" - "$OUT/report/metrics.json" <<'PY' || true
+"$PY" - "$OUT/report/metrics.json" "$DIFFICULTY" <<'PY' || true
 import json, sys
 m = json.load(open(sys.argv[1]))
 c, s = m["classification"], m.get("segmentation", {})
-print("\nHeld-out test split: %d slices" % m["n_slices"])
+print("\nHeld-out test split: %d slices (phantom setting: %s)" % (m["n_slices"], sys.argv[2]))
 print("  %-18s %6s %6s %6s %6s %6s" % ("type", "AUC", "AUPRC", "sens", "spec", "F1"))
 for name, r in c["per_class"].items():
     f = lambda v: "   n/a" if v is None else "%6.3f" % v

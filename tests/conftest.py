@@ -8,10 +8,8 @@ from typing import Any
 
 import cv2
 import numpy as np
-import pydicom
 import pytest
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from factories import write_ct
 
 from data_build import renders
 from data_build.cases import Case, Skip
@@ -47,34 +45,8 @@ def write_dicom(
     intercept: float = -1024.0,
 ) -> Path:
     """A tiny signed 16-bit CT slice holding `hu` (integers) with the given intercept."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.PatientID = patient_id
-    ds.StudyInstanceUID = "1.2.3"
-    ds.SeriesInstanceUID = "1.2.3.4"
-    ds.Modality = "CT"
-    ds.Rows, ds.Columns = hu.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = 16
-    ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 1
-    ds.RescaleIntercept = intercept
-    ds.RescaleSlope = 1.0
-    if spacing is not None:
-        ds.PixelSpacing = list(spacing)
-    ds.ImagePositionPatient = [-125.0, -120.5, 62.75]
-    ds.PixelData = (np.asarray(hu) - intercept).astype(np.int16).tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    return write_ct(path, np.asarray(hu) - intercept, PatientID=patient_id, RescaleIntercept=intercept,
+                    RescaleSlope=1.0, PixelSpacing=None if spacing is None else list(spacing))
 
 
 def render_case(
@@ -139,3 +111,18 @@ def render_drop(tmp_path: Path) -> FakeDrop:
             )
         )
     return FakeDrop(root=root, source="render", cases=cases)
+
+
+def write_tiny_synth_drop(root: Path, *, dicoms: bool = False, patients: int = 3) -> Path:
+    """A tiny clean synthetic drop (2 slices a patient, 32 px) written by the product's writer."""
+    from data_build.synth.writer import write_synthetic_drop
+
+    write_synthetic_drop(root, n_patients=patients, slices_per_patient=2, size=32, broken=False,
+                         dicoms=dicoms)
+    return root
+
+
+@pytest.fixture
+def synth_drop(tmp_path: Path) -> Path:
+    """`write_tiny_synth_drop` in tmp_path/drop (renders only; 6 slices, 1 flagged)."""
+    return write_tiny_synth_drop(tmp_path / "drop")

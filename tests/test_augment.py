@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import tensorflow as tf
 
 from data_build import windows
@@ -67,13 +66,17 @@ def test_seeded_and_reproducible() -> None:
 def test_window_jitter_rewindows_hu_records_only() -> None:
     batch = make_batch()
     no_geometry = dict(flip_left_right=False, rotation_deg=0.0, scale=0.0, noise_std=0.0)
-    exact = augment_batch(batch, tf.constant([0, 1]), AugmentConfig(level_jitter_hu=0.0, width_jitter=1e-9, **no_geometry))
+    exact = augment_batch(
+        batch, tf.constant([0, 1]), AugmentConfig(level_jitter_hu=0.0, width_jitter=1e-9, **no_geometry)
+    )
     image = exact["image"].numpy()
     # Render records (is_hu 0) keep their pixels; HU records are re-windowed from hu.
     np.testing.assert_allclose(image[:2], batch["image"].numpy()[:2], atol=1e-6)
     expected = windows.apply_windows(batch["hu"].numpy()[2:])
     np.testing.assert_allclose(image[2:], expected, atol=1e-5)
-    jittered = augment_batch(batch, tf.constant([0, 1]), AugmentConfig(level_jitter_hu=30.0, width_jitter=0.3, **no_geometry))
+    jittered = augment_batch(
+        batch, tf.constant([0, 1]), AugmentConfig(level_jitter_hu=30.0, width_jitter=0.3, **no_geometry)
+    )
     assert np.abs(jittered["image"].numpy()[2:] - expected).max() > 0.01
     np.testing.assert_allclose(jittered["image"].numpy()[:2], batch["image"].numpy()[:2], atol=1e-6)
 

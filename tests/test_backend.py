@@ -33,7 +33,9 @@ SCRIPT = textwrap.dedent(
     weights = window_weights(build_model(ModelConfig(image_size=32, width=4, depth=2, fusion_width=4, groups=2)), x)
     shapes["weights"] = list(weights.shape)
     shapes["weights_sum"] = float(np.abs(weights.sum(-1) - 1).max())
-    pooled = build_model(ModelConfig(image_size=32, width=4, depth=2, fusion_width=4, groups=2, class_pooling="attention"))
+    pooled = build_model(
+        ModelConfig(image_size=32, width=4, depth=2, fusion_width=4, groups=2, class_pooling="attention")
+    )
     probs = np.asarray(pooled.predict(x, verbose=0)["class"])
     shapes["attention_pooling"] = [list(probs.shape), bool(np.isfinite(probs).all())]
     shapes["backend"] = keras.backend.backend()
@@ -47,7 +49,7 @@ def run_backend(backend: str) -> dict:
     proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, capture_output=True, text=True,
                           env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
+    line = [row for row in proc.stdout.splitlines() if row.startswith("RESULT ")][-1]
     return json.loads(line[len("RESULT "):])
 
 

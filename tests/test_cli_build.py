@@ -42,6 +42,44 @@ def test_help_teaches() -> None:
         assert result.exit_code == 0 and "Example" in result.output and words in result.output
 
 
+def test_synth_difficulty_option(tmp_path: Path) -> None:
+    shown = _run(cli.synth, "--help")
+    assert "--difficulty [easy|real]" in shown.output and "default: real" in shown.output
+    assert "calibrated to real" in shown.output and "byte-identical" in shown.output
+    args = ["--patients", 2, "--slices-per-patient", 1, "--size", 32, "--no-dicoms", "--no-progress"]
+    real = _run(cli.synth, tmp_path / "real", *args)
+    easy = _run(cli.synth, tmp_path / "easy", *args, "--difficulty", "easy")
+    assert real.exit_code == 0 and "(real phantom)" in real.output
+    assert easy.exit_code == 0 and "(easy phantom)" in easy.output
+    jpegs = {k: sorted(p.read_bytes() for p in (tmp_path / k / "renders").rglob("*.jpg"))
+             for k in ("real", "easy")}
+    assert jpegs["real"] != jpegs["easy"]
+    bad = _run(cli.synth, tmp_path / "bad", *args, "--difficulty", "hard")
+    assert bad.exit_code == 2 and "'easy', 'real'" in bad.output
+    assert not (tmp_path / "bad").exists()
+
+
+def test_real_phantom_drop_builds_with_only_the_planted_skips(tmp_path: Path) -> None:
+    # Small and thin bleeds, skull base and calcifications must not trip the builder: every
+    # skip is one that the writer planted or flagged, in both sources.
+    root = tmp_path / "real"
+    summary = synth.write_synthetic_drop(root, n_patients=6, slices_per_patient=3, size=64,
+                                         seed=2, difficulty="real")
+    assert summary.n_with_polygons > 0
+    planted = set(BROKEN_TO_SKIP.values()) | {"flagged"}
+    for source in ("render", "dicom"):
+        result = _run(cli.build, root, "--out", tmp_path / source, "--source", source,
+                      "--workers", 1, "--no-progress")
+        assert result.exit_code == 0, result.output
+        lines = result.output.split("Skipped or masks left unknown:")[1].splitlines()[1:]
+        named = set()
+        for line in lines:  # the indented "  reason: count" lines under the heading
+            if not line.startswith("  "):
+                break
+            named.add(line.split(":")[0].strip())
+        assert named and named <= planted, result.output
+
+
 def test_missing_root_or_labels_exit_2_and_write_nothing(tmp_path: Path) -> None:
     out = tmp_path / "shards"
     result = _run(cli.build, tmp_path / "nowhere", "--out", out, "--workers", 1)

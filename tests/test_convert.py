@@ -10,8 +10,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from conftest import REAL_DATA, SQUARE, render_case, write_dicom
+
 from data_build import convert, schema
 from data_build.cases import Case, Skip
 from data_build.windows import WINDOW_NAMES

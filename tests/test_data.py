@@ -1,17 +1,17 @@
 """fusion.data: documented shapes/dtypes, values, HU windowing, spacing, errors."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import REAL_DATA, SQUARE, FakeDrop, write_dicom
+
 from data_build import records, renders, windows
 from data_build.cases import Case
+from data_build.manifest import Manifest
 from fusion import data
 
 ALL = (1.0, 0.0, 0.0)  # every group in train: tests read one split
@@ -63,7 +63,7 @@ def test_render_batches_have_documented_shapes(render_shards: Path, size: int) -
 
 def reference_batches(shards: Path, size: int, batch_size: int) -> list[dict]:
     """The per-example float path (`decode` + `preprocess`), the fast path's reference."""
-    files = data.shard_files(shards, "train", data.load_manifest(shards))
+    files = data.shard_files(shards, "train", Manifest.load(shards))
     ds = tf.data.TFRecordDataset(files).map(lambda s: data.preprocess(data.decode(s), size))
     return list(ds.batch(batch_size))
 
@@ -143,7 +143,7 @@ def test_hu_records_are_windowed_with_manifest_presets(dicom_shards: Path) -> No
     hu = batch["hu"].numpy()
     assert hu[0, :, :14, 0] == pytest.approx(40.0)  # left half stays 40 HU after resize
     image = batch["image"].numpy()
-    presets = data.presets_from_manifest(json.loads((dicom_shards / "manifest.json").read_text()))
+    presets = list(Manifest.load(dicom_shards).presets)
     assert presets[1] == windows.Window(75.0, 215.0)
     expected = windows.apply_windows(hu[..., 0], presets)
     np.testing.assert_allclose(image, expected, atol=1e-6)
@@ -186,8 +186,8 @@ def test_errors(render_shards: Path, tmp_path: Path) -> None:
 
 
 def test_decode_preprocess_are_composable(render_shards: Path) -> None:
-    manifest = data.load_manifest(render_shards)
-    path = render_shards / manifest["shards"][0]["file"]
+    manifest = Manifest.load(render_shards)
+    path = render_shards / manifest.shards[0].file
     serialized = next(iter(tf.data.TFRecordDataset(str(path))))
     example = data.preprocess(data.decode(serialized), 16)
     assert example["image"].shape == (16, 16, 4) and example["id"].numpy().startswith(b"ID_")
@@ -208,7 +208,7 @@ def test_real_dicom_drop_reads_back_exact_hu(tmp_path: Path) -> None:
     )
     out = tmp_path / "shards"
     report = records.build(root, out, workers=1, fractions=ALL, progress=False)
-    assert report.examples == 3 and data.load_manifest(out)["source"] == "dicom"
+    assert report.examples == 3 and Manifest.load(out).source == "dicom"
     batch = next(iter(data.make_dataset(out, "train", image_size=512, batch_size=3)))
     for row, slice_id in enumerate(i.decode() for i in batch["id"].numpy()):
         hu, meta = read_hu(root / "dcms" / f"{slice_id}.dcm")

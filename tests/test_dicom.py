@@ -7,16 +7,16 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import (
-    CTImageStorage,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    JPEGLosslessSV1,
-    generate_uid,
-)
+from factories import write_ct
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGLosslessSV1
 
-from data_build.dicom import DicomMeta, DicomReadError, needs_rsna_fix, read_hu, read_meta
+from data_build.dicom import (
+    DicomMeta,
+    DicomReadError,
+    needs_rsna_fix,
+    read_hu,
+    read_meta,
+)
 from data_build.windows import apply_windows
 
 REAL_DICOM = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real" / "rsna-dicom"
@@ -36,37 +36,10 @@ def write_dicom(
     with_pixels: bool = True,
 ) -> Path:
     """Write a tiny single-frame CT slice with pydicom."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = syntax
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.PatientID = "ID_patient1"
-    ds.StudyInstanceUID = "1.2.3"
-    ds.SeriesInstanceUID = "1.2.3.4"
-    ds.Modality = "CT"
-    ds.Rows, ds.Columns = stored.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = 16
-    ds.BitsStored = bits_stored
-    ds.HighBit = bits_stored - 1
-    ds.PixelRepresentation = 1 if signed else 0
-    ds.RescaleIntercept = intercept
-    ds.RescaleSlope = slope
-    ds.PixelSpacing = [0.5, 0.25]
-    ds.ImagePositionPatient = [-125.0, -120.5, 62.75]
-    ds.SliceThickness = 5.0
-    ds.InstanceNumber = 7
-    ds.WindowCenter = window_center
-    ds.WindowWidth = window_width
-    if with_pixels:
-        ds.PixelData = stored.astype(np.int16 if signed else np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    return write_ct(path, stored, bits_stored=bits_stored, signed=signed, syntax=syntax,
+                    with_pixels=with_pixels, RescaleIntercept=intercept, RescaleSlope=slope,
+                    SliceThickness=5.0, InstanceNumber=7, WindowCenter=window_center,
+                    WindowWidth=window_width)
 
 
 @pytest.fixture

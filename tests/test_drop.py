@@ -11,15 +11,13 @@ from typing import Iterable, Mapping, Sequence
 
 import cv2
 import numpy as np
-import pydicom
 import pytest
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+from factories import write_ct
 
 from data_build import drop as drop_module
 from data_build.cases import Case, DropError
-from data_build.drop import DETECTION_REQUIRED, Drop, discover, read_headers
 from data_build.dicom import DicomMeta
+from data_build.drop import DETECTION_REQUIRED, Drop, discover, read_headers
 from data_build.schema import LABEL_NAMES
 from data_build.windows import WINDOW_NAMES
 
@@ -448,25 +446,9 @@ def test_normal_slice_with_traced_region_is_unknown(tmp_path: Path) -> None:
 def write_dicom(path: Path, patient: str = "ID_p1") -> Path:
     # RSNA-style "ID_..." UIDs are not valid UIDs; pytest restores the filters after each test.
     warnings.filterwarnings("ignore", "Invalid value for VR UI", UserWarning)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = "1.2.3." + str(abs(hash(path.stem)) % 10**8)
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = path.stem
-    ds.PatientID, ds.StudyInstanceUID, ds.SeriesInstanceUID = patient, "ID_st", "ID_se"
-    ds.Rows = ds.Columns = 4
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-    ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
-    ds.PixelSpacing = [0.5, 0.5]
-    ds.ImagePositionPatient = [1.0, 2.0, 3.0]
-    ds.PixelData = np.zeros((4, 4), np.int16).tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    return write_ct(path, np.zeros((4, 4), np.int16), SOPInstanceUID=path.stem, PatientID=patient,
+                    StudyInstanceUID="ID_st", SeriesInstanceUID="ID_se", PixelSpacing=[0.5, 0.5],
+                    ImagePositionPatient=[1.0, 2.0, 3.0])
 
 
 def test_render_cases_get_dicom_metadata(tmp_path: Path) -> None:

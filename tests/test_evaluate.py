@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import json
-import shutil
 import os
+import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, Iterator
@@ -13,12 +13,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from test_predict import make_fake_savedmodel  # noqa: E402  (tests/ is on sys.path)
 
 from data_build.schema import LABEL_NAMES
 from fusion import evaluate as E
+from fusion import scoring
 from fusion.inference import ModelLoadError, PredictInputError, load_predictor
 from fusion.report import SECTIONS
-from test_predict import make_fake_savedmodel  # noqa: E402  (tests/ is on sys.path)
+from fusion.thresholds import Thresholds
 
 S = 32
 
@@ -125,7 +127,7 @@ def test_load_predictor_errors(tmp_path: Path) -> None:
 
 def test_multi_probability() -> None:
     p = np.array([[0.5, 0.5, 0.0], [1.0, 1.0, 0.0], [0.2, 0.0, 0.0]])
-    np.testing.assert_allclose(E.multi_probability(p), [0.25, 1.0, 0.0])
+    np.testing.assert_allclose(scoring.multi_probability(p), [0.25, 1.0, 0.0])
 
 
 def test_classification_metrics_by_context_alone_vs_beside_another_type() -> None:
@@ -150,7 +152,7 @@ def test_classification_metrics_by_context_alone_vs_beside_another_type() -> Non
     # SDH: the slice beside SAH ranks first; the alone slice above 4 of the 5 negatives
     probs[:, 5] = [0.1, 0.2, 0.75, 0.3, 0.35, 0.7, 0.05]
     decisions = (probs >= 0.5).astype(np.int32)
-    rep = E.classification_metrics(labels, probs, decisions, np.full(6, 0.5), n_boot=0)
+    rep = scoring.classification_metrics(labels, probs, decisions, np.full(6, 0.5), n_boot=0)
     assert {"n", "per_class", "macro", "macro_types", "multi"} <= set(rep)
     ctx = rep["by_context"]
     assert list(ctx) == list(names)  # the five types, not "any"
@@ -176,7 +178,7 @@ def test_classification_metrics_by_context_alone_vs_beside_another_type() -> Non
         }
     json.dumps(rep, allow_nan=False)  # plain JSON types, no NaN
     # every slice has SAH alone: no negatives, so no AUC either
-    only = E.context_metrics(labels[:2], probs[:2])["subarachnoid"]
+    only = scoring.context_metrics(labels[:2], probs[:2])["subarachnoid"]
     assert only == {"n_neg": 0, "alone": {"n_pos": 2, "auc": None},
                     "with_other": {"n_pos": 0, "auc": None}}
 
@@ -292,7 +294,7 @@ def test_end_to_end_with_real_reader_and_export(tmp_path: Path) -> None:
     cfg = preset("demo")
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, image_size=32, width=4))
     keras.utils.set_random_seed(0)
-    thresholds = [0.5] * len(LABEL_NAMES)
+    thresholds = Thresholds.from_array([0.5] * len(LABEL_NAMES))
     export.write_savedmodel(build_model(cfg.model), run / "export", 32, thresholds, None)
     (run / "config.json").write_text(cfg.to_json())
     assert load_predictor(run).image_size == 32

@@ -15,14 +15,15 @@ import tensorflow as tf
 
 from data_build import windows
 from data_build.schema import LABEL_NAMES
-from fusion.config import ModelConfig, RunConfig
-from fusion.export import ExportError, export_model, export_run
+from data_build.windows import Window
+from fusion.config import RunConfig
+from fusion.export import ExportError, export_dir, export_model, export_run
 from fusion.model import build_model
+from fusion.thresholds import Thresholds
 
 SIZE = 32
-THRESHOLDS = np.array([0.5, 0.4, 0.6, 0.3, 0.5, 0.45], np.float32)
-PRESETS = {"brain_window": (40.0, 80.0), "subdural_window": (75.0, 215.0),
-           "brain_bone_window": (600.0, 2800.0), "max_contrast_window": (40.0, 40.0)}
+THRESHOLDS = Thresholds.from_array(np.array([0.5, 0.4, 0.6, 0.3, 0.5, 0.45], np.float32))
+PRESETS = (Window(40.0, 80.0), Window(75.0, 215.0), Window(600.0, 2800.0), Window(40.0, 40.0))
 
 RELOAD = textwrap.dedent(
     """
@@ -60,7 +61,7 @@ def keras_reference(model: keras.Model, images: np.ndarray) -> dict[str, np.ndar
     mask = tf.image.resize(np.asarray(out["mask"]), [h, w], method="bilinear").numpy()
     return {
         "probabilities": probs,
-        "decisions": (probs >= THRESHOLDS).astype(np.int32),
+        "decisions": (probs >= THRESHOLDS.array.astype(np.float32)).astype(np.int32),
         "area_fraction": np.clip(np.expm1(np.asarray(out["area"])[:, 0]) / 1e3, 0, 1),
         "mask": mask,
     }
@@ -69,11 +70,17 @@ def keras_reference(model: keras.Model, images: np.ndarray) -> dict[str, np.ndar
 def test_files_written(exported: tuple[Path, keras.Model, RunConfig]) -> None:
     run, _, _ = exported
     assert (run / "model.keras").is_file()
-    assert (run / "export" / "saved_model.pb").is_file()
-    info = json.loads((run / "export" / "fusion_export.json").read_text())
+    version = run / "export" / "1"
+    assert (version / "saved_model.pb").is_file()
+    info = json.loads((version / "fusion_export.json").read_text())
     assert info["image_size"] == SIZE
     assert info["presets"]["subdural_window"] == [75.0, 215.0]
-    thresholds = json.loads((run / "export" / "thresholds.json").read_text())["thresholds"]
+    assert "[0, 1]" in info["signatures"]["serving_default"]
+    assert "colour map inverted" in info["signatures"]["serving_default"]
+    assert "Hounsfield" in info["signatures"]["serve_hu"]
+    readme = (version / "README.md").read_text()
+    assert "serving_default" in readme and "serve_hu" in readme and "model_base_path" in readme
+    thresholds = json.loads((version / "thresholds.json").read_text())["thresholds"]
     assert list(thresholds) == list(LABEL_NAMES)
     assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no temporary leftovers
 
@@ -89,11 +96,11 @@ def test_savedmodel_in_fresh_process_matches_keras(exported: tuple[Path, keras.M
     }
     np.savez(tmp_path / "inputs.npz", **inputs)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run([sys.executable, "-c", RELOAD, str(run / "export"), str(tmp_path)],
+    proc = subprocess.run([sys.executable, "-c", RELOAD, str(run / "export" / "1"), str(tmp_path)],
                           capture_output=True, text=True, env=env, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = dict(np.load(tmp_path / "outputs.npz"))
-    window_list = [windows.Window(*PRESETS[n]) for n in windows.WINDOW_NAMES]
+    window_list = list(PRESETS)
     for name, key in (("serving_default", "images"), ("serve_hu", "hu")):
         for tag in ("same", "other"):
             x = inputs[f"{key}_{tag}"]
@@ -109,12 +116,73 @@ def test_savedmodel_in_fresh_process_matches_keras(exported: tuple[Path, keras.M
             assert got[prefix + "mask"].shape == (b, h, w, 1)  # the INPUT size
             for k in ("probabilities", "area_fraction", "mask"):
                 np.testing.assert_allclose(got[prefix + k], ref[k], atol=1e-4, err_msg=prefix + k)
+            # The small REST answer: the served mask thresholded at 0.5, as uint8 0/1.
+            assert got[prefix + "mask_uint8"].dtype == np.uint8
+            np.testing.assert_array_equal(got[prefix + "mask_uint8"],
+                                          (got[prefix + "mask"] >= 0.5).astype(np.uint8))
             # Decisions equal the baked-in thresholds applied to the served probabilities.
             np.testing.assert_array_equal(
-                got[prefix + "decisions"], (got[prefix + "probabilities"] >= THRESHOLDS).astype(np.int32)
+                got[prefix + "decisions"], (got[prefix + "probabilities"] >= THRESHOLDS.array.astype(np.float32)).astype(np.int32)
             )
 
 
 def test_export_run_requires_a_finished_run(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="config.json"):
         export_run(tmp_path)
+
+
+def test_export_layout_is_a_tf_serving_base_path(exported: tuple[Path, keras.Model, RunConfig]) -> None:
+    """TF Serving's --model_base_path wants numeric version folders, each a whole SavedModel."""
+    run, _, _ = exported
+    base = run / "export"
+    versions = [p for p in base.iterdir() if not p.name.startswith(".")]
+    assert [p.name for p in versions] == ["1"]
+    assert (base / "1" / "saved_model.pb").is_file()
+    assert (base / "1" / "variables" / "variables.index").is_file()
+    assert list((base / "1" / "variables").glob("variables.data-*"))
+    assert not (base / "saved_model.pb").exists()  # nothing at the base but versions
+
+
+def test_saved_model_cli_lists_both_signatures(exported: tuple[Path, keras.Model, RunConfig]) -> None:
+    cli = Path(sys.executable).parent / "saved_model_cli"
+    if not cli.is_file():
+        pytest.skip("saved_model_cli is not installed next to this Python")
+    run, _, _ = exported
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([str(cli), "show", "--dir", str(run / "export" / "1"), "--all"],
+                          capture_output=True, text=True, env=env, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = proc.stdout
+    assert "signature_def['serving_default']" in text and "signature_def['serve_hu']" in text
+    assert "inputs['images']" in text and "inputs['hu']" in text
+    assert "outputs['mask_uint8']" in text and "DT_UINT8" in text
+
+
+def test_load_predictor_finds_versions_and_old_exports(
+    exported: tuple[Path, keras.Model, RunConfig], tmp_path: Path
+) -> None:
+    import shutil
+
+    from fusion.inference import load_predictor
+
+    run, _, _ = exported
+    for given in (run, run / "export", run / "export" / "1"):
+        pred = load_predictor(given)
+        assert pred.path == run / "export" / "1"
+        assert pred.run_dir == (run if given != run / "export" / "1" else None)
+    # A second version: the highest number wins, as in TF Serving.
+    other = tmp_path / "run"
+    shutil.copytree(run / "export" / "1", other / "export" / "1")
+    shutil.copytree(run / "export" / "1", other / "export" / "12")
+    shutil.copytree(run / "export" / "1", other / "export" / "3")
+    assert load_predictor(other).path == other / "export" / "12"
+    # An unversioned export of an older run still loads.
+    old = tmp_path / "old"
+    shutil.copytree(run / "export" / "1", old / "export")
+    assert load_predictor(old).path == old / "export"
+
+
+@pytest.mark.parametrize("bad", [0, -1, "1", 1.5, True])
+def test_export_version_must_be_a_positive_integer(bad: object, tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="positive integer"):
+        export_dir(tmp_path, bad)  # type: ignore[arg-type]

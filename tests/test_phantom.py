@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
+from data_build.schema import TYPE_NAMES
 from data_build.synth import phantom
 from data_build.synth.phantom import (
     BLOOD,
@@ -23,7 +24,6 @@ from data_build.synth.phantom import (
     random_bleed,
     render_slice,
 )
-from data_build.schema import TYPE_NAMES
 from data_build.windows import PRESETS, window
 
 SIZE = 128

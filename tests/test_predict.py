@@ -62,69 +62,20 @@ import random  # noqa: E402
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
-import pydicom  # noqa: E402
 import pytest  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
-from pydicom.dataset import FileMetaDataset  # noqa: E402
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
+from factories import S, write_dicom  # noqa: E402
 
 from data_build.dicom import read_meta  # noqa: E402
 from fusion.cli import predict as cli  # noqa: E402
 from fusion.inference import load_predictor  # noqa: E402
 from fusion.predict import (  # noqa: E402
-    DicomSlice,
     PredictError,
-    discover,
-    group_series,
     inside,
     run_predictions,
     safe_name,
 )
-
-S = 32
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
-
-
-def write_dicom(
-    path: Path,
-    hu: np.ndarray,
-    series_uid: str,
-    sop_uid: str | None = None,
-    z: float | None = 0.0,
-    instance: int | None = None,
-    spacing: float = 0.5,
-) -> Path:
-    """A minimal CT slice (int16 stored = HU + 1024, intercept -1024)."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
-    meta.MediaStorageSOPInstanceUID = sop_uid or generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = CT_IMAGE_STORAGE
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.PatientID = "P1"
-    ds.StudyInstanceUID = "1.2.3"
-    ds.SeriesInstanceUID = series_uid
-    ds.Modality = "CT"
-    ds.Rows, ds.Columns = hu.shape
-    ds.PixelSpacing = [spacing, spacing]
-    if z is not None:
-        ds.ImagePositionPatient = [-8.0, -8.0, z]
-    if instance is not None:
-        ds.InstanceNumber = instance
-    ds.SliceThickness = 1.0
-    ds.RescaleSlope = 1
-    ds.RescaleIntercept = -1024
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = 16
-    ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 1
-    ds.PixelData = (hu + 1024).astype(np.int16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
+from fusion.predict_inputs import DicomSlice, discover, group_series  # noqa: E402
 
 
 def sphere_slices(radius: float, spacing: float, dz: float) -> list[tuple[float, np.ndarray]]:
@@ -175,9 +126,9 @@ def test_group_series_orders_shuffled_files(tmp_path: Path) -> None:
         )
     random.Random(0).shuffle(files)
     series = group_series([DicomSlice(f, read_meta(f)) for f in files])
-    assert [sid for sid, _ in series] == ["1.1", "1.2"]
-    assert [s.meta.position[2] for s in series[0][1]] == [-1.0, 0.0, 1.0, 2.0, 3.0]
-    assert [s.meta.instance_number for s in series[1][1]] == [1, 2, 3]
+    assert [g.id for g in series] == ["1.1", "1.2"]
+    assert [s.meta.position[2] for s in series[0].slices] == [-1.0, 0.0, 1.0, 2.0, 3.0]
+    assert [s.meta.instance_number for s in series[1].slices] == [1, 2, 3]
 
 
 def test_discover_sorts_inputs(tmp_path: Path) -> None:
@@ -325,7 +276,7 @@ def test_real_dicoms_when_present(model_dir: Path, tmp_path: Path) -> None:
 
 def test_plain_and_render_images_invert_the_bone_colour_map(tmp_path: Path) -> None:
     from data_build.renders import grey_to_rgb
-    from fusion.predict import read_plain_grey, read_render_grey
+    from fusion.predict_inputs import read_plain_grey, read_render_grey
 
     grey = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (8, 1))  # [8, 64] ramp
     rgb = grey_to_rgb(grey)
@@ -379,3 +330,123 @@ def test_killed_run_keeps_partial_tables_and_a_full_run_leaves_none(
     assert summary.predicted == 4
     assert len(json.loads((out / "predictions.json").read_text())) == 4
     assert not list(out.glob("*.partial.*"))
+
+
+# --- D8: duplicates, gaps; D14: earlier outputs inside the input ---------------------------------
+
+
+def test_duplicate_slices_do_not_inflate_the_volume(model_dir: Path, tmp_path: Path) -> None:
+    """Issue 12 D8: copies of slices (same SOPInstanceUID or same position) were counted twice
+    (105 -> 159 mL). Now they are dropped, counted in series.json and skipped.json, and the
+    volume equals that of the clean series."""
+    import shutil
+
+    slices = sphere_slices(6.0, 0.5, 1.0)
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    files = [write_dicom(clean / f"s{k:02d}.dcm", hu, "9.8", z=z) for k, (z, hu) in enumerate(slices)]
+    predictor = load_predictor(model_dir)
+    run_predictions(predictor, [clean], tmp_path / "out-clean")
+    (truth,) = json.loads((tmp_path / "out-clean" / "series.json").read_text())
+    dup = tmp_path / "dup"
+    shutil.copytree(clean, dup)
+    for f in files[5:10]:
+        shutil.copy(f, dup / f"copy-{f.name}")  # same SOPInstanceUID
+    z, hu = slices[len(slices) // 2]
+    write_dicom(dup / "rescan.dcm", hu, "9.8", z=z)  # a new UID at a known position
+    summary = run_predictions(predictor, [dup], tmp_path / "out-dup")
+    assert summary.predicted == len(files)
+    (row,) = json.loads((tmp_path / "out-dup" / "series.json").read_text())
+    assert row["n_duplicates_dropped"] == 6 and row["n_slices"] == len(files)
+    assert row["volume_ml"] == truth["volume_ml"]
+    skipped = json.loads((tmp_path / "out-dup" / "skipped.json").read_text())
+    assert [s["reason"] for s in skipped] == ["duplicate-slice"] * 6
+    header = (tmp_path / "out-dup" / "series.csv").read_text().splitlines()[0].split(",")
+    assert {"n_duplicates_dropped", "n_gaps", "largest_gap_mm", "warnings"} <= set(header)
+
+
+def test_gap_is_reported_and_excluded_from_the_volume(model_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    hu = np.zeros((S, S))
+    hu[8:16, 8:16] = 80.0  # 64 px of 0.25 mm^2 = 16 mm^2 per slice
+    for k, z in enumerate([0.0, 1.0, 2.0, 3.0, 40.0, 41.0]):
+        write_dicom(tmp_path / "in" / f"s{k}.dcm", hu, "9.7", z=z)
+    run_predictions(load_predictor(model_dir), [tmp_path / "in"], tmp_path / "out")
+    (row,) = json.loads((tmp_path / "out" / "series.json").read_text())
+    assert row["n_gaps"] == 1 and row["largest_gap_mm"] == pytest.approx(37.0)
+    assert row["slice_spacing_mm"] == pytest.approx(1.0)
+    assert row["volume_ml"] == pytest.approx(6 * 16.0 * 1.0 / 1000)  # six 1-mm slabs, no gap
+    assert "gap" in (tmp_path / "out" / "series.csv").read_text()
+
+
+def test_earlier_outputs_inside_the_input_are_not_read(model_dir: Path, tmp_path: Path) -> None:
+    """Issue 12 D14: an old --out inside the input folder had its masks/ and overlays/ PNGs
+    predicted on as new images."""
+    inp = tmp_path / "in"
+    inp.mkdir()
+    hu = np.zeros((S, S))
+    hu[4:12, 4:12] = 80.0
+    for k in range(3):
+        write_dicom(inp / f"s{k}.dcm", hu, "9.6", z=float(k))
+    first = CliRunner().invoke(cli.main, [str(model_dir), str(inp), "--out", str(inp / "pred")])
+    assert first.exit_code == 0, first.output
+    assert len(list((inp / "pred" / "masks").glob("*.png"))) == 3
+    # the same --out again: its own files are not inputs
+    again = CliRunner().invoke(cli.main, [str(model_dir), str(inp), "--out", str(inp / "pred"),
+                                          "--overwrite"])
+    assert again.exit_code == 0, again.output
+    assert "3 slices predicted" in again.output and "0 inputs skipped" in again.output
+    # another --out: the earlier output folder is skipped and said so
+    other = CliRunner().invoke(cli.main, [str(model_dir), str(inp), "--out", str(tmp_path / "o")])
+    assert other.exit_code == 0, other.output
+    assert "3 slices predicted" in other.output and "1 fusion-output" in other.output
+    skipped = json.loads((tmp_path / "o" / "skipped.json").read_text())
+    assert skipped == [{"path": str(inp / "pred"), "reason": "fusion-output",
+                        "detail": "an earlier fusion-predict --out; not read as input"}]
+    # --out may not be an input folder itself (its outputs would become inputs)
+    same = CliRunner().invoke(cli.main, [str(model_dir), str(inp), "--out", str(inp)])
+    assert same.exit_code == 1 and "also an input folder" in same.output
+    assert not (inp / "fusion_predict.json").exists()
+    # an output of an older version (no marker, only the tables) is recognised too
+    (inp / "pred" / "fusion_predict.json").unlink()
+    old = CliRunner().invoke(cli.main, [str(model_dir), str(inp), "--out", str(tmp_path / "o2")])
+    assert "3 slices predicted" in old.output and "1 fusion-output" in old.output
+
+
+def test_cli_mask_formats(model_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    for k in range(3):
+        write_dicom(tmp_path / "in" / f"s{k}.dcm", np.zeros((S, S)), "9.5", z=float(k))
+    bad = CliRunner().invoke(cli.main, [str(model_dir), str(tmp_path / "in"), "--out",
+                                        str(tmp_path / "o"), "--mask-format", "nrrd"])
+    assert bad.exit_code == 2 and "unknown mask format 'nrrd'" in bad.output
+    bad = CliRunner().invoke(cli.main, [str(model_dir), str(tmp_path / "in"), "--out",
+                                        str(tmp_path / "o"), "--save-probabilities"])
+    assert bad.exit_code == 2 and "--mask-format nifti" in bad.output
+    pytest.importorskip("nibabel")
+    pytest.importorskip("highdicom")
+    out = tmp_path / "o"
+    res = CliRunner().invoke(cli.main, [str(model_dir), str(tmp_path / "in"), "--out", str(out),
+                                        "--mask-format", "nifti,dicom-seg", "--save-probabilities"])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (out / "nifti").iterdir()) == [
+        "9.5.nii.gz", "9.5_probabilities.nii.gz"]
+    assert [p.name for p in (out / "seg").iterdir()] == ["9.5.dcm"]
+    assert not (out / "masks").exists() and "nifti/, seg/" in res.output
+
+
+def test_discover_counts_unlistable_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    (tmp_path / "locked").mkdir()
+    real_scandir = os.scandir
+
+    def scandir(path: str | os.PathLike[str] = ".") -> object:
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    found = discover([tmp_path])
+    assert [(s.path, s.reason, s.detail) for s in found.skipped] == [
+        (str(tmp_path / "locked"), "unreadable-folder", "Permission denied")]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import tensorflow as tf
-
 from conftest import FakeDrop, render_case
+
 from data_build import records, schema, splits
 from data_build.cases import Skip
 from data_build.windows import WINDOW_NAMES
@@ -98,8 +98,12 @@ def test_strict_stops_at_first_bad_input(render_drop: FakeDrop, tmp_path: Path) 
     with pytest.raises(records.StrictStop, match="ID_000000000: corrupt-image"):
         _write(drop, tmp_path / "out", strict=True)
     assert not (tmp_path / "out" / "manifest.json").exists()
-    with pytest.raises(records.StrictStop, match="flagged"):
-        _write(replace(render_drop, skips=[Skip("ID_f", "flagged")]), tmp_path / "o2", strict=True)
+    with pytest.raises(records.StrictStop, match="missing-window"):
+        _write(replace(render_drop, skips=[Skip("ID_f", "flagged"), Skip("ID_m", "missing-window")]),
+               tmp_path / "o2", strict=True)
+    # A flagged slice is an intended exclusion (issue #12 D7): strict builds go on.
+    report = _write(replace(render_drop, skips=[Skip("ID_f", "flagged")]), tmp_path / "o3", strict=True)
+    assert report.skips_by_reason == {"flagged": 1}
 
 
 def test_verify_catches_corruption(render_drop: FakeDrop, tmp_path: Path) -> None:

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from data_build.cases import Case
 from data_build import splits
+from data_build.cases import Case
 from data_build.splits import SplitError, parse_fractions, split_of
 
 GROUPS = [f"patient:ID_{i:08x}" for i in range(4000)]
@@ -19,7 +19,7 @@ def test_stable_across_processes_and_order() -> None:
     here = [split_of(g) for g in GROUPS[:200]]
     code = (
         "from data_build.splits import split_of\n"
-        f"print(','.join(split_of('patient:ID_%08x' % i) for i in range(200)))"
+        "print(','.join(split_of('patient:ID_%08x' % i) for i in range(200)))"
     )
     there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert there.stdout.strip().split(",") == here

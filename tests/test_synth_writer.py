@@ -106,6 +106,50 @@ def test_same_seed_same_bytes_other_seed_differs(drop: SynthSummary, tmp_path: P
         drop.root / "hemorrhage-labels.csv").read_bytes()
 
 
+#: sha256 of the tiny drop of `test_easy_drop_is_byte_identical_to_the_original_phantom`,
+#: computed with the phantom as it was before the "real" difficulty existed (commit 1d53906,
+#: `fusion-synth OUT --patients 8 --slices-per-patient 2 --size 64 --seed 3`). The demo and the
+#: tests rely on "easy" staying byte-identical. A new OpenCV (JPEG encoder) or pydicom could
+#: change it too: then recompute it from that commit with the new library, never from new code.
+EASY_DROP_SHA256 = "072f08a40176c2dfc833af4bb4a1fda5701f8feb22d16bd6dfce933c39b19e71"
+
+
+def _tree_sha256(root: Path) -> str:
+    """One digest over every file's relative path and bytes, in sorted order."""
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def test_easy_drop_is_byte_identical_to_the_original_phantom(tmp_path: Path) -> None:
+    summary = write_synthetic_drop(tmp_path / "easy", n_patients=8, slices_per_patient=2,
+                                   size=64, seed=3, difficulty="easy")
+    assert summary.difficulty == "easy"
+    assert _tree_sha256(summary.root) == EASY_DROP_SHA256
+
+
+def test_real_drop_is_deterministic_and_varies_the_field_of_view(tmp_path: Path) -> None:
+    args = dict(n_patients=3, slices_per_patient=2, size=64, seed=2, difficulty="real")
+    first = write_synthetic_drop(tmp_path / "a", **args)
+    again = write_synthetic_drop(tmp_path / "b", **args)
+    assert first.difficulty == "real"
+    assert _tree_sha256(first.root) == _tree_sha256(again.root)
+    easy = write_synthetic_drop(tmp_path / "e", **{**args, "difficulty": "easy"})
+    assert _tree_sha256(first.root) != _tree_sha256(easy.root)
+    spacings = set()
+    for path in first.paths["dcms"].glob("*.dcm"):
+        try:
+            spacings.add(float(pydicom.dcmread(path).PixelSpacing[0]))
+        except Exception:  # the planted truncated DICOM
+            continue
+    assert len(spacings) == 3  # one field of view per patient
+    with pytest.raises(SynthError, match="difficulty must be one of easy, real"):
+        write_synthetic_drop(tmp_path / "c", n_patients=1, difficulty="hard")
+    assert not (tmp_path / "c").exists()
+
+
 def test_label_table(drop: SynthSummary) -> None:
     text = (drop.root / "hemorrhage-labels.csv").read_text()
     assert text.splitlines()[0] == "Image,any,epidural,intraparenchymal,intraventricular," \

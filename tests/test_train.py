@@ -14,10 +14,14 @@ import tensorflow as tf
 from click.testing import CliRunner
 
 from data_build import schema, windows
+from data_build.manifest import Manifest, ShardEntry, SplitCounts
+from fusion import scoring
 from fusion.cli.train import main
 from fusion.config import RunConfig, preset
+from fusion.data import to_model_io
 from fusion.model import build_model
-from fusion.train import compile_model, evaluate_predictions, fit, to_model_io
+from fusion.optim import compile_model
+from fusion.train import fit
 
 S = 32
 TINY = {"image_size": S, "width": 4, "depth": 2, "fusion_width": 4, "groups": 2}
@@ -84,14 +88,13 @@ def write_shards(folder: Path, n_train: int = 16, n_val: int = 8, seed: int = 0)
                     "area_pixels": float(ex["mask"].sum()) if known else 0.0, "has_area": int(known),
                 }
                 writer.write(schema.encode_example(values))
-        shards.append({"file": name, "split": split, "examples": n})
-        counts[split] = {"slices": n, "with_mask": sum(1 for i in range(n) if i % 4 != 2)}
-    manifest = {
-        "schema_version": schema.SCHEMA_VERSION, "windows": list(windows.WINDOW_NAMES),
-        "presets": {n: [windows.PRESETS[n].level, windows.PRESETS[n].width] for n in windows.WINDOW_NAMES},
-        "source": "render", "image_size": [S, S], "counts": counts, "shards": shards,
-    }
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+        shards.append(ShardEntry(name, split, n))
+        counts[split] = SplitCounts(slices=n, with_mask=sum(1 for i in range(n) if i % 4 != 2))
+    Manifest(
+        schema_version=schema.SCHEMA_VERSION, source="render",
+        presets=tuple(windows.PRESETS[n] for n in windows.WINDOW_NAMES), counts=counts,
+        shards=tuple(shards), image_size=(S, S),
+    ).save(folder)
     return folder
 
 
@@ -172,16 +175,24 @@ def test_metrics_report_collapse_and_area() -> None:
     pred = true.copy()
     pred[1] = False  # a bleeding slice predicted empty: collapse check counts it
     fraction = true.mean(axis=(1, 2))
-    preds = {
-        "probabilities": np.array([[0.9] * 6, [0.8] * 6, [0.7] * 6, [0.1] * 6], np.float32),
+    probabilities = np.array([[0.9] * 6, [0.8] * 6, [0.7] * 6, [0.1] * 6], np.float32)
+    batch = {
+        "image": np.zeros((n, S, S, 4), np.float32), "id": [f"s{i}" for i in range(n)],
         "labels": np.array([[1] * 6, [1] * 6, [1] * 6, [0] * 6], np.float32),
-        "has_labels": np.ones(n, np.float32), "pred_mask": pred, "true_mask": true,
-        "has_mask": np.array([1, 1, 1, 1], np.float32), "pred_area": fraction + 0.01,
+        "has_labels": np.ones(n, np.float32), "mask": true[..., None].astype(np.float32),
+        "has_mask": np.array([1, 1, 1, 1], np.float32),
         "area_fraction": fraction, "has_area": np.ones(n, np.float32),
         "area_mm2": fraction * S * S * 0.25, "has_area_mm2": np.ones(n, np.float32),
-        "pixel_spacing": np.full((n, 2), 0.5, np.float32),
+        "pixel_spacing": np.full((n, 2), 0.5, np.float32), "has_spacing": np.ones(n, np.float32),
     }
-    result = evaluate_predictions(preds, np.full(6, 0.5), S)
+
+    class Fixed:  # the outputs a model would give for this batch
+        def predict(self, images: Any, batch_size: int = 8, tta: str = "none") -> dict[str, Any]:
+            return {"probabilities": probabilities, "decisions": (probabilities >= 0.5).astype(np.int32),
+                    "area_fraction": fraction + 0.01, "mask": pred[..., None].astype(np.float32)}
+
+    collected = scoring.collect(Fixed(), [batch])
+    result, _ = scoring.compute_metrics(collected, np.full(6, 0.5), n_boot=0)
     summary = result["summary"]
     assert summary["macro_auc"] == pytest.approx(1.0)
     assert summary["empty_prediction_rate"] == pytest.approx(1 / 3)
@@ -242,7 +253,7 @@ def test_cli_trains_calibrates_and_exports(tmp_path: Path) -> None:
     result = invoke(*args)
     assert result.exit_code == 0, result.output + repr(result.exception)
     for name in ("config.json", "best.keras", "model.keras", "thresholds.json", "metrics.json",
-                 "history.csv", "export/saved_model.pb"):
+                 "history.csv", "export/1/saved_model.pb", "export/1/README.md"):
         assert (run / name).exists(), name
     assert any((run / "logs").rglob("*tfevents*"))  # TensorBoard
     cfg = RunConfig.load(run / "config.json")
@@ -258,10 +269,17 @@ def test_cli_trains_calibrates_and_exports(tmp_path: Path) -> None:
     # A second run into the same folder is refused without --resume / --overwrite.
     again = invoke(*args)
     assert again.exit_code == 2 and "--resume" in again.output
+    # Re-export as servable version 3, next to version 1 (TF Serving serves the highest).
+    result = invoke(str(shards), "--out", str(run), "--export-only", "--export-version", "3")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (run / "export").iterdir()) == ["1", "3"]
+    assert (run / "export" / "3" / "saved_model.pb").is_file()
 
 
 def test_resume_rules_and_best_so_far(tmp_path: Path) -> None:
-    from fusion.train import TrainError, best_logged, prepare_run_dir
+    from fusion.callbacks import best_logged
+    from fusion.errors import TrainError
+    from fusion.run_folder import prepare_run_dir
 
     cfg = preset("demo")
     run = tmp_path / "run"
@@ -283,8 +301,13 @@ def test_resume_rules_and_best_so_far(tmp_path: Path) -> None:
 def test_auto_positive_weights_from_manifest_counts() -> None:
     from fusion.train import auto_pos_weights, resolve_loss_config
 
-    manifest = {"counts": {"train": {"slices": 100, "with_labels": 100, "by_type": {
-        "any": 50, "epidural": 4, "intraparenchymal": 20, "intraventricular": 0, "subarachnoid": 1, "subdural": 99}}}}
+    def with_train_counts(counts: SplitCounts) -> Manifest:
+        return Manifest(schema_version=schema.SCHEMA_VERSION, source="render",
+                        presets=tuple(windows.PRESETS.values()), shards=(),
+                        counts={"train": counts, "val": SplitCounts(), "test": SplitCounts()})
+
+    manifest = with_train_counts(SplitCounts(slices=100, with_labels=100, by_type={
+        "any": 50, "epidural": 4, "intraparenchymal": 20, "intraventricular": 0, "subarachnoid": 1, "subdural": 99}))
     weights = auto_pos_weights(manifest)
     assert weights is not None
     assert weights[0] == pytest.approx(1.0)  # balanced
@@ -294,14 +317,15 @@ def test_auto_positive_weights_from_manifest_counts() -> None:
     assert weights[5] == 1.0  # more positives than negatives: never below 1
     cfg = resolve_loss_config(preset("demo"), manifest)
     assert cfg.loss.class_pos_weight == weights
-    assert auto_pos_weights({"counts": {}}) is None
-    assert resolve_loss_config(preset("demo"), {}).loss.class_pos_weight == (1.0,)
+    assert auto_pos_weights(with_train_counts(SplitCounts())) is None
+    assert resolve_loss_config(preset("demo"), with_train_counts(SplitCounts())).loss.class_pos_weight == (1.0,)
 
 
 def test_mirrored_strategy_trains_on_one_cpu(tmp_path: Path) -> None:
     # MirroredStrategy over the local devices (here the one CPU): the same code path a
     # multi-GPU machine takes, model built in the strategy's scope and fit on its replicas.
-    from fusion.train import TrainError, train
+    from fusion.errors import TrainError
+    from fusion.train import train
 
     shards = write_shards(tmp_path / "shards")
     cfg = preset("demo").replace(model=LOOP, train={"epochs": 1, "batch_size": 4})
@@ -313,7 +337,7 @@ def test_mirrored_strategy_trains_on_one_cpu(tmp_path: Path) -> None:
 
 
 def test_precision_policy_follows_the_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    from fusion import train as T
+    from fusion import optim as T
 
     assert T.select_precision() == "float32"  # this machine: CPU only
     capability = {"value": (8, 0)}

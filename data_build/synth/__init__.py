@@ -7,6 +7,17 @@ works on a fresh machine without the private data.
 - `writer.py`: a whole drop on disk (renders, DICOMs, label table, segmentation CSVs, quirks),
   `fusion-synth`.
 """
-from data_build.synth.writer import SynthError, SynthSummary, write_synthetic_drop
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["SynthError", "SynthSummary", "write_synthetic_drop"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so that the CLI can read `difficulty` without importing OpenCV and pydicom.
+    if name in __all__:
+        from data_build.synth import writer
+
+        return getattr(writer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -30,12 +30,16 @@ from typing import Mapping, Sequence
 import cv2
 import numpy as np
 
+from data_build.errors import DataBuildError
 from data_build.schema import TYPE_NAMES
 
 # Tissue codes of `PhantomSlice.tissue` (uint8).
 AIR, SCALP, SKULL, CSF, GREY, WHITE, VENTRICLE, OEDEMA, BLOOD = range(9)
+# Drawn by the "real" difficulty only (`data_build.synth.realistic`).
+CALCIFICATION, FAT = 9, 10
 TISSUE_NAMES: tuple[str, ...] = (
     "air", "scalp", "skull", "csf", "grey", "white", "ventricle", "oedema", "blood",
+    "calcification", "fat",
 )
 
 AIR_HU = -1000.0
@@ -51,7 +55,7 @@ MIN_TYPE_FRACTION = 1e-3
 MIN_Z_SCALE = 0.3
 
 
-class PhantomError(ValueError):
+class PhantomError(DataBuildError, ValueError):
     """Invalid phantom arguments (unknown hemorrhage type, size too small, ...)."""
 
 

@@ -47,9 +47,11 @@ from pydicom.uid import (
 )
 from tqdm import tqdm
 
-from data_build.synth import phantom
-from data_build.schema import FOLDER_TYPES, LABEL_NAMES, TYPE_NAMES
+from data_build.errors import DataBuildError
 from data_build.renders import BONE_LUT
+from data_build.schema import FOLDER_TYPES, LABEL_NAMES, TYPE_NAMES
+from data_build.synth import phantom, realistic
+from data_build.synth.difficulty import DIFFICULTIES
 from data_build.windows import PRESETS, canonical_window_name, to_uint8, window
 
 #: Render folder names per window set. "real" is the drop's; "brief" names bone_window in place
@@ -100,7 +102,7 @@ JPEG_QUALITY = 95
 TINT_LUT: np.ndarray = BONE_LUT
 
 
-class SynthError(ValueError):
+class SynthError(DataBuildError, ValueError):
     """Bad arguments for `write_synthetic_drop`, or an output folder that is not empty."""
 
 
@@ -165,6 +167,7 @@ class SynthSummary:
       broken: inputs deliberately broken.
       slices: per rendered slice ground truth, in writing order.
       paths: "labels", "flagged", "renders", "segmentation", "dcms" -> path.
+      difficulty: phantom setting the slices were drawn with (`difficulty.DIFFICULTIES`).
     """
 
     root: Path
@@ -179,6 +182,7 @@ class SynthSummary:
     broken: tuple[BrokenInput, ...]
     slices: tuple[SynthSlice, ...]
     paths: Mapping[str, Path]
+    difficulty: str = "easy"
 
 
 @dataclass(frozen=True)
@@ -245,13 +249,15 @@ def _patient_folder_types(n_patients: int, rng: np.random.Generator) -> list[str
 
 
 def iter_synthetic_slices(
-    n_patients: int, slices_per_patient: int, size: int, seed: int
+    n_patients: int, slices_per_patient: int, size: int, seed: int, difficulty: str = "easy"
 ) -> Iterator[SynthCase]:
     """Yield every slice of the synthetic drop in writing order (deterministic for a seed).
 
     `write_synthetic_drop` writes exactly these slices; tests call this to get the phantom
-    masks behind a drop without storing them in it.
+    masks behind a drop without storing them in it. ``difficulty`` is one of
+    `difficulty.DIFFICULTIES`; "real" also draws the field of view (and so the pixel spacing).
     """
+    _check_difficulty(difficulty)
     streams = np.random.SeedSequence(seed).spawn(n_patients + 2)
     ids = _IdSource(np.random.default_rng(streams[0]))
     folder_types = _patient_folder_types(n_patients, np.random.default_rng(streams[1]))
@@ -269,7 +275,10 @@ def iter_synthetic_slices(
             else -1024.0
         fov_mm = float(rng.uniform(205.0, 256.0))  # 0.40..0.50 mm pixels at 512
         z_offset = float(rng.uniform(-60.0, 40.0))
-        slices = phantom.make_patient(folder_types[p], slices_per_patient, size, rng)
+        if difficulty == "easy":
+            slices = phantom.make_patient(folder_types[p], slices_per_patient, size, rng)
+        else:
+            slices, fov_mm = realistic.make_patient(folder_types[p], slices_per_patient, size, rng)
         thickness = float(round(100.0 * (slices[1].z - slices[0].z), 3)) if len(slices) > 1 else 5.0
         for index, sl in enumerate(slices):
             yield SynthCase(
@@ -492,6 +501,13 @@ def _write(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
+def _check_difficulty(difficulty: str) -> None:
+    if difficulty not in DIFFICULTIES:
+        raise SynthError(
+            f"difficulty must be one of {', '.join(DIFFICULTIES)}, got {difficulty!r}"
+        )
+
+
 def _check_arguments(n_patients: int, slices_per_patient: int, size: int, mask_fraction: float,
                      window_set: str) -> None:
     if n_patients < 1:
@@ -535,6 +551,7 @@ def write_synthetic_drop(
     broken: bool = True,
     window_set: str = "real",
     progress: bool = False,
+    difficulty: str = "easy",
 ) -> SynthSummary:
     """Write a synthetic drop in the real drop's layout under ``root``.
 
@@ -550,6 +567,9 @@ def write_synthetic_drop(
       broken: plant a corrupt JPEG, a missing window, malformed polygons and a corrupt DICOM.
       window_set: "real" (brain_window folders) or "brief" (bone_window folders).
       progress: show a tqdm bar.
+      difficulty: phantom setting, one of `difficulty.DIFFICULTIES`. The library keeps "easy"
+        (today's phantom, byte for byte) for its callers; `fusion-synth` defaults to
+        `difficulty.DEFAULT_DIFFICULTY` ("real").
 
     Returns:
       A `SynthSummary` of the files, counts, flagged ids, broken inputs and per-slice truth.
@@ -558,6 +578,7 @@ def write_synthetic_drop(
       SynthError: invalid arguments, or ``root`` exists and is not empty.
     """
     _check_arguments(n_patients, slices_per_patient, size, mask_fraction, window_set)
+    _check_difficulty(difficulty)
     root = Path(root)
     windows = WINDOW_SETS[window_set]
     partial = _prepare_partial(root)
@@ -565,7 +586,7 @@ def write_synthetic_drop(
     try:
         truth, detection, tracing, n_dicoms = _write_slices(
             partial, n_patients, slices_per_patient, size, seed, mask_fraction, dicoms,
-            windows, progress, misc,
+            windows, progress, misc, difficulty,
         )
         labels_rows = _label_rows(truth, misc)
         flagged = _choose_flagged(truth, misc)
@@ -606,6 +627,7 @@ def write_synthetic_drop(
             "segmentation": root / SEGMENTATION_DIR,
             "dcms": root / "dcms",
         },
+        difficulty=difficulty,
     )
 
 
@@ -622,7 +644,7 @@ class _PolygonSlice:
 def _write_slices(
     partial: Path, n_patients: int, slices_per_patient: int, size: int, seed: int,
     mask_fraction: float, dicoms: bool, windows: Sequence[str], progress: bool,
-    misc: np.random.Generator,
+    misc: np.random.Generator, difficulty: str,
 ) -> tuple[list[SynthSlice], dict[str, list[_PolygonSlice]], list[_PolygonSlice], int]:
     """Renders and DICOMs of every slice; returns truth and the polygons to write."""
     truth: list[SynthSlice] = []
@@ -631,7 +653,7 @@ def _write_slices(
     n_detection = 0
     n_dicoms = 0
     total = n_patients * slices_per_patient
-    cases = iter_synthetic_slices(n_patients, slices_per_patient, size, seed)
+    cases = iter_synthetic_slices(n_patients, slices_per_patient, size, seed, difficulty)
     for case in tqdm(cases, total=total, disable=not progress, unit="slice", desc="synth"):
         sl = case.slice
         folder = sl.folder_type

@@ -1,7 +1,6 @@
 """`fusion-evaluate MODEL SHARDS --out REPORT`: held-out metrics and an HTML report."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -11,12 +10,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import click
 
+from data_build.errors import DataBuildError
+from data_build.manifest import Manifest, ManifestError
+from fusion.errors import FusionError
+from fusion.inference import TTA_MODES
+
 log = logging.getLogger(__name__)
 
 TTA_OPTION = click.option(
     "--tta",
-    type=click.Choice(["none", "flip"]),
-    default="none",
+    type=click.Choice(TTA_MODES),
+    default=TTA_MODES[0],
     show_default=True,
     help="Test-time augmentation: 'flip' averages the image and its left-right flip.",
 )
@@ -29,20 +33,11 @@ OVERWRITE_OPTION = click.option(
 )
 
 
-def _manifest_split_count(shards: Path, split: str) -> int | None:
+def _manifest(shards: Path) -> Manifest | None:
+    """The shards' manifest, None when unreadable (reading the split then says what is wrong)."""
     try:
-        manifest = json.loads((shards / "manifest.json").read_text(encoding="utf-8"))
-        return int(manifest["counts"][split]["slices"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _manifest_image_size(shards: Path) -> int | None:
-    try:
-        manifest = json.loads((shards / "manifest.json").read_text(encoding="utf-8"))
-        size = manifest["image_size"]
-        return int(size[0] if isinstance(size, (list, tuple)) else size)
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return Manifest.load(shards)
+    except ManifestError:
         return None
 
 
@@ -89,8 +84,9 @@ def main(
     import tensorflow as tf
     from tqdm import tqdm
 
-    from fusion.evaluate import EvaluateError, evaluate
-    from fusion.inference import ModelLoadError, PredictInputError, load_predictor
+    from fusion.evaluate import evaluate
+    from fusion.inference import load_predictor
+    from fusion.shard_errors import describe_read_error
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if (out / "metrics.json").exists() and not overwrite:
@@ -99,15 +95,16 @@ def main(
         )
     try:
         predictor = load_predictor(model)
-    except ModelLoadError as err:
+    except FusionError as err:
         raise click.ClickException(str(err)) from err
-    size = image_size or predictor.image_size or _manifest_image_size(shards)
+    manifest = _manifest(shards)
+    size = image_size or predictor.image_size or (manifest.image_side if manifest else None)
     if size is None:
         raise click.ClickException(
             "cannot tell the image size: the model accepts any size and neither the run "
             "config nor the manifest names one; pass --image-size"
         )
-    total = _manifest_split_count(shards, split)
+    total = manifest.split_count(split) if manifest else None
     try:
         batches = _load_batches(shards, split, size, batch_size)
         with tqdm(total=total, unit="slice", desc=f"evaluate {split}") as bar:
@@ -116,13 +113,10 @@ def main(
                 tta=tta, batch_size=batch_size, n_boot=bootstrap, seed=seed,
                 progress=bar.update,
             )
-    except (EvaluateError, PredictInputError, ModelLoadError, ValueError, OSError) as err:
+    except (FusionError, DataBuildError, ValueError, OSError) as err:
         raise click.ClickException(str(err)) from err
     except tf.errors.OpError as err:  # raised lazily while reading (corrupt or missing shard)
-        raise click.ClickException(
-            f"reading the {split!r} shards of {shards} failed: {err.message}; check them with "
-            f"fusion-verify"
-        ) from err
+        raise click.ClickException(describe_read_error(shards, err.message, (split,))) from err
     m = result.metrics
     cls = m.get("classification", {})
     macro = (cls.get("macro_types") or {}).get("auc")

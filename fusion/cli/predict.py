@@ -11,6 +11,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import click
 
 from fusion.cli.evaluate import BATCH_OPTION, OVERWRITE_OPTION, TTA_OPTION
+from fusion.mask_formats import MASK_FORMATS
+
+#: Output sub-folders a previous run may have left, emptied by --overwrite (file kinds listed).
+STALE_OUTPUTS = (("masks", "*.png"), ("overlays", "*.png"), ("nifti", "*.nii.gz"), ("seg", "*.dcm"))
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -18,40 +22,63 @@ from fusion.cli.evaluate import BATCH_OPTION, OVERWRITE_OPTION, TTA_OPTION
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
     "--out", "out", type=click.Path(path_type=Path, file_okay=False), required=True,
-    help="Output folder (predictions.csv/json, series.csv/json, masks/, overlays/).",
+    help="Output folder (predictions.csv/json, series.csv/json, skipped.json, masks/, overlays/, "
+         "nifti/, seg/ as --mask-format asks).",
 )
+@click.option(
+    "--mask-format", "mask_format", multiple=True, metavar="FORMAT",
+    help=f"Mask files to write: {', '.join(MASK_FORMATS)} (repeat the option or give a comma "
+         f"list; default png). nifti: nifti/<series>.nii.gz per DICOM series (RAS affine from "
+         f"the DICOM geometry) for 3D Slicer / ITK-SNAP; dicom-seg: seg/<series>.dcm, a DICOM "
+         f"Segmentation referencing the source slices, for OHIF / PACS. Both need DICOM input "
+         f"and pip install 'fusion[clinical]'; other inputs get PNG masks and a warning.",
+)
+@click.option("--save-probabilities", is_flag=True,
+              help="With --mask-format nifti: also nifti/<series>_probabilities.nii.gz (float32).")
 @TTA_OPTION
 @BATCH_OPTION
 @OVERWRITE_OPTION
-def main(model: Path, inputs: tuple[Path, ...], out: Path, tta: str, batch_size: int,
-         overwrite: bool) -> None:
+def main(model: Path, inputs: tuple[Path, ...], out: Path, mask_format: tuple[str, ...],
+         save_probabilities: bool, tta: str, batch_size: int, overwrite: bool) -> None:
     """Predict hemorrhage type, area and mask for INPUTS with MODEL (run folder or SavedModel).
 
-    INPUTS are DICOM files or folders (grouped into series by SeriesInstanceUID, ordered by
-    slice position), render folders of the drop's layout (<type>/<window>/<ID>.jpg), plain
-    PNG/JPEG images (read as a brain-window rendering, L40/W80) or .npy arrays ([H, W, 4]
-    windows in [0, 1], or [H, W] HU). Per series, the bleed volume in mL and the ABC/2
-    estimate are written to series.csv. Unreadable inputs are listed in skipped.json and
-    skipped; exit status 0 when anything was predicted, 1 when nothing could be.
+    INPUTS are DICOM files or folders (grouped into series by SeriesInstanceUID, split into
+    stacks of one orientation and size, ordered along the slice normal; duplicate slices
+    dropped, interleaved stacks refused, gaps reported in series.csv), render folders of the
+    drop's layout (<type>/<window>/<ID>.jpg), plain PNG/JPEG images (read as a brain-window
+    rendering, L40/W80) or .npy arrays ([H, W, 4] windows in [0, 1], or [H, W] HU). Per
+    series, the bleed volume in mL and the ABC/2 estimate are written to series.csv.
+    Unreadable inputs are listed in skipped.json and skipped; exit status 0 when anything
+    was predicted, 1 when nothing could be.
     With --tta flip and no calibrated thresholds next to the model, decisions are those of
     the un-flipped image. Masks are written as each series finishes; a long run also saves
     its tables every minute as predictions.partial.csv and the like, so a killed run keeps
-    what it finished (the final tables replace them).
+    what it finished (the final tables replace them). Folders holding an earlier
+    fusion-predict output (fusion_predict.json, or predictions.csv with series.csv) are not
+    read as input; they are listed in skipped.json as "fusion-output".
     """
     from tqdm import tqdm
 
     from fusion.inference import ModelLoadError, PredictInputError, load_predictor
+    from fusion.mask_formats import MaskFormatError, parse_formats, require_clinical
     from fusion.predict import PredictError, run_predictions
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        formats = parse_formats(mask_format)
+        require_clinical(formats)
+    except MaskFormatError as err:
+        raise click.UsageError(str(err)) from None
+    if save_probabilities and "nifti" not in formats:
+        raise click.UsageError("--save-probabilities writes a NIfTI: add --mask-format nifti")
     if (out / "predictions.csv").exists() and not overwrite:
         raise click.ClickException(
             f"{out / 'predictions.csv'} already exists; pass --overwrite or choose another --out"
         )
     if overwrite:
         # Masks and overlays of the previous run would otherwise linger next to the new ones.
-        for sub in ("masks", "overlays"):
-            for stale in (out / sub).glob("*.png") if (out / sub).is_dir() else ():
+        for sub, pattern in STALE_OUTPUTS:
+            for stale in (out / sub).glob(pattern) if (out / sub).is_dir() else ():
                 stale.unlink()
     try:
         predictor = load_predictor(model)
@@ -73,6 +100,7 @@ def main(model: Path, inputs: tuple[Path, ...], out: Path, tta: str, batch_size:
         summary = run_predictions(
             predictor, list(inputs), out, tta=tta, batch_size=batch_size,
             progress=update, on_total=set_total, on_file=headers.update,
+            mask_formats=formats, save_probabilities=save_probabilities,
         )
     except (PredictError, PredictInputError, ModelLoadError, OSError) as err:
         raise click.ClickException(str(err)) from err
@@ -90,10 +118,14 @@ def main(model: Path, inputs: tuple[Path, ...], out: Path, tta: str, batch_size:
         click.echo(f"  skipped {s.path}: {s.reason} {s.detail}", err=True)
     if len(summary.skipped) > 10:
         click.echo(f"  ... and {len(summary.skipped) - 10} more (see skipped.json)", err=True)
+    for warning in summary.warnings:
+        click.echo(f"warning: {warning}", err=True)
     if summary.exit_code:
         click.echo("nothing could be predicted", err=True)
     else:
-        click.echo(f"wrote {out}/predictions.csv, series.csv, masks/, overlays/")
+        folders = [f"{d}/" for d in ("masks", "overlays", "nifti", "seg") if (out / d).is_dir()]
+        click.echo(f"wrote {out}/predictions.csv, series.csv{', ' if folders else ''}"
+                   f"{', '.join(folders)}")
     raise SystemExit(summary.exit_code)
 
 

@@ -13,7 +13,18 @@ from pathlib import Path
 
 import click
 
-from fusion.config import PRESETS, ConfigError, RunConfig, preset
+from data_build.errors import DataBuildError
+from fusion.config import (
+    CLASS_POOLINGS,
+    DEFAULT_PRESET,
+    FUSIONS,
+    PRESETS,
+    STRATEGIES,
+    ConfigError,
+    RunConfig,
+    preset,
+)
+from fusion.errors import FusionError, TrainError
 
 
 def build_config(
@@ -50,24 +61,28 @@ def build_config(
               help="Run folder (config.json, best.keras, metrics.json, export/ ...).")
 @click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False, exists=True),
               help="Run config JSON (as written to RUN/config.json); replaces the preset.")
-@click.option("--preset", "preset_name", default="fusion", show_default=True,
-              help=f"Starting config: {', '.join(PRESETS)}.")
+# Not a click.Choice: `fusion.config.preset` names the known presets in its own message.
+@click.option("--preset", "preset_name", default=DEFAULT_PRESET, show_default=True,
+              help=f"Starting config: {', '.join(PRESETS)} (docs/benchmarks.md compares them).")
 @click.option("--epochs", type=click.IntRange(min=1), help="Maximum epochs.")
 @click.option("--image-size", type=click.IntRange(min=1), help="Training size in pixels (multiple of the encoder stride).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Global batch size.")
 @click.option("--seed", type=int, help="Seed of weights, shuffling and augmentation.")
 @click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), help="Peak AdamW learning rate.")
 @click.option("--width", type=click.IntRange(min=1), help="Encoder width (channels of the first stage).")
-@click.option("--fusion", type=click.Choice(["early", "attention"]), help="Window fusion.")
-@click.option("--class-pooling", type=click.Choice(["global", "attention"]),
+@click.option("--fusion", type=click.Choice(FUSIONS), help="Window fusion.")
+@click.option("--class-pooling", type=click.Choice(CLASS_POOLINGS),
               help="How the class head pools: global, or also one attention map per label "
                    "(docs/benchmarks.md: no gain on the synthetic demo).")
-@click.option("--strategy", type=click.Choice(["default", "mirrored"]), default="default", show_default=True,
+@click.option("--strategy", type=click.Choice(STRATEGIES), default=STRATEGIES[0], show_default=True,
               help="tf.distribute strategy (mirrored: all local GPUs).")
 @click.option("--resume", is_flag=True, help="Continue a killed run from RUN/backup (uses RUN/config.json).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run folder.")
 @click.option("--no-export", is_flag=True, help="Skip RUN/model.keras and RUN/export.")
 @click.option("--export-only", is_flag=True, help="Only re-export a finished run (best.keras + thresholds.json).")
+@click.option("--export-version", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Servable version: the SavedModel goes to RUN/export/<N>/, the layout TF Serving "
+                   "loads (--model_base_path=RUN/export serves the highest N).")
 @click.option("--quiet", is_flag=True, help="One line per epoch instead of a progress bar.")
 def main(
     shards: Path,
@@ -87,6 +102,7 @@ def main(
     overwrite: bool,
     no_export: bool,
     export_only: bool,
+    export_version: int,
     quiet: bool,
 ) -> None:
     """Train the multi-task hemorrhage model on SHARDS (a fusion-build output folder)."""
@@ -99,22 +115,34 @@ def main(
         raise click.UsageError(str(err)) from None
 
     # Imported here: TensorFlow takes seconds to load and --help should not wait for it.
-    from fusion.export import ExportError, export_run
-    from fusion.train import TrainError, check_inputs, train
+    import tensorflow as tf
+
+    from fusion.export import export_run
+    from fusion.shard_errors import describe_read_error
+    from fusion.train import check_inputs, train
 
     try:
         if export_only:
-            path = export_run(run_dir, shards)
+            path = export_run(run_dir, shards, version=export_version)
             click.echo(f"exported {path}")
             return
         check_inputs(shards, cfg)  # fail fast, before TensorFlow builds anything
         result = train(
             shards, run_dir, cfg, resume=resume, overwrite=overwrite, strategy=strategy,
             export=not no_export, verbose=2 if quiet or not sys.stdout.isatty() else 1,
+            export_version=export_version,
         )
     except (TrainError, ConfigError) as err:
         raise click.UsageError(str(err)) from None
-    except ExportError as err:
+    except (FusionError, DataBuildError) as err:
         raise click.ClickException(str(err)) from None
+    except tf.errors.DataLossError as err:  # a damaged shard, met mid-epoch by the reader
+        raise click.ClickException(describe_read_error(shards, err.message, ("train", "val"))) from None
+    except OSError as err:  # unwritable or invalid --out, a full disk
+        where = f" ({err.filename})" if err.filename else ""
+        raise click.ClickException(
+            f"cannot write the run to --out {run_dir}: {err.strerror or err}{where}; pick a folder "
+            "you can write with enough free space, then rerun (--resume continues a started run)"
+        ) from None
     summary = result.metrics.get("summary", {})
     click.echo(f"run {result.run_dir}: {result.epochs_run} epochs; validation " + json.dumps(summary))

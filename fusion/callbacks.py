@@ -1,0 +1,108 @@
+"""The callbacks of a training run: backup, best checkpoint, history, TensorBoard, LR, early stop."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+import keras
+import tensorflow as tf
+
+from fusion.config import RunConfig
+
+
+def make_callbacks(run_dir: Path, cfg: RunConfig, resume: bool, verbose: int) -> list[keras.callbacks.Callback]:
+    """Backup (first, so an interrupted epoch is never half-saved), checkpoint, logs, LR, stop."""
+    callbacks: list[keras.callbacks.Callback] = [
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
+        keras.callbacks.ModelCheckpoint(
+            str(run_dir / "best.keras"), monitor="val_loss", save_best_only=True, verbose=0,
+            # On resume, only a better epoch than those already logged may replace best.keras.
+            initial_value_threshold=best_logged(run_dir / "history.csv") if resume else None,
+        ),
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resume),
+        tensorboard_callback(run_dir / "logs"),
+        keras.callbacks.TerminateOnNaN(),
+    ]
+    if cfg.train.schedule == "plateau":
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss", factor=0.5, patience=max(1, cfg.train.patience // 3), verbose=verbose
+            )
+        )
+    if cfg.train.patience > 0:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.train.patience, restore_best_weights=False)
+        )
+    return callbacks
+
+
+def best_logged(history_csv: Path, key: str = "val_loss") -> float | None:
+    """Lowest `key` in a CSVLogger file, None when there is none."""
+    import csv
+
+    try:
+        with open(history_csv, newline="", encoding="utf-8") as handle:
+            values = [float(row[key]) for row in csv.DictReader(handle) if row.get(key)]
+    except (OSError, ValueError, KeyError):
+        return None
+    finite = [v for v in values if math.isfinite(v)]
+    return min(finite) if finite else None
+
+
+class EpochSummaries(keras.callbacks.Callback):
+    """Epoch metrics as TensorBoard scalars without the tensorboard package.
+
+    `keras.callbacks.TensorBoard` needs the tensorboard pip package for `tf.summary.scalar`;
+    this writes the same event files with the core `tf.summary.write` op and scalar-plugin
+    metadata, so ``tensorboard --logdir RUN/logs`` shows them.
+    """
+
+    def __init__(self, log_dir: Path) -> None:
+        super().__init__()
+        self.log_dir = Path(log_dir)
+        self._writers: dict[str, Any] = {}
+        from tensorflow.core.framework import summary_pb2
+
+        self._metadata = summary_pb2.SummaryMetadata()
+        self._metadata.plugin_data.plugin_name = "scalars"
+        self._metadata.data_class = summary_pb2.DATA_CLASS_SCALAR
+
+    def _writer(self, name: str) -> Any:
+        if name not in self._writers:
+            self._writers[name] = tf.summary.create_file_writer(str(self.log_dir / name))
+        return self._writers[name]
+
+    def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        for key, value in (logs or {}).items():
+            split, tag = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
+            with self._writer(split).as_default():
+                tf.summary.write(f"epoch_{tag}", tf.constant(float(value), tf.float32), step=epoch,
+                                 metadata=self._metadata)
+        for writer in self._writers.values():
+            writer.flush()
+
+    def on_train_end(self, logs: Mapping[str, Any] | None = None) -> None:
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()
+
+
+def tensorboard_callback(log_dir: Path) -> keras.callbacks.Callback:
+    """Keras' TensorBoard callback when tensorboard is installed, else `EpochSummaries`."""
+    try:
+        import tensorboard  # noqa: F401  (only checking it is there)
+    except ImportError:
+        return EpochSummaries(log_dir)
+    return keras.callbacks.TensorBoard(str(log_dir), write_graph=False, profile_batch=0)
+
+
+class EpochCounter(keras.callbacks.Callback):
+    """Records the epoch indices fitted in this call (fewer than asked after resume or stop)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.epochs: list[int] = []
+
+    def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        self.epochs.append(epoch)
