@@ -753,7 +753,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="Work and result folder (resumable).")
     p.add_argument("--drop", type=Path, help="An existing drop to use instead of fusion-synth's.")
-    p.add_argument("--patients", type=int, default=40, help="fusion-synth --patients [40].")
+    p.add_argument("--patients", type=int, default=50, help="fusion-synth --patients [50].")
     p.add_argument("--slices-per-patient", type=int, default=6, help="fusion-synth option [6].")
     p.add_argument("--synth-seed", type=int, default=0, help="fusion-synth --seed [0].")
     p.add_argument("--synth-size", type=int, default=512, help="fusion-synth --size [512, as real].")
