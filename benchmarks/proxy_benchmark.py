@@ -16,9 +16,10 @@ patient, 256 px, 40 epochs, the same folds for every model) with the project's o
    slices so far): a patient is in exactly one fold.
 4. Per fold, two sub-drops are written as symbolic links to the drop's files (renders and
    DICOMs of the chosen slices only; labels, flagged list and segmentation CSVs whole): the
-   other folds' slices, built with ``fusion-build --split-fractions 0.85,0.15,0`` (train and
-   the validation split that calibrates thresholds and stops early), and the fold's own slices,
-   built with ``--split-fractions 0,0,1`` (all test).
+   other folds' slices, built with ``fusion-build --split-fractions 1-v,v,0`` (train and the
+   validation split that calibrates thresholds and stops early; v is chosen with the builder's
+   own split rule so that ~15 % of the slices, ``--val-share``, land in val), and the fold's
+   own slices, built with ``--split-fractions 0,0,1`` (all test).
 5. Per (preset, seed, fold): ``fusion-train`` on the first, ``fusion-evaluate --split test``
    of the run on the second. A cell whose ``result.json`` exists is not run again.
 6. Figures: per-slice Dice (mean), empty predicted masks on bleeding slices, macro AUC over the
@@ -185,6 +186,44 @@ def fold_members(slices: Sequence[Selected], folds: Mapping[str, int], k: int) -
     return [sorted(m) for m in members]
 
 
+def choose_val_fraction(group_labels: Mapping[str, Sequence[Sequence[int] | None]],
+                        share: float) -> tuple[float, int]:
+    """The ``fusion-build`` validation fraction that puts closest to `share` of slices in val.
+
+    ``fusion-build`` splits whole patients, stratified by type with a phase hashed per stratum:
+    on ~20 patients a nominal 0.15 put 12 to 24 of 70 slices in val, and ``hash`` 0 to 4.
+    This runs the builder's own assignment (`data_build.splits.assign_groups`, its defaults)
+    for fractions 0.01 .. 0.50 and keeps the one whose validation slice count is nearest to
+    ``share`` of the slices (ties: the fraction nearest to `share`), at least one slice.
+
+    Args:
+      group_labels: patient group -> its slices' labels, as `records.plan_shards` passes them.
+      share: wanted share of slices in val, in (0, 1).
+
+    Returns:
+      (validation fraction to pass, validation slices it gives).
+
+    Raises:
+      ProxyError: no fraction leaves both splits non-empty (fewer than 2 patients).
+    """
+    from data_build import splits
+
+    n = sum(len(labels) for labels in group_labels.values())
+    best: tuple[float, float, float, int] | None = None
+    for step in range(1, 51):
+        fraction = step / 100
+        assigned = splits.assign_groups(group_labels, (1.0 - fraction, fraction, 0.0))
+        n_val = sum(len(group_labels[g]) for g, split in assigned.items() if split == "val")
+        if not 0 < n_val < n:
+            continue
+        key = (abs(n_val - share * n), abs(fraction - share), fraction, n_val)
+        best = key if best is None or key < best else best
+    if best is None:
+        raise ProxyError(f"{len(group_labels)} training patient(s) cannot be split into train and "
+                         f"val; write more patients (--patients) or use fewer --folds")
+    return best[2], best[3]
+
+
 # --- reading the commands' outputs (the one place that knows their keys) -------------------
 
 
@@ -262,6 +301,15 @@ def read_history(path: Path) -> dict[str, list[float | None]]:
                 value if value is not None and math.isfinite(value) else None
             )
     return columns
+
+
+def split_counts(shards: Path) -> dict[str, int]:
+    """Slices per split of a ``fusion-build`` output (its manifest.json); {} when unreadable."""
+    try:
+        manifest = json.loads((shards / "manifest.json").read_text(encoding="utf-8"))
+        return {split: int(c["slices"]) for split, c in manifest["counts"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
 
 
 # --- aggregation and the table (pure) --------------------------------------------------------
@@ -568,7 +616,7 @@ def plan_folds(drop_root: Path, k: int, target: int | None) -> tuple[FoldPlan, d
     drop = discover(drop_root, workers=1, progress=False)
     selected, left_out = select_slices(drop.cases)
     if drop.skips:
-        left_out["skipped by the drop reader"] = len(drop.skips)
+        left_out["inputs skipped (or masks dropped) by the drop reader"] = len(drop.skips)
     kept = limit_to_target(selected, target)
     if len(kept) < len(selected):
         left_out["beyond --target-slices (whole patients)"] = len(selected) - len(kept)
@@ -582,12 +630,21 @@ def plan_folds(drop_root: Path, k: int, target: int | None) -> tuple[FoldPlan, d
 
 
 def build_fold(out: Path, fold: int, plan: FoldPlan, cases: Mapping[str, Any], drop_root: Path,
-               val_fraction: float) -> tuple[Path, Path]:
-    """Sub-drops and shards of one fold (kept when already built); (train shards, test shards)."""
+               val_share: float) -> tuple[tuple[Path, Path], dict[str, Any]]:
+    """Sub-drops and shards of one fold (kept when already built).
+
+    Returns:
+      ((train shards, test shards), the fold's split figures: slices per split as built, the
+      validation fraction passed to fusion-build and the val count it was chosen for).
+    """
     folder = out / "folds" / f"fold{fold}"
     test_ids = plan.folds[fold]
     train_ids = [i for f, ids in enumerate(plan.folds) if f != fold for i in ids]
-    fractions = {"train": f"{1 - val_fraction:g},{val_fraction:g},0", "test": "0,0,1"}
+    group_labels: dict[str, list[Any]] = {}
+    for i in train_ids:
+        group_labels.setdefault(cases[i].group, []).append(cases[i].labels)
+    fraction, n_val = choose_val_fraction(group_labels, val_share)
+    fractions = {"train": f"{1 - fraction:.2f},{fraction:.2f},0", "test": "0,0,1"}
     shards = {}
     for part, ids in (("train", train_ids), ("test", test_ids)):
         sub, shards[part] = folder / f"{part}-drop", folder / f"{part}-shards"
@@ -598,7 +655,15 @@ def build_fold(out: Path, fold: int, plan: FoldPlan, cases: Mapping[str, Any], d
         run_command(["fusion-build", str(sub), "--out", str(shards[part]), "--split-fractions",
                      fractions[part], "--workers", "1", "--overwrite", "--no-progress"],
                     folder / f"build-{part}.log")
-    return shards["train"], shards["test"]
+    built = split_counts(shards["train"])
+    if built.get("val") != n_val:
+        print(f"warning: fold {fold}: fusion-build put {built.get('val')} slices in val where its "
+              f"split rule predicted {n_val}; see {shards['train']}/manifest.json", flush=True)
+    figures = {"train": built.get("train"), "val": built.get("val"),
+               "test": split_counts(shards["test"]).get("test"),
+               "val_fraction_passed": fraction, "val_predicted": n_val}
+    atomic_write_text(folder / "splits.json", json.dumps(figures) + "\n")
+    return (shards["train"], shards["test"]), figures
 
 
 def cell_dir(out: Path, preset: str, seed: int, fold: int) -> Path:
@@ -647,7 +712,7 @@ def protocol_of(args: argparse.Namespace) -> dict[str, Any]:
     }
     return {
         "drop": drop, "target_slices": args.target_slices, "folds": args.folds,
-        "fold_salt": FOLD_SALT, "val_fraction": args.val_fraction,
+        "fold_salt": FOLD_SALT, "val_share": args.val_share,
         "image_size": args.image_size, "epochs": args.epochs,
         "extra_train_args": args.extra_train_args,
     }
@@ -688,7 +753,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="Work and result folder (resumable).")
     p.add_argument("--drop", type=Path, help="An existing drop to use instead of fusion-synth's.")
-    p.add_argument("--patients", type=int, default=40, help="fusion-synth --patients [40].")
+    p.add_argument("--patients", type=int, default=50, help="fusion-synth --patients [50].")
     p.add_argument("--slices-per-patient", type=int, default=6, help="fusion-synth option [6].")
     p.add_argument("--synth-seed", type=int, default=0, help="fusion-synth --seed [0].")
     p.add_argument("--synth-size", type=int, default=512, help="fusion-synth --size [512, as real].")
@@ -709,8 +774,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help=f"fusion-train --epochs [{FULL['epochs']}; --quick {QUICK['epochs']}].")
     p.add_argument("--quick", action="store_true",
                    help="Fold 0 only, 128 px, 12 epochs (explicit options still win).")
-    p.add_argument("--val-fraction", type=float, default=0.15,
-                   help="Share of the training patients held out for validation [0.15].")
+    p.add_argument("--val-share", type=float, default=0.15,
+                   help="Share of each fold's training slices held out for validation, met as "
+                        "closely as whole patients allow [0.15, as the real protocol].")
     p.add_argument("--extra-train-args", default="",
                    help="More fusion-train options, one quoted string, e.g. '--batch-size 8'.")
     p.add_argument("--plan-only", action="store_true", help="Write the drop, print the folds, stop.")
@@ -743,10 +809,13 @@ def check_args(args: argparse.Namespace) -> None:
         raise ProxyError(f"--folds must be at least 2, got {args.folds}")
     if args.only_fold is not None and not 0 <= args.only_fold < args.folds:
         raise ProxyError(f"--only-fold {args.only_fold} is not a fold of 0..{args.folds - 1}")
-    if not 0 < args.val_fraction < 1:
-        raise ProxyError(f"--val-fraction must lie between 0 and 1, got {args.val_fraction}")
+    if not 0 < args.val_share < 1:
+        raise ProxyError(f"--val-share must lie between 0 and 1, got {args.val_share}")
     if args.drop and not (args.drop / "hemorrhage-labels.csv").is_file():
         raise ProxyError(f"--drop {args.drop} is not a drop (no hemorrhage-labels.csv)")
+    if args.drop and args.out.resolve().is_relative_to(args.drop.resolve()):
+        raise ProxyError(f"--out {args.out} lies inside --drop {args.drop}; the sub-drops would "
+                         f"link to themselves: pick an --out outside the drop")
     for name in ("patients", "slices_per_patient", "synth_size", "image_size", "epochs"):
         if getattr(args, name) < 1:
             raise ProxyError(f"--{name.replace('_', '-')} must be at least 1")
@@ -792,6 +861,19 @@ def finished_cells(out: Path, presets: Sequence[str], seeds: Sequence[int], k: i
     return cells
 
 
+def fold_split_lines(out: Path, k: int) -> tuple[list[dict[str, Any]], str]:
+    """Each built fold's split figures (folds/foldK/splits.json) and one line per fold."""
+    figures, lines = [], []
+    for fold in range(k):
+        path = out / "folds" / f"fold{fold}" / "splits.json"
+        if path.exists():
+            f = {"fold": fold, **json.loads(path.read_text(encoding="utf-8"))}
+            figures.append(f)
+            lines.append(f"fold {fold}: train {f['train']}, val {f['val']} (fusion-build val fraction "
+                         f"{f['val_fraction_passed']:.2f}), test {f['test']} slices")
+    return figures, "\n".join(lines) + ("\n" if lines else "")
+
+
 def summarise(out: Path, cells: Sequence[Mapping[str, Any]], plan: FoldPlan,
               protocol: Mapping[str, Any]) -> str:
     """Write proxy_benchmark.json / .md and loss_curves.csv; the Markdown text."""
@@ -804,16 +886,18 @@ def summarise(out: Path, cells: Sequence[Mapping[str, Any]], plan: FoldPlan,
         calibration = (f"peer-unet Dice {peer.dice:.3f} (seed {peer.seed}); issue 10's target "
                        f"for the proxy is {low:.2f}-{high:.2f} (real slices: 0.337 / 0.000 on "
                        f"folds 0-1): {'inside' if low <= peer.dice <= high else 'outside'}")
+    splits_figures, splits_text = fold_split_lines(out, len(plan.folds))
     text = (
         f"Proxy benchmark: {protocol['image_size']} px, {protocol['epochs']} epochs, "
-        f"{sum(len(f) for f in plan.folds)} slices in {len(plan.folds)} folds by patient\n\n"
-        + markdown_table(rows + means)
+        f"{sum(len(f) for f in plan.folds)} slices in {len(plan.folds)} folds by patient\n"
+        + splits_text + "\n" + markdown_table(rows + means)
         + ("\n" + calibration + "\n" if calibration else "")
         + "\nTraining loss (RUN/history.csv; every epoch in loss_curves.csv):\n\n"
         + loss_table(cells)
     )
     report = {
-        "protocol": dict(protocol), "plan": plan.to_json(), "rows": [dataclasses.asdict(r) for r in rows],
+        "protocol": dict(protocol), "plan": plan.to_json(), "fold_splits": splits_figures,
+        "rows": [dataclasses.asdict(r) for r in rows],
         "seed_means": [dataclasses.asdict(r) for r in means], "calibration": calibration,
         "cells": list(cells),
     }
@@ -845,7 +929,7 @@ def run(args: argparse.Namespace) -> None:
     todo = [(f, p, s) for f in folds for p in args.preset_list for s in args.seed_list]
     started = time.perf_counter()
     for i, (fold, preset, seed) in enumerate(todo if not args.report_only else []):
-        shards = build_fold(out, fold, plan, cases, drop_root, args.val_fraction)
+        shards, _ = build_fold(out, fold, plan, cases, drop_root, args.val_share)
         kept = (cell_dir(out, preset, seed, fold) / RESULT_FILE).exists()
         cell = run_cell(out, preset, seed, fold, shards, len(plan.folds[fold]), args)
         elapsed = (time.perf_counter() - started) / 60

@@ -272,3 +272,41 @@ def test_difficulty_asked_of_a_synth_without_it_is_an_error(
     args = PB.parse_args(["--out", str(tmp_path), "--difficulty", "real"])
     with pytest.raises(PB.ProxyError, match="this fusion-synth has no --difficulty option"):
         PB.resolve_difficulty(args)
+
+
+def _group_labels() -> dict[str, list[tuple[int, ...]]]:
+    """21 patients of 2-4 bleeding slices, three per type plus six with several types."""
+    out: dict[str, list[tuple[int, ...]]] = {}
+    for i in range(21):
+        types = [0, 0, 0, 0, 0]
+        if i < 15:
+            types[i % 5] = 1
+        else:
+            types[0] = types[(i % 4) + 1] = 1
+        out[f"patient:P{i:02d}"] = [(1, *types)] * (2 + i % 3)
+    return out
+
+
+def test_val_fraction_is_chosen_by_the_builders_own_rule() -> None:
+    from data_build import splits
+
+    groups = _group_labels()
+    n = sum(len(v) for v in groups.values())
+    fraction, n_val = PB.choose_val_fraction(groups, 0.15)
+    assigned = splits.assign_groups(groups, (1 - fraction, fraction, 0.0))
+    assert n_val == sum(len(groups[g]) for g, s in assigned.items() if s == "val") > 0
+    nominal = splits.assign_groups(groups, (0.85, 0.15, 0.0))
+    n_nominal = sum(len(groups[g]) for g, s in nominal.items() if s == "val")
+    assert abs(n_val - 0.15 * n) <= abs(n_nominal - 0.15 * n)
+    assert abs(n_val - 0.15 * n) <= max(len(v) for v in groups.values())
+
+
+def test_val_fraction_needs_two_patients() -> None:
+    with pytest.raises(PB.ProxyError, match="cannot be split into train and val"):
+        PB.choose_val_fraction({"patient:A": [(1, 1, 0, 0, 0, 0)] * 4}, 0.15)
+
+
+def test_out_inside_the_drop_is_refused(drop_root: Path, capsys: pytest.CaptureFixture) -> None:
+    assert PB.main(["--out", str(drop_root / "bench"), "--drop", str(drop_root)]) == 1
+    assert "lies inside --drop" in capsys.readouterr().err
+    assert not (drop_root / "bench").exists()
