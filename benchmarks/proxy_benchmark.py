@@ -304,12 +304,14 @@ def read_history(path: Path) -> dict[str, list[float | None]]:
 
 
 def split_counts(shards: Path) -> dict[str, int]:
-    """Slices per split of a ``fusion-build`` output (its manifest.json); {} when unreadable."""
+    """Slices per split of a ``fusion-build`` output (its typed manifest); {} when unreadable."""
+    from data_build.manifest import Manifest, ManifestError
+
     try:
-        manifest = json.loads((shards / "manifest.json").read_text(encoding="utf-8"))
-        return {split: int(c["slices"]) for split, c in manifest["counts"].items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        manifest = Manifest.load(shards)
+    except ManifestError:
         return {}
+    return {split: counts.slices for split, counts in manifest.counts.items()}
 
 
 # --- aggregation and the table (pure) --------------------------------------------------------
