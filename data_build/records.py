@@ -273,15 +273,14 @@ _OUR_TMP = re.compile(
 
 def _manifest_shard_names(path: Path) -> set[str] | None:
     """Shard names listed by OUT/manifest.json when `fusion-build` wrote it, else None (a user's
-    own file, unreadable or not JSON: never deleted or replaced)."""
+    own file, unreadable or not JSON: never deleted or replaced). A manifest of another schema
+    version still counts as the build's own (`Manifest.from_dict` does not check the version,
+    `Manifest.load` would), so --overwrite can replace an old build."""
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return {s.file for s in Manifest.from_dict(data, str(path)).shards}
+    except (OSError, ValueError):  # ManifestError is a ValueError
         return None
-    if not isinstance(manifest, dict) or not {"schema_version", "shards", "counts"} <= manifest.keys():
-        return None
-    shards = manifest["shards"] if isinstance(manifest["shards"], list) else []
-    return {s["file"] for s in shards if isinstance(s, dict) and isinstance(s.get("file"), str)}
 
 
 def _is_build_manifest(path: Path) -> bool:
