@@ -35,7 +35,7 @@ from fusion import metrics as M
 from fusion.errors import FusionError
 from fusion.inference import Predictor
 from fusion.report import overlay_png, render_html
-from fusion.scoring import Collected, collect, compute_metrics
+from fusion.scoring import Collected, collapse_note, collect, compute_metrics
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,10 @@ def evaluate(
     if predictor.thresholds is None:
         metrics["notes"].insert(0, "no calibrated thresholds found with the model; used 0.5")
     metrics["notes"].extend(f"threshold calibration: {n}" for n in predictor.threshold_notes)
+    collapsed = collapse_note(metrics)
+    if collapsed:
+        log.warning("%s", collapsed)
+        metrics["notes"].insert(0, collapsed)
     metrics = {
         "model": model_name,
         "shards": shards,

@@ -440,3 +440,23 @@ def _area_part(
     else:
         notes.append("no slice with known pixel spacing and area: no area error in mm^2")
     return area
+
+
+#: Share of bleeding slices with an empty predicted mask above which a run is
+#: flagged as collapsed (issue 10's goal allows at most 10 % per fold).
+COLLAPSE_RATE = 0.10
+
+
+def collapse_note(metrics: Mapping[str, Any]) -> str | None:
+    """A warning when the mask head predicts empty masks on too many bleeding slices, else None.
+
+    Segmentation trained with Dice losses on little data can collapse to all-background masks
+    (issue 10 saw it on real slices); the validation loss alone does not show it.
+    """
+    rate = (metrics.get("summary") or {}).get("empty_prediction_rate")
+    if rate is None or rate <= COLLAPSE_RATE:
+        return None
+    n = (metrics.get("segmentation") or {}).get("n_true_nonempty")
+    return (f"the mask head predicts an EMPTY mask on {rate:.0%} of the {n} bleeding slices "
+            f"scored (collapse to background; more than {COLLAPSE_RATE:.0%}): train longer, or "
+            "compare presets with benchmarks/proxy_benchmark.py before trusting its masks")

@@ -268,6 +268,10 @@ def finish_run(
     thresholds, result = validate(model, val_ds, cfg)
     thresholds.save(run_dir)
     result = {"split": "val", "preset": cfg.preset, "epochs_run": len(epochs), **result}
+    note = scoring.collapse_note(result)
+    if note:
+        log.warning("%s", note)
+        result["notes"] = [note, *result.get("notes", [])]
     write_metrics(run_dir, result)
     if export:
         from fusion.export import export_model  # TF SavedModel; imported late (heavy)

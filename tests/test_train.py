@@ -359,3 +359,13 @@ def test_model_outputs_stay_float32_under_mixed_precision(policy: str) -> None:
         keras.mixed_precision.set_global_policy("float32")
     for name, value in out.items():
         assert keras.backend.standardize_dtype(value.dtype) == "float32", name
+
+
+def test_a_collapsed_mask_head_is_flagged() -> None:
+    from fusion.scoring import collapse_note
+
+    collapsed = {"summary": {"empty_prediction_rate": 0.5}, "segmentation": {"n_true_nonempty": 10}}
+    note = collapse_note(collapsed)
+    assert note is not None and "50%" in note and "10 bleeding" in note
+    assert collapse_note({"summary": {"empty_prediction_rate": 0.1}}) is None  # at the limit: fine
+    assert collapse_note({"summary": {}}) is None  # no mask head or no bleeding slice: nothing to say
