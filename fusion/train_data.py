@@ -25,6 +25,7 @@ from data_build.examples import parse_example
 from data_build.manifest import Manifest
 from fusion import backend
 from fusion.config import RunConfig
+from fusion.errors import TrainError
 from fusion.reader import ShardSequence, SplitRecords
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,11 @@ def reader_workers() -> int:
 
 
 def _reader_data(shards_dir: Path, cfg: RunConfig) -> RunData:
+    """`RunData` from `fusion.reader` (no TensorFlow).
+
+    Raises:
+      TrainError: ``train.steps_per_epoch`` above one pass over the train split.
+    """
     t, m = cfg.train, cfg.model
     common = {"image_size": m.image_size, "batch_size": t.batch_size, "heads": m.heads}
     augment = cfg.augment if cfg.augment.enabled else None
@@ -78,6 +84,13 @@ def _reader_data(shards_dir: Path, cfg: RunConfig) -> RunData:
                            workers=reader_workers(), **common)
     if t.masked_only:
         train.restrict(masked_indices(train.records))
+    if t.steps_per_epoch is not None and t.steps_per_epoch > len(train):
+        # tf.data repeats the split for steps_per_epoch; a PyDataset epoch is one pass at most.
+        raise TrainError(
+            f"train.steps_per_epoch {t.steps_per_epoch} is more than one pass over the train split "
+            f"({len(train)} batches of {t.batch_size}); on the {backend.current_backend()} backend set "
+            f"it to at most {len(train)}, or null for whole passes"
+        )
     return RunData(
         train=train,
         val_fit=ShardSequence(shards_dir, "val", workers=reader_workers(), **common),

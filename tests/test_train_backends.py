@@ -109,6 +109,10 @@ def test_jax_run_trains_without_tensorflow(shards: Path, tiny_config: Path, tmp_
     note = (run / "EXPORT_LATER.txt").read_text()
     command = f"fusion-train {shards} --out {run} --export-only"
     assert command in note and command in proc.stdout  # written and printed
+    # The note's command, here on TensorFlow: the JAX-trained .keras exports as a SavedModel.
+    result = CliRunner().invoke(main, [str(shards), "--out", str(run), "--export-only", "--backend", "tensorflow"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert (run / "export" / "1" / "saved_model.pb").is_file() and not (run / "EXPORT_LATER.txt").exists()
 
 
 @needs_jax
@@ -224,3 +228,17 @@ def test_masked_only_reads_only_slices_with_a_mask(shards: Path) -> None:
     assert all(np.all(b["has_mask"] > 0.5) for b in seen)
     seq.on_epoch_end()
     assert sorted(seq.order().tolist()) == sorted(keep.tolist())  # reshuffled, same records
+
+
+def test_reader_path_refuses_steps_beyond_one_pass(shards: Path) -> None:
+    from fusion.train_data import _reader_data
+
+    cfg = preset("demo").replace(model=TINY, train={"batch_size": 4, "steps_per_epoch": 50})
+    with pytest.raises(TrainError, match="more than one pass over the train split"):
+        _reader_data(shards, cfg)
+    n = Manifest.load(shards).counts["train"].slices
+    data = _reader_data(shards, cfg.replace(train={"steps_per_epoch": 1}))
+    assert len(data.train) == -(-n // 4) and len(data.val_fit) == len(data.val_batches)
+    image, targets = data.train[0]
+    assert image.shape == (min(4, n), 32, 32, 4) and set(targets) == set(cfg.model.heads)
+    assert "id" in data.val_batches[0]  # reader dicts for validate
