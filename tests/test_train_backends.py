@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -242,3 +243,18 @@ def test_reader_path_refuses_steps_beyond_one_pass(shards: Path) -> None:
     image, targets = data.train[0]
     assert image.shape == (min(4, n), 32, 32, 4) and set(targets) == set(cfg.model.heads)
     assert "id" in data.val_batches[0]  # reader dicts for validate
+
+
+@needs_jax
+@pytest.mark.parametrize("device, policy", [
+    ({"platform": "gpu", "compute_capability": "9.0"}, "mixed_bfloat16"),  # H100 / H200
+    ({"platform": "gpu", "compute_capability": "7.5"}, "mixed_float16"),  # T4
+    ({"platform": "tpu"}, "mixed_bfloat16"),
+    ({"platform": "cpu"}, "float32"),
+])
+def test_precision_from_jax_devices(device: dict, policy: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import jax
+
+    monkeypatch.setattr(backend, "current_backend", lambda: "jax")
+    monkeypatch.setattr(jax, "devices", lambda *a: [SimpleNamespace(**device)])
+    assert backend.select_precision() == policy
