@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -158,6 +159,22 @@ def test_mirrored_strategy_is_refused_off_tensorflow(shards: Path, tiny_config: 
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "--strategy mirrored is tf.distribute and needs --backend tensorflow" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
+
+
+@needs_jax
+def test_damaged_shard_on_jax_is_one_line(shards: Path, tiny_config: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "shards"
+    shutil.copytree(shards, bad)
+    shard = sorted(bad.glob("train-*.tfrecord"))[0]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside a record's payload: its data CRC no longer matches
+    shard.write_bytes(bytes(data))
+    proc = run_blocked(str(bad), "--out", str(tmp_path / "run"), "--config", str(tiny_config),
+                       "--backend", "jax", "--quiet")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    error = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert shard.name in error[0] and f"fusion-verify {bad}" in error[0] and "CRC32C" in error[0]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is not None, reason="torch is installed here")

@@ -172,8 +172,10 @@ def main(
     except (FusionError, DataBuildError) as err:
         raise click.ClickException(str(err)) from None
     except data_loss as err:  # a damaged shard, met mid-epoch by the reader
-        message = getattr(err, "message", None) or str(err)
-        raise click.ClickException(describe_read_error(shards, message, ("train", "val"))) from None
+        # fusion.reader's error already names the shard, the offset and fusion-verify.
+        message = describe_read_error(shards, err.message, ("train", "val")) if backend == "tensorflow" else (
+            f"reading the shards of {shards} failed: {err}")
+        raise click.ClickException(message) from None
     except OSError as err:  # unwritable or invalid --out, a full disk
         where = f" ({err.filename})" if err.filename else ""
         raise click.ClickException(
