@@ -1,19 +1,22 @@
 """The callbacks of a training run: backup, best checkpoint, history, TensorBoard, LR, early stop."""
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any, Mapping
 
 import keras
-import tensorflow as tf
 
+from fusion import backend
 from fusion.config import RunConfig
+
+log = logging.getLogger(__name__)
 
 
 def make_callbacks(run_dir: Path, cfg: RunConfig, resume: bool, verbose: int) -> list[keras.callbacks.Callback]:
     """Backup (first, so an interrupted epoch is never half-saved), checkpoint, logs, LR, stop."""
-    callbacks: list[keras.callbacks.Callback] = [
+    callbacks: list[keras.callbacks.Callback | None] = [
         keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
         keras.callbacks.ModelCheckpoint(
             str(run_dir / "best.keras"), monitor="val_loss", save_best_only=True, verbose=0,
@@ -24,6 +27,7 @@ def make_callbacks(run_dir: Path, cfg: RunConfig, resume: bool, verbose: int) ->
         tensorboard_callback(run_dir / "logs"),
         keras.callbacks.TerminateOnNaN(),
     ]
+    callbacks = [c for c in callbacks if c is not None]  # no TensorBoard off TensorFlow
     if cfg.train.schedule == "plateau":
         callbacks.append(
             keras.callbacks.ReduceLROnPlateau(
@@ -69,11 +73,15 @@ class EpochSummaries(keras.callbacks.Callback):
         self._metadata.data_class = summary_pb2.DATA_CLASS_SCALAR
 
     def _writer(self, name: str) -> Any:
+        import tensorflow as tf  # this callback only runs on the TensorFlow backend
+
         if name not in self._writers:
             self._writers[name] = tf.summary.create_file_writer(str(self.log_dir / name))
         return self._writers[name]
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        import tensorflow as tf
+
         for key, value in (logs or {}).items():
             split, tag = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
             with self._writer(split).as_default():
@@ -88,8 +96,17 @@ class EpochSummaries(keras.callbacks.Callback):
         self._writers.clear()
 
 
-def tensorboard_callback(log_dir: Path) -> keras.callbacks.Callback:
-    """Keras' TensorBoard callback when tensorboard is installed, else `EpochSummaries`."""
+def tensorboard_callback(log_dir: Path) -> keras.callbacks.Callback | None:
+    """Keras' TensorBoard callback when tensorboard is installed, else `EpochSummaries`.
+
+    None on JAX and PyTorch: both write events through TensorFlow's summary ops (Keras'
+    TensorBoard callback imports ``tensorflow.summary`` on every backend), and a run on those
+    backends must not import TensorFlow. RUN/history.csv holds the same per-epoch numbers.
+    """
+    if not backend.uses_tensorflow():
+        log.info("TensorBoard events skipped on the %s backend (they need TensorFlow); "
+                 "RUN/history.csv holds the per-epoch metrics", backend.current_backend())
+        return None
     try:
         import tensorboard  # noqa: F401  (only checking it is there)
     except ImportError:

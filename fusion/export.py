@@ -40,11 +40,12 @@ import tensorflow as tf
 import tensorflow.experimental.numpy as tnp
 
 from data_build import windows
-from data_build.files import atomic_write_text, make_temp_dir, ordinary_mode
+from data_build.files import atomic_write_text, make_temp_dir
 from data_build.manifest import Manifest, ManifestError
 from data_build.schema import LABEL_NAMES
 from fusion.config import RunConfig
 from fusion.errors import FusionError
+from fusion.run_folder import EXPORT_NOTE, save_keras
 from fusion.targets import AREA_SCALE, MASK_THRESHOLD, target_to_area
 from fusion.thresholds import Thresholds, ThresholdsError
 
@@ -199,20 +200,6 @@ def _readme(info: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def save_keras(model: keras.Model, path: Path) -> None:
-    """model.save to a temporary name in the same folder, then rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".keras", dir=path.parent)
-    os.close(fd)
-    try:
-        model.save(tmp)
-        os.chmod(tmp, ordinary_mode())  # mkstemp's 0600 would make the model private
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def export_model(
     model: keras.Model,
     run_dir: str | Path,
@@ -229,7 +216,9 @@ def export_model(
         # An unversioned export of this run (before versions): TF Serving cannot load it and
         # load_predictor would keep preferring the versioned one, so replace it.
         shutil.rmtree(run_dir / "export")
-    return write_savedmodel(model, target, cfg.model.image_size, thresholds, presets)
+    path = write_savedmodel(model, target, cfg.model.image_size, thresholds, presets)
+    (run_dir / EXPORT_NOTE).unlink(missing_ok=True)  # a run trained without TensorFlow: done now
+    return path
 
 
 def export_dir(run_dir: str | Path, version: int = DEFAULT_EXPORT_VERSION) -> Path:

@@ -2,24 +2,34 @@
 compilation with the masked losses, and the distribution strategy."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
-import tensorflow as tf
 
+from fusion import backend
 from fusion.config import STRATEGIES, RunConfig
 from fusion.errors import TrainError
 from fusion.losses import build_losses
 
+if TYPE_CHECKING:
+    import tensorflow as tf
 
-def select_precision() -> str:
-    """Mixed precision policy for the visible hardware: float32 on CPU."""
+
+def gpu_capability() -> tuple[int, int] | None:
+    """(major, minor) compute capability of TensorFlow's first GPU, None without one."""
+    import tensorflow as tf  # only on the TensorFlow backend (`fusion.backend`)
+
     gpus = tf.config.list_physical_devices("GPU")
     if not gpus:
-        return "float32"
+        return None
     details = tf.config.experimental.get_device_details(gpus[0])
-    major = (details.get("compute_capability") or (0, 0))[0]
-    return "mixed_bfloat16" if major >= 8 else "mixed_float16"
+    major, minor = tuple(details.get("compute_capability") or (0, 0))[:2]
+    return int(major), int(minor)
+
+
+def select_precision() -> str:
+    """Mixed precision policy for TensorFlow's visible hardware: float32 on CPU."""
+    return backend.precision_for(gpu_capability())
 
 
 def make_optimizer(cfg: RunConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
@@ -46,13 +56,16 @@ def compile_model(model: keras.Model, cfg: RunConfig, steps_per_epoch: int) -> k
     losses, weights = build_losses(cfg.loss, list(model.output_names))
     jit = cfg.train.jit_compile
     if jit is None:
-        jit = bool(tf.config.list_physical_devices("GPU"))
+        jit = backend.default_jit()
     model.compile(optimizer=make_optimizer(cfg, steps_per_epoch), loss=losses, loss_weights=weights,
                   jit_compile=jit)
     return model
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
+    """tf.distribute strategy `name` (TensorFlow backend; `fusion.backend.make_strategy` picks)."""
+    import tensorflow as tf
+
     if name not in STRATEGIES:
         raise TrainError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
     if name == "mirrored":

@@ -6,16 +6,23 @@ are listed in docs/design.md ("Run folder").
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from data_build.files import atomic_write_text
+from data_build.files import atomic_write_text, ordinary_mode
 from fusion.config import RunConfig
 from fusion.errors import TrainError
 
+if TYPE_CHECKING:
+    import keras
+
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
+#: Written instead of RUN/export by a run on a backend without TensorFlow.
+EXPORT_NOTE = "EXPORT_LATER.txt"
 
 
 def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, overwrite: bool) -> RunConfig:
@@ -54,3 +61,36 @@ def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> Path:
     path = Path(run_dir) / METRICS_FILE
     atomic_write_text(path, json.dumps(metrics, indent=2, sort_keys=False) + "\n")
     return path
+
+
+def save_keras(model: keras.Model, path: Path) -> None:
+    """model.save to a temporary name in the same folder, then rename (any backend)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".keras", dir=path.parent)
+    os.close(fd)
+    try:
+        model.save(tmp)
+        os.chmod(tmp, ordinary_mode())  # mkstemp's 0600 would make the model private
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def export_later_note(run_dir: Path, shards_dir: Path, backend: str) -> str:
+    """What RUN/EXPORT_LATER.txt says: how to write the SavedModel on a machine with TensorFlow."""
+    return (
+        f"This run trained on the {backend} backend, without TensorFlow, so it has no SavedModel "
+        f"(RUN/export).\n{run_dir / 'model.keras'} holds the trained model (the best epoch's weights).\n"
+        "To write the SavedModel (TF Serving, its two signatures), run on a machine with "
+        "TensorFlow:\n\n"
+        f"    fusion-train {shards_dir} --out {run_dir} --export-only\n"
+    )
+
+
+def save_without_export(model: keras.Model, run_dir: Path, shards_dir: Path, backend: str) -> str:
+    """Save RUN/model.keras and write RUN/EXPORT_LATER.txt. Returns the note's text."""
+    save_keras(model, run_dir / "model.keras")
+    note = export_later_note(run_dir, shards_dir, backend)
+    atomic_write_text(run_dir / EXPORT_NOTE, note)
+    return note

@@ -14,8 +14,14 @@
    the same `fusion.scoring` path as `fusion-evaluate`;
 5. save ``RUN/model.keras`` (the best weights) and export ``RUN/export`` (`fusion.export`).
 
-Mixed precision (bfloat16 on compute capability >= 8, else float16) is switched on when a GPU
-is visible; the model's outputs stay float32.
+Any Keras backend (`fusion.backend`, select it before importing this module): TensorFlow reads
+shards with tf.data, JAX and PyTorch with `fusion.reader` and never import TensorFlow
+(`fusion.train_data`); there step 5 saves ``RUN/model.keras`` and writes
+``RUN/EXPORT_LATER.txt`` (export later with ``fusion-train --export-only``) instead of the
+SavedModel.
+
+Mixed precision (bfloat16 on compute capability >= 8, else float16) is switched on when the
+backend sees a GPU; the model's outputs stay float32.
 """
 from __future__ import annotations
 
@@ -31,14 +37,15 @@ import numpy as np
 
 from data_build.manifest import Manifest, ManifestError
 from data_build.schema import LABEL_NAMES
-from fusion import metrics, scoring
+from fusion import backend, metrics, scoring
 from fusion.callbacks import EpochCounter, make_callbacks
 from fusion.config import RunConfig
 from fusion.errors import TrainError
 from fusion.model import build_model
-from fusion.optim import compile_model, make_strategy, select_precision
-from fusion.run_folder import prepare_run_dir, write_metrics
+from fusion.optim import compile_model
+from fusion.run_folder import EXPORT_NOTE, prepare_run_dir, save_without_export, write_metrics
 from fusion.thresholds import Thresholds
+from fusion.train_data import make_run_data
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +83,7 @@ def check_inputs(shards_dir: Path, cfg: RunConfig) -> Manifest:
     Raises:
       TrainError: missing manifest, an empty train or val split.
     """
-    from fusion import data  # tf.data; imported late so `--help` stays fast
+    from fusion import reader  # no TensorFlow; imported late so `--help` stays fast
 
     try:
         manifest = Manifest.load(shards_dir)
@@ -84,8 +91,8 @@ def check_inputs(shards_dir: Path, cfg: RunConfig) -> Manifest:
         raise TrainError(str(err)) from None
     for split in ("train", "val"):
         try:
-            data.shard_files(shards_dir, split, manifest)
-        except (data.EmptySplitError, ManifestError) as err:
+            reader.shard_files(shards_dir, split, manifest)
+        except (reader.EmptySplitError, ManifestError) as err:
             raise TrainError(f"cannot train: {err}") from None
         masked_only = cfg.train.masked_only and split == "train"
         if manifest.split_count(split, masked_only) <= 0:
@@ -191,8 +198,10 @@ def train(
       cfg: run config (ignored on resume: RUN/config.json is used).
       resume: continue a killed run from RUN/backup.
       overwrite: replace an existing run folder.
-      strategy: "default" or "mirrored" (tf.distribute.MirroredStrategy over local GPUs).
-      export: write RUN/model.keras and RUN/export/<export_version> at the end.
+      strategy: "default" or "mirrored" (tf.distribute.MirroredStrategy over local GPUs; only on
+        the TensorFlow backend).
+      export: write RUN/model.keras and RUN/export/<export_version> at the end (off TensorFlow:
+        RUN/model.keras and RUN/EXPORT_LATER.txt).
       verbose: Keras verbosity ("auto", 0, 1, 2).
       callbacks: extra Keras callbacks (tests use them to interrupt a run).
       export_version: TF Serving version folder of the export (a positive integer).
@@ -201,33 +210,31 @@ def train(
       TrainError: bad shards, run folder or strategy.
       fusion.config.ConfigError: an invalid config.
     """
-    from fusion import data  # tf.data; imported late so `--help` stays fast
-
     shards_dir, run_dir = Path(shards_dir), Path(run_dir)
-    dist = make_strategy(strategy)
+    dist = backend.make_strategy(strategy)
     manifest = check_inputs(shards_dir, cfg)
     cfg = prepare_run_dir(run_dir, cfg, resume, overwrite)
     if resume:
         manifest = check_inputs(shards_dir, cfg)
-    keras.utils.set_random_seed(cfg.train.seed)
-    policy = select_precision()
+    backend.start_run(cfg.train.seed)
+    policy = backend.select_precision()
     keras.mixed_precision.set_global_policy(policy)
-    log.info("precision policy %s, strategy %s", policy, strategy)
+    log.info("backend %s, precision policy %s, strategy %s", backend.current_backend(), policy, strategy)
     try:
-        train_ds, val_ds = data.make_datasets(shards_dir, cfg, manifest)
+        run_data = make_run_data(shards_dir, cfg, manifest)
         n_train = manifest.split_count("train", cfg.train.masked_only)
         steps = cfg.train.steps_per_epoch or max(1, math.ceil(n_train / cfg.train.batch_size))
         with dist.scope():
             model = compile_model(build_model(cfg.model), resolve_loss_config(cfg, manifest), steps)
-        heads = cfg.model.heads
-        val_xy = val_ds.map(lambda b: data.to_model_io(b, heads))
-        epochs = fit(model, train_ds, val_xy, run_dir, cfg, resume=resume, verbose=verbose, callbacks=callbacks)
+        epochs = fit(model, run_data.train, run_data.val_fit, run_dir, cfg, resume=resume, verbose=verbose,
+                     callbacks=callbacks)
         best_path = run_dir / "best.keras"
         if best_path.is_file():
             model = keras.saving.load_model(best_path, compile=False)
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    return finish_run(model, val_ds, run_dir, cfg, manifest, epochs, export, export_version)
+    return finish_run(model, run_data.val_batches, run_dir, cfg, manifest, epochs, export, export_version,
+                      shards_dir=shards_dir)
 
 
 def validate(
@@ -263,8 +270,14 @@ def finish_run(
     epochs: Sequence[int],
     export: bool = True,
     export_version: int = 1,
+    shards_dir: Path | None = None,
 ) -> TrainResult:
-    """Calibrate on val, write thresholds.json and metrics.json, save and export the model."""
+    """Calibrate on val, write thresholds.json and metrics.json, save and export the model.
+
+    Off TensorFlow no SavedModel can be written: RUN/model.keras is saved and
+    RUN/EXPORT_LATER.txt says how to export on a machine with TensorFlow (`shards_dir` names
+    the shards in that command).
+    """
     thresholds, result = validate(model, val_ds, cfg)
     thresholds.save(run_dir)
     result = {"split": "val", "preset": cfg.preset, "epochs_run": len(epochs), **result}
@@ -273,7 +286,11 @@ def finish_run(
         log.warning("%s", note)
         result["notes"] = [note, *result.get("notes", [])]
     write_metrics(run_dir, result)
-    if export:
+    if export and not backend.uses_tensorflow():
+        save_without_export(model, run_dir, Path(shards_dir or "SHARDS"), backend.current_backend())
+        log.warning("no SavedModel on the %s backend: %s says how to export later",
+                    backend.current_backend(), run_dir / EXPORT_NOTE)
+    elif export:
         from fusion.export import export_model  # TF SavedModel; imported late (heavy)
 
         export_model(model, run_dir, cfg, thresholds, manifest.presets, export_version)

@@ -2,6 +2,8 @@
 
 A thin click layer over `fusion.train.train`: it builds the run config (preset, then
 ``--config`` file, then single options), and turns library errors into usage errors (exit 2).
+It selects the Keras backend (``--backend``) before anything imports keras, so keep keras and
+TensorFlow imports out of this module's top and out of `fusion.config`.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pathlib import Path
 import click
 
 from data_build.errors import DataBuildError
+from fusion.backend import BACKENDS, BackendError, default_backend, select_backend
 from fusion.config import (
     CLASS_POOLINGS,
     DEFAULT_PRESET,
@@ -25,6 +28,25 @@ from fusion.config import (
     preset,
 )
 from fusion.errors import FusionError, TrainError
+from fusion.run_folder import EXPORT_NOTE
+
+
+class Refused(click.ClickException):
+    """A one-line ``Error: ...`` with exit status 2 (a setting this machine cannot honour)."""
+
+    exit_code = 2
+
+
+def data_loss_error(backend: str) -> type[BaseException]:
+    """TensorFlow's error for a damaged shard met mid-epoch by tf.data; imports TensorFlow only on
+    its own backend (`fusion.reader` raises `CorruptRecordError` instead)."""
+    if backend != "tensorflow":
+        from data_build.tfrecord import CorruptRecordError
+
+        return CorruptRecordError
+    import tensorflow as tf
+
+    return tf.errors.DataLossError
 
 
 def build_config(
@@ -75,8 +97,12 @@ def build_config(
 @click.option("--class-pooling", type=click.Choice(CLASS_POOLINGS),
               help="How the class head pools: global, or also one attention map per label "
                    "(docs/benchmarks.md: no gain on the synthetic demo).")
+@click.option("--backend", type=click.Choice(BACKENDS), default=None,
+              help="Keras backend [default: $KERAS_BACKEND, else tensorflow]. jax and torch read shards "
+                   "without TensorFlow and write RUN/model.keras but no SavedModel (export later with "
+                   "--export-only on a machine with TensorFlow).")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default=STRATEGIES[0], show_default=True,
-              help="tf.distribute strategy (mirrored: all local GPUs).")
+              help="tf.distribute strategy (mirrored: all local GPUs; tensorflow backend only).")
 @click.option("--resume", is_flag=True, help="Continue a killed run from RUN/backup (uses RUN/config.json).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run folder.")
 @click.option("--no-export", is_flag=True, help="Skip RUN/model.keras and RUN/export.")
@@ -98,6 +124,7 @@ def main(
     width: int | None,
     fusion: str | None,
     class_pooling: str | None,
+    backend: str | None,
     strategy: str,
     resume: bool,
     overwrite: bool,
@@ -109,21 +136,28 @@ def main(
     """Train the multi-task hemorrhage model on SHARDS (a fusion-build output folder)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:  # before anything imports keras: Keras reads KERAS_BACKEND once
+        backend = select_backend(backend or default_backend())
+    except BackendError as err:
+        raise Refused(str(err)) from None
+    if export_only and backend != "tensorflow":
+        raise Refused(f"--export-only writes a TensorFlow SavedModel: run it with --backend tensorflow "
+                      f"on a machine with TensorFlow (this run asked for {backend})")
     try:
         cfg = build_config(preset_name, config_file, epochs, image_size, batch_size, seed,
                            learning_rate, width, fusion, class_pooling)
     except ConfigError as err:
         raise click.UsageError(str(err)) from None
 
-    # Imported here: TensorFlow takes seconds to load and --help should not wait for it.
-    import tensorflow as tf
-
-    from fusion.export import export_run
+    # Imported here: keras and TensorFlow take seconds to load and --help should not wait.
     from fusion.shard_errors import describe_read_error
     from fusion.train import check_inputs, train
 
+    data_loss = data_loss_error(backend)
     try:
         if export_only:
+            from fusion.export import export_run
+
             path = export_run(run_dir, shards, version=export_version)
             click.echo(f"exported {path}")
             return
@@ -137,8 +171,11 @@ def main(
         raise click.UsageError(str(err)) from None
     except (FusionError, DataBuildError) as err:
         raise click.ClickException(str(err)) from None
-    except tf.errors.DataLossError as err:  # a damaged shard, met mid-epoch by the reader
-        raise click.ClickException(describe_read_error(shards, err.message, ("train", "val"))) from None
+    except data_loss as err:  # a damaged shard, met mid-epoch by the reader
+        # fusion.reader's error already names the shard, the offset and fusion-verify.
+        message = describe_read_error(shards, err.message, ("train", "val")) if backend == "tensorflow" else (
+            f"reading the shards of {shards} failed: {err}")
+        raise click.ClickException(message) from None
     except OSError as err:  # unwritable or invalid --out, a full disk
         where = f" ({err.filename})" if err.filename else ""
         raise click.ClickException(
@@ -147,3 +184,6 @@ def main(
         ) from None
     summary = result.metrics.get("summary", {})
     click.echo(f"run {result.run_dir}: {result.epochs_run} epochs; validation " + json.dumps(summary))
+    note = run_dir / EXPORT_NOTE
+    if not no_export and note.is_file():
+        click.echo(note.read_text(encoding="utf-8"), nl=False)

@@ -1,0 +1,139 @@
+"""The data of a training run, one of two input paths chosen by the Keras backend.
+
+- TensorFlow: `fusion.data.make_datasets` (tf.data; its render fast path and `fusion.augment`).
+- JAX and PyTorch: `fusion.reader.ShardSequence` (NumPy + OpenCV, no TensorFlow import), with
+  `fusion.augment_numpy`, in reader threads. Both readers share their decode functions
+  (`fusion.reader`). ``train.masked_only`` keeps the records whose slice has a mask
+  (`SubsetSequence`).
+
+Importing this module imports keras: select the backend first (`fusion.backend`).
+
+Either way a run gets the same three streams (`RunData`), so `fusion.train` does not branch.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from data_build.examples import parse_example
+from data_build.manifest import Manifest
+from fusion import backend
+from fusion.config import RunConfig
+from fusion.errors import TrainError
+from fusion.reader import ShardSequence, SplitRecords
+
+log = logging.getLogger(__name__)
+
+#: Most reader threads per ShardSequence (cv2 decodes release the GIL).
+MAX_READER_WORKERS = 8
+
+
+@dataclass(frozen=True)
+class RunData:
+    """The three inputs of a run.
+
+    Attributes:
+      train: (image [B, S, S, 4] float32, packed targets) batches, shuffled per epoch (seeded)
+        and augmented.
+      val_fit: validation (image, packed targets) batches for `model.fit` (val_loss).
+      val_batches: validation reader dicts (docs/design.md "Reader output") for
+        `fusion.train.validate`, in manifest order.
+    """
+
+    train: Any
+    val_fit: Any
+    val_batches: Iterable[Mapping[str, Any]]
+
+
+def make_run_data(shards_dir: Path, cfg: RunConfig, manifest: Manifest) -> RunData:
+    """The run's inputs on the current backend (see the module docstring)."""
+    if backend.uses_tensorflow():
+        return _tf_data(shards_dir, cfg, manifest)
+    return _reader_data(shards_dir, cfg)
+
+
+def _tf_data(shards_dir: Path, cfg: RunConfig, manifest: Manifest) -> RunData:
+    from fusion import data  # tf.data: only on the TensorFlow backend
+
+    train_ds, val_ds = data.make_datasets(shards_dir, cfg, manifest)
+    heads = cfg.model.heads
+    return RunData(train=train_ds, val_fit=val_ds.map(lambda b: data.to_model_io(b, heads)), val_batches=val_ds)
+
+
+def reader_workers() -> int:
+    """Reader threads per dataset: the host's cores, at most `MAX_READER_WORKERS`."""
+    return max(1, min(MAX_READER_WORKERS, os.cpu_count() or 1))
+
+
+def _reader_data(shards_dir: Path, cfg: RunConfig) -> RunData:
+    """`RunData` from `fusion.reader` (no TensorFlow).
+
+    Raises:
+      TrainError: ``train.steps_per_epoch`` above one pass over the train split.
+    """
+    t, m = cfg.train, cfg.model
+    common = {"image_size": m.image_size, "batch_size": t.batch_size, "heads": m.heads}
+    augment = cfg.augment if cfg.augment.enabled else None
+    train = SubsetSequence(shards_dir, "train", shuffle=True, seed=t.seed, augment=augment,
+                           workers=reader_workers(), **common)
+    if t.masked_only:
+        train.restrict(masked_indices(train.records))
+    if t.steps_per_epoch is not None and t.steps_per_epoch > len(train):
+        # tf.data repeats the split for steps_per_epoch; a PyDataset epoch is one pass at most.
+        raise TrainError(
+            f"train.steps_per_epoch {t.steps_per_epoch} is more than one pass over the train split "
+            f"({len(train)} batches of {t.batch_size}); on the {backend.current_backend()} backend set "
+            f"it to at most {len(train)}, or null for whole passes"
+        )
+    return RunData(
+        train=train,
+        val_fit=ShardSequence(shards_dir, "val", workers=reader_workers(), **common),
+        val_batches=ShardSequence(shards_dir, "val", as_dicts=True, **common),
+    )
+
+
+def masked_indices(records: SplitRecords) -> np.ndarray:
+    """[K] int64 indices of the records whose slice has a known mask.
+
+    Parses every record once (no pixel decoding): ``train.masked_only`` costs one read of the
+    train split before the first epoch.
+    """
+    keep = [i for i in range(len(records)) if int(parse_example(records.record(i))["has_mask"]) > 0]
+    log.info("masked_only: training on %d of %d train slices (those with a mask)", len(keep), len(records))
+    return np.asarray(keep, np.int64)
+
+
+class SubsetSequence(ShardSequence):
+    """A `ShardSequence` over some of its split's records (all until `restrict`).
+
+    Shuffling, augmentation and batching are ShardSequence's, over the kept records only.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: [K] int64 record indices the sequence reads, in manifest order.
+        self.subset = np.arange(len(self.records), dtype=np.int64)
+
+    def restrict(self, indices: np.ndarray) -> SubsetSequence:
+        """Keep only the records at `indices`. Returns self."""
+        self.subset = np.asarray(indices, np.int64)
+        self._order = None
+        return self
+
+    def __len__(self) -> int:
+        n = len(self.subset)
+        return n // self.batch_size if self.drop_remainder else math.ceil(n / self.batch_size)
+
+    def order(self) -> np.ndarray:
+        """[K] record indices of the current epoch: the kept ones, seeded-permuted if shuffling."""
+        if self._order is None or self._order[0] != self.epoch:
+            n = len(self.subset)
+            perm = np.random.default_rng([self.seed, self.epoch]).permutation(n) if self.shuffle else np.arange(n)
+            self._order = (self.epoch, self.subset[perm])
+        return self._order[1]
