@@ -12,10 +12,11 @@ PATIENTS="${DEMO_PATIENTS:-80}"
 SLICES="${DEMO_SLICES:-6}"
 # 15% validation: the thresholds are calibrated there, and 10% of a small drop is ~4 patients.
 FRACTIONS="${DEMO_SPLIT_FRACTIONS:-0.7,0.15,0.15}"
-# Phantom setting (fusion-synth --difficulty): "real" is calibrated to real head CT (bleeds
-# ~20 HU above brain, small and thin ones, calcifications, skull base...); "easy" is the
-# original phantom, whose figures real CT does not reproduce (docs/benchmarks.md).
-DIFFICULTY="${DEMO_DIFFICULTY:-easy}"
+# Phantom setting (fusion-synth --difficulty): "real" (the default, as fusion-synth's) is
+# calibrated to real head CT (bleeds ~20 HU above brain, small and thin ones, calcifications,
+# skull base...); "easy" is the original phantom, whose figures real CT does not reproduce
+# (docs/benchmarks.md, "The demo model").
+DIFFICULTY="${DEMO_DIFFICULTY:-real}"
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 
 step() { printf '\n==> %s\n' "$*"; }
