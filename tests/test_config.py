@@ -83,6 +83,8 @@ def test_unknown_preset_lists_known_ones() -> None:
 def test_presets_encode_the_documented_choices() -> None:
     assert preset("fusion").model.fusion == "attention"
     assert not preset("fusion").train.masked_only
+    # The recipe that won the low-data proxy (docs/benchmarks.md): batch 8, peak LR 3e-3.
+    assert (preset("fusion").train.batch_size, preset("fusion").train.learning_rate) == (8, 3e-3)
     peer = preset("peer-unet")
     assert peer.model.fusion == "early" and peer.train.masked_only
     assert peer.loss.class_weight == peer.loss.area_weight == peer.loss.mask_weight
