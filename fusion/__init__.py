@@ -15,8 +15,7 @@ function that needs it is called.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from data_build.lazy_api import lazy_exports, package_version
 
 #: Public name -> "module:attribute", loaded on first access.
 _API = {
@@ -33,26 +32,5 @@ _API = {
 __all__ = ["__version__", *_API]
 
 
-def _version() -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version("fusion")
-    except metadata.PackageNotFoundError:  # a source tree that was never pip-installed
-        return "0+unknown"
-
-
-__version__ = _version()
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _API:
-        raise AttributeError(f"module 'fusion' has no attribute {name!r}")
-    module, attr = _API[name].split(":")
-    value = getattr(importlib.import_module(module), attr)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_API))
+__version__ = package_version()
+__getattr__, __dir__ = lazy_exports("fusion", _API, globals())

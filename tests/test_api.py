@@ -62,10 +62,10 @@ def test_versions() -> None:
 def test_version_falls_back_without_package_metadata(monkeypatch: pytest.MonkeyPatch) -> None:
     from importlib import metadata
 
-    import fusion
+    from data_build.lazy_api import package_version
 
     def missing(name: str) -> str:
         raise metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(metadata, "version", missing)
-    assert fusion._version() == "0+unknown"
+    assert package_version() == "0+unknown"
