@@ -250,7 +250,6 @@ def test_cli_evaluate(model_dir: Path, tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(cli, "_load_batches", fake_dataset)
     shards = tmp_path / "shards"
     shards.mkdir()
-    (shards / "manifest.json").write_text("{}", encoding="utf-8")
     out = tmp_path / "rep"
     runner = CliRunner()
     args = [str(model_dir), str(shards), "--out", str(out), "--bootstrap", "10", "--tta", "flip"]
