@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from data_build.synth.difficulty import DIFFICULTIES
+
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
 
@@ -40,14 +42,16 @@ def run(args: list[str], log: Path) -> float:
     return time.perf_counter() - start
 
 
-def drop(out: Path, seed: int, patients: int, slices: int, fractions: str, skip: bool) -> Path:
+def drop(out: Path, seed: int, patients: int, slices: int, fractions: str, skip: bool,
+         difficulty: str) -> Path:
     """Write and build a synthetic drop; its shard folder."""
     shards = out / "tfrecords"
     if skip and (shards / "manifest.json").exists():
         return shards
     out.mkdir(parents=True, exist_ok=True)
     run(["fusion-synth", str(out / "drop"), "--patients", str(patients), "--slices-per-patient",
-         str(slices), "--seed", str(seed), "--overwrite", "--no-progress"], out / "synth.log")
+         str(slices), "--seed", str(seed), "--difficulty", difficulty, "--overwrite", "--no-progress"],
+        out / "synth.log")
     run(["fusion-build", str(out / "drop"), "--out", str(shards), "--split-fractions", fractions,
          "--overwrite", "--no-progress"], out / "build.log")
     return shards
@@ -85,6 +89,8 @@ def main() -> None:
                         help="training seeds (the drop is always the demo's, seed 0)")
     parser.add_argument("--patients", type=int, default=80, help="the demo drop's (make demo)")
     parser.add_argument("--slices", type=int, default=6)
+    parser.add_argument("--difficulty", choices=DIFFICULTIES, default="real",
+                        help="fusion-synth --difficulty (the demo: real; the issue-3 table: easy)")
     parser.add_argument("--fractions", default="0.7,0.15,0.15", help="the demo's split")
     parser.add_argument("--independent-seed", type=int, default=1,
                         help="seed of the independent drop (must differ from 0)")
@@ -97,9 +103,10 @@ def main() -> None:
     if args.independent_seed == 0:
         parser.error("--independent-seed must differ from the demo drop's seed 0")
     skip = args.skip_existing
-    demo = drop(args.out / "demo", 0, args.patients, args.slices, args.fractions, skip)
+    demo = drop(args.out / "demo", 0, args.patients, args.slices, args.fractions, skip,
+                args.difficulty)
     other = drop(args.out / "independent", args.independent_seed, args.independent_patients,
-                 args.slices, "0,0,1", skip)
+                 args.slices, "0,0,1", skip, args.difficulty)
     rows = []
     for seed in args.seeds:
         run_dir = args.out / f"run{seed}"
