@@ -143,3 +143,20 @@ def write_dicom(
         ImageOrientationPatient=None if orientation is None else list(orientation),
         InstanceNumber=instance, AcquisitionNumber=acquisition, SliceThickness=thickness,
     )
+
+
+def deny_listing(monkeypatch: Any, name: str = "locked") -> None:
+    """Make every folder called `name` unlistable (PermissionError from os.scandir).
+
+    Tests run as root, which reads any folder whatever its mode, so the failure is simulated.
+    """
+    import os
+
+    real_scandir = os.scandir
+
+    def scandir(path: str | os.PathLike[str] = ".") -> Any:
+        if Path(path).name == name:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)

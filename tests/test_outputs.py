@@ -1,10 +1,10 @@
 """fusion.outputs: fusion-predict's own output folders are recognised and never walked as input."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
+from factories import deny_listing
 
 from fusion.outputs import MARKER, is_fusion_output, walk_inputs, write_marker
 
@@ -48,14 +48,7 @@ def test_walk_reports_unlistable_folders(tmp_path: Path, monkeypatch: pytest.Mon
     (tmp_path / "locked").mkdir()
     (tmp_path / "locked" / "x.dcm").write_bytes(b"")
     (tmp_path / "ok.dcm").write_bytes(b"")
-    real_scandir = os.scandir
-
-    def scandir(path: str | os.PathLike[str] = ".") -> object:
-        if Path(path).name == "locked":
-            raise PermissionError(13, "Permission denied", str(path))
-        return real_scandir(path)
-
-    monkeypatch.setattr(os, "scandir", scandir)
+    deny_listing(monkeypatch, "locked")
     errors: list[OSError] = []
     files = list(walk_inputs(tmp_path, on_error=errors.append))
     assert files == [(tmp_path / "ok.dcm", False)]

@@ -436,17 +436,10 @@ def test_cli_mask_formats(model_dir: Path, tmp_path: Path) -> None:
 
 
 def test_discover_counts_unlistable_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
+    from factories import deny_listing
 
     (tmp_path / "locked").mkdir()
-    real_scandir = os.scandir
-
-    def scandir(path: str | os.PathLike[str] = ".") -> object:
-        if Path(path).name == "locked":
-            raise PermissionError(13, "Permission denied", str(path))
-        return real_scandir(path)
-
-    monkeypatch.setattr(os, "scandir", scandir)
+    deny_listing(monkeypatch, "locked")
     found = discover([tmp_path])
     assert [(s.path, s.reason, s.detail) for s in found.skipped] == [
         (str(tmp_path / "locked"), "unreadable-folder", "Permission denied")]
