@@ -38,8 +38,6 @@ class ModelPredictor:
     interface, for validation during training. The whole reader batch goes through one
     ``predict_on_batch``; the images are at the model's size, so nothing is resized."""
 
-    thresholds = None
-
     def __init__(self, model: Any) -> None:
         self.model = model
 
