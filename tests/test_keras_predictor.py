@@ -64,15 +64,16 @@ BLOCKED = textwrap.dedent(
     exec(os.environ["SCRIPT"])
     """
 )
-#: Runs the CLI calls of $RUNS ([name, "evaluate" | "predict", argv]) and prints their results.
+#: Runs the CLI calls of $RUNS ([name, "evaluate" | "predict" | "train", argv]) and prints their results.
 CALLS = textwrap.dedent(
     """
     import json, os
     from click.testing import CliRunner
-    from fusion.cli import evaluate, predict
+    from fusion.cli import evaluate, predict, train
     results = {}
     for name, command, argv in json.loads(os.environ["RUNS"]):
-        result = CliRunner().invoke({"evaluate": evaluate.main, "predict": predict.main}[command], argv)
+        commands = {"evaluate": evaluate.main, "predict": predict.main, "train": train.main}
+        result = CliRunner().invoke(commands[command], argv)
         crash = result.exception if not isinstance(result.exception, SystemExit) else None
         results[name] = [result.exit_code, result.output + (repr(crash) if crash else "")]
     print("RESULTS " + json.dumps(results))
@@ -80,15 +81,20 @@ CALLS = textwrap.dedent(
 )
 
 
-def torch_python() -> str:
-    return os.environ.get("FUSION_TORCH_PYTHON") or sys.executable
-
-
 def importable(python: str, module: str) -> bool:
     if python == sys.executable:
         return importlib.util.find_spec(module) is not None
     code = f"import importlib.util, sys; sys.exit(importlib.util.find_spec({module!r}) is None)"
     return subprocess.run([python, "-c", code], capture_output=True, timeout=120).returncode == 0
+
+
+#: The interpreter each backend's subprocess runs in.
+PYTHONS = {"jax": sys.executable, "torch": os.environ.get("FUSION_TORCH_PYTHON") or sys.executable}
+needs = {
+    name: pytest.mark.skipif(not importable(python, name), reason=f"{name} is not installed in {python}"
+                             + (" (set FUSION_TORCH_PYTHON)" if name == "torch" else " (pip install -e .[test])"))
+    for name, python in PYTHONS.items()
+}
 
 
 @pytest.fixture(scope="module")
@@ -229,20 +235,16 @@ def test_keras_file_on_tensorflow_matches_the_savedmodel(run: Path, reference: P
     assert_same_outputs(tmp_path, reference)
 
 
-@pytest.mark.parametrize("backend", ["jax", "torch"])
+@pytest.mark.parametrize("backend", [pytest.param(name, marks=needs[name]) for name in PYTHONS])
 def test_other_backends_match_the_savedmodel(backend: str, run: Path, reference: Path, tmp_path: Path) -> None:
-    python = torch_python() if backend == "torch" else sys.executable
-    if not importable(python, backend):
-        pytest.skip(f"{backend} is not installed in {python} (torch: set FUSION_TORCH_PYTHON)")
-    results = run_elsewhere(backend, python, calls(run, tmp_path, backend))
+    results = run_elsewhere(backend, PYTHONS[backend], calls(run, tmp_path, backend))
     for name, (code, output) in results.items():
         assert code == 0, (name, output)
     assert_same_outputs(tmp_path, reference, same_decoder=False)
 
 
+@needs["jax"]
 def test_savedmodel_is_refused_off_tensorflow(run: Path, tmp_path: Path) -> None:
-    if not importlib.util.find_spec("jax"):
-        pytest.skip("jax is not installed (pip install -e .[test])")
     export = run / "export" / "1"
     runs = [[name, cmd, [str(export), *argv[1:]]] for name, cmd, argv in calls(run, tmp_path, "jax")]
     results = run_elsewhere("jax", sys.executable, runs)
@@ -266,3 +268,26 @@ def test_open_model_errors(run: Path, tmp_path: Path) -> None:
         open_model(broken, "tensorflow")
     # On TensorFlow a run folder with an export still means its SavedModel.
     assert open_model(run, "tensorflow").path == load_predictor(run).path == run / "export" / "1"
+
+
+@needs["torch"]
+def test_torch_trains_then_evaluates_and_predicts(run: Path, tmp_path: Path) -> None:
+    """fusion-train --backend torch end to end (TensorFlow blocked), then its model.keras scored."""
+    config, trained = tmp_path / "tiny.json", tmp_path / "run"
+    preset("demo").replace(model=TINY, train={"epochs": 2, "batch_size": 4, "patience": 0}).save(config)
+    shards = run.parent / "shards"
+    fit = ["train", "train", [str(shards), "--out", str(trained), "--config", str(config), "--backend", "torch",
+                              "--quiet"]]
+    results = run_elsewhere("torch", PYTHONS["torch"], [fit, *calls(run, tmp_path, "torch", model=trained)])
+    for name, (code, output) in results.items():
+        assert code == 0, (name, output)
+    assert "backend torch, precision policy float32" in results["train"][1]
+    with open(trained / "history.csv", newline="") as handle:
+        losses = [float(row["loss"]) for row in csv.DictReader(handle)]
+    assert len(losses) == 2 and losses[1] < losses[0]
+    assert (trained / "model.keras").is_file() and (trained / "EXPORT_LATER.txt").is_file()
+    assert not (trained / "export").exists()
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["n_slices"] == Manifest.load(shards).counts["test"].slices
+    assert metrics["threshold_source"] == "model (calibrated on val)"
+    assert len(table(tmp_path / "pred" / "predictions.csv")) == 4
