@@ -148,11 +148,15 @@ def load_keras_predictor(path: str | os.PathLike[str]) -> KerasPredictor:
     export = latest_version(folder / "export")
     export_info = read_json_dict(export / "fusion_export.json") if export is not None else {}
     thresholds, notes = read_thresholds((folder / THRESHOLDS_FILE,))
-    return KerasPredictor(
+    predictor = KerasPredictor(
         path=model_path, run_dir=run_dir, thresholds=thresholds, input_size=None,
         config=read_run_config(folder), export_info=export_info, threshold_notes=notes,
         presets=presets_from_export(export_info), _model=_load_keras(model_path),
     )
+    if predictor.image_size is None:  # the model itself accepts any size
+        log.warning("%s has no config.json beside it naming the training size: slices go to the "
+                    "model at their own size (keep model.keras in its run folder)", model_path)
+    return predictor
 
 
 def savedmodel_refusal(path: Path, backend: str, model_file: Path | None) -> str:

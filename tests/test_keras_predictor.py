@@ -291,3 +291,29 @@ def test_torch_trains_then_evaluates_and_predicts(run: Path, tmp_path: Path) -> 
     assert metrics["n_slices"] == Manifest.load(shards).counts["test"].slices
     assert metrics["threshold_source"] == "model (calibrated on val)"
     assert len(table(tmp_path / "pred" / "predictions.csv")) == 4
+
+
+def test_tensorflow_runs_an_unexported_run_from_its_model_keras(run: Path, tmp_path: Path) -> None:
+    """A run trained off TensorFlow (no export yet) is still usable on TensorFlow."""
+    import shutil
+
+    from fusion.keras_predictor import KerasPredictor, open_model
+
+    plain = tmp_path / "run"
+    shutil.copytree(run, plain, ignore=shutil.ignore_patterns("export"))
+    predictor = open_model(plain, "tensorflow")
+    assert isinstance(predictor, KerasPredictor) and predictor.path == plain / "model.keras"
+    assert predictor.image_size == TINY["image_size"]
+    np.testing.assert_allclose(predictor.thresholds, THRESHOLDS)
+
+
+def test_presets_come_from_the_export() -> None:
+    from data_build.windows import PRESETS, Window
+    from fusion.keras_predictor import presets_from_export
+
+    table = {name: [10.0 * i, 100.0 + i] for i, name in enumerate(WINDOW_NAMES)}
+    assert presets_from_export({"presets": table}) == tuple(
+        Window(10.0 * i, 100.0 + i) for i in range(len(WINDOW_NAMES)))
+    standard = tuple(PRESETS[n] for n in WINDOW_NAMES)
+    assert presets_from_export({}) == standard
+    assert presets_from_export({"presets": {"brain": "wide"}}) == standard
