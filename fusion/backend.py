@@ -97,13 +97,23 @@ def start_run(seed: int) -> None:
     """
     import keras
 
-    if current_backend() != "tensorflow":
-        from keras.src.utils import module_utils
-
-        lazy_tf = getattr(module_utils, "tensorflow", None)
-        if lazy_tf is not None and getattr(lazy_tf, "module", None) is None and hasattr(lazy_tf, "_available"):
-            lazy_tf._available = False
+    keep_keras_off_tensorflow()
     keras.utils.set_random_seed(int(seed))
+
+
+def keep_keras_off_tensorflow() -> None:
+    """Off the TensorFlow backend, mark Keras' lazy ``tensorflow`` module unavailable.
+
+    Called by `start_run` and by `fusion-evaluate` / `fusion-predict` before they load a model
+    (Keras' model loading also checks ``tensorflow.available``). No-op on TensorFlow.
+    """
+    if current_backend() == "tensorflow":
+        return
+    from keras.src.utils import module_utils
+
+    lazy_tf = getattr(module_utils, "tensorflow", None)
+    if lazy_tf is not None and getattr(lazy_tf, "module", None) is None and hasattr(lazy_tf, "_available"):
+        lazy_tf._available = False
 
 
 def gpu_capability() -> tuple[int, int] | None:

@@ -118,14 +118,40 @@ def discover(
 group_series = series_geometry.group_series
 
 
-def _decode(path: Path) -> np.ndarray:
-    """PNG/JPEG pixels [H, W, C] (uint8 or uint16) decoded by TensorFlow, as the reader does
-    (`fusion.data`), so a render gives the model the values it was trained on."""
-    import tensorflow as tf
+def _on_tensorflow() -> bool:
+    """Decode with TensorFlow only where Keras runs on it: on JAX or PyTorch the reader's
+    OpenCV decoding (`fusion.reader`, within 0.5/255 of tf.data) is used and TensorFlow, even
+    when installed, is never imported."""
+    from fusion.backend import uses_tensorflow
 
+    return uses_tensorflow()
+
+
+def _decode_cv2(data: bytes) -> np.ndarray:
+    """PNG/JPEG bytes -> [H, W, C] uint8/uint16 in RGB(A) channel order, as `_decode` gives them
+    (OpenCV, no TensorFlow)."""
+    import cv2
+
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    if img is None:
+        raise ValueError("not a readable PNG/JPEG (OpenCV cannot decode it)")
+    if img.ndim == 2:
+        return img[..., None]
+    code = {3: cv2.COLOR_BGR2RGB, 4: cv2.COLOR_BGRA2RGBA}.get(img.shape[-1])
+    return cv2.cvtColor(img, code) if code is not None else img
+
+
+def _decode(path: Path) -> np.ndarray:
+    """PNG/JPEG pixels [H, W, C] (uint8 or uint16) decoded as the training reader does
+    (`fusion.data` on TensorFlow, OpenCV elsewhere), so a render gives the model the values it
+    was trained on."""
     data = path.read_bytes()
     if not data:
         raise ValueError("empty file")
+    if not _on_tensorflow():
+        return _decode_cv2(data)
+    import tensorflow as tf
+
     try:
         img = tf.io.decode_image(data, channels=0, expand_animations=False).numpy()
     except (tf.errors.InvalidArgumentError, ValueError) as err:
@@ -145,8 +171,11 @@ def read_render_grey(path: Path) -> np.ndarray:
 
     JPEGs go through `fusion.data.decode_render` at their own size (one-channel luma decode,
     the drop's bone colour map inverted for colour JPEGs), so the model sees the values it was
-    trained on. Other formats: colour = bone-mapped (`renders.rgb_to_grey`), grey as it is.
+    trained on (off TensorFlow: `fusion.reader.decode_window`, the JAX/PyTorch reader's). Other
+    formats: colour = bone-mapped (`renders.rgb_to_grey`), grey as it is.
     """
+    if not _on_tensorflow():
+        return _read_render_grey_cv2(path)
     import tensorflow as tf
 
     from data_build.renders import rgb_to_grey
@@ -161,6 +190,26 @@ def read_render_grey(path: Path) -> np.ndarray:
         except tf.errors.InvalidArgumentError as err:
             raise ValueError(f"not a readable JPEG ({str(err).splitlines()[0][:120]})") from None
     img = _decode(path)
+    if img.shape[-1] >= 3:
+        return np.asarray(rgb_to_grey(img[..., :3]), dtype=np.float32)
+    return _scale(img[..., 0])
+
+
+def _read_render_grey_cv2(path: Path) -> np.ndarray:
+    """`read_render_grey` without TensorFlow: square JPEGs through the reader's own decode."""
+    from data_build.renders import rgb_to_grey
+    from fusion.reader import ReaderError, codes_to_grey, decode_window
+
+    data = path.read_bytes()
+    img = _decode_cv2(data) if data else None
+    if img is None:
+        raise ValueError("empty file")
+    if data[:3] == b"\xff\xd8\xff" and img.shape[0] == img.shape[1]:
+        try:  # decoded twice (size, then luma): one render per call, not the training loop
+            codes, table = decode_window(data, img.shape[0], 1)
+        except ReaderError as err:
+            raise ValueError(f"not a readable JPEG ({err})") from None
+        return codes_to_grey(codes[None, ..., None], np.array([[table]]))[0, ..., 0]
     if img.shape[-1] >= 3:
         return np.asarray(rgb_to_grey(img[..., :3]), dtype=np.float32)
     return _scale(img[..., 0])

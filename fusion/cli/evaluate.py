@@ -1,4 +1,10 @@
-"""`fusion-evaluate MODEL SHARDS --out REPORT`: held-out metrics and an HTML report."""
+"""`fusion-evaluate MODEL SHARDS --out REPORT`: held-out metrics and an HTML report.
+
+On ``--backend tensorflow`` MODEL's SavedModel (``RUN/export/<N>``) is scored over tf.data; on
+jax or torch its ``RUN/model.keras`` (`fusion.keras_predictor`) over `fusion.reader`, with no
+TensorFlow import. Keep keras and TensorFlow imports out of this module's top: the backend is
+selected in `main` (`start_backend`), before anything imports keras.
+"""
 from __future__ import annotations
 
 import logging
@@ -12,6 +18,8 @@ import click
 
 from data_build.errors import DataBuildError
 from data_build.manifest import Manifest, ManifestError
+from fusion.backend import BACKENDS, BackendError, default_backend, select_backend
+from fusion.cli.train import Refused
 from fusion.errors import FusionError
 from fusion.inference import TTA_MODES
 
@@ -31,6 +39,39 @@ BATCH_OPTION = click.option(
 OVERWRITE_OPTION = click.option(
     "--overwrite", is_flag=True, help="Replace the outputs if the folder already holds them."
 )
+BACKEND_OPTION = click.option(
+    "--backend", type=click.Choice(BACKENDS), default=None,
+    help="Keras backend [default: $KERAS_BACKEND, else tensorflow]. tensorflow runs the run's "
+         "SavedModel (RUN/export), or RUN/model.keras when the run has no export; jax and torch "
+         "run RUN/model.keras (or a .keras file given as MODEL) without importing TensorFlow.",
+)
+
+
+def start_backend(name: str | None) -> str:
+    """Select the Keras backend (before anything imports keras) and keep Keras off TensorFlow
+    when it is not the backend. Returns the backend's name.
+
+    Raises:
+      Refused: unknown backend, its package missing, or keras loaded on another backend.
+    """
+    try:
+        chosen = select_backend(name or default_backend())
+    except BackendError as err:
+        raise Refused(str(err)) from None
+    from fusion.backend import keep_keras_off_tensorflow
+
+    keep_keras_off_tensorflow()
+    return chosen
+
+
+def read_errors(backend: str) -> tuple[type[BaseException], ...]:
+    """tf.data's lazy read errors on TensorFlow; none elsewhere (`fusion.reader` raises
+    ValueErrors naming the shard and offset)."""
+    if backend != "tensorflow":
+        return ()
+    import tensorflow as tf
+
+    return (tf.errors.OpError,)
 
 
 def _manifest(shards: Path) -> Manifest | None:
@@ -42,7 +83,14 @@ def _manifest(shards: Path) -> Manifest | None:
 
 
 def _load_batches(shards: Path, split: str, image_size: int, batch_size: int) -> Iterable[Any]:
-    """Reader batches of one split (`fusion.data.make_dataset`, no shuffle, no augmentation)."""
+    """Reader batches of one split, no shuffle, no augmentation: `fusion.data.make_dataset` on
+    TensorFlow, `fusion.reader.ShardSequence` dicts on other backends (the same decode functions)."""
+    from fusion.backend import uses_tensorflow
+
+    if not uses_tensorflow():
+        from fusion.reader import ShardSequence
+
+        return ShardSequence(shards, split, image_size=image_size, batch_size=batch_size, as_dicts=True)
     from fusion.data import make_dataset
 
     return make_dataset(
@@ -70,22 +118,23 @@ def _load_batches(shards: Path, split: str, image_size: int, batch_size: int) ->
     "config's image_size, else the manifest's.",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
+@BACKEND_OPTION
 @OVERWRITE_OPTION
 def main(
     model: Path, shards: Path, split: str, out: Path, tta: str, batch_size: int, bootstrap: int,
-    image_size: int | None, seed: int, overwrite: bool,
+    image_size: int | None, seed: int, backend: str | None, overwrite: bool,
 ) -> None:
-    """Score MODEL (a run folder or its export/ SavedModel) on a split of SHARDS.
+    """Score MODEL (a run folder, its export/ SavedModel, or a .keras file) on a split of SHARDS.
 
     Writes OUT/metrics.json (per-type AUC, AUPRC, sensitivity, specificity and F1 at the
     run's calibrated thresholds, macro averages, "multi", Dice/IoU, area agreement, bootstrap
     95 % intervals), OUT/report.html (one self-contained file) and OUT/predictions.csv.
     """
-    import tensorflow as tf
     from tqdm import tqdm
 
+    backend = start_backend(backend)
     from fusion.evaluate import evaluate
-    from fusion.inference import load_predictor
+    from fusion.keras_predictor import open_model
     from fusion.shard_errors import describe_read_error
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -94,7 +143,7 @@ def main(
             f"{out / 'metrics.json'} already exists; pass --overwrite or choose another --out"
         )
     try:
-        predictor = load_predictor(model)
+        predictor = open_model(model, backend)
     except FusionError as err:
         raise click.ClickException(str(err)) from err
     manifest = _manifest(shards)
@@ -115,7 +164,7 @@ def main(
             )
     except (FusionError, DataBuildError, ValueError, OSError) as err:
         raise click.ClickException(str(err)) from err
-    except tf.errors.OpError as err:  # raised lazily while reading (corrupt or missing shard)
+    except read_errors(backend) as err:  # tf.data: raised lazily while reading (corrupt or missing shard)
         raise click.ClickException(describe_read_error(shards, err.message, (split,))) from err
     m = result.metrics
     cls = m.get("classification", {})

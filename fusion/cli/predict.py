@@ -10,7 +10,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import click
 
-from fusion.cli.evaluate import BATCH_OPTION, OVERWRITE_OPTION, TTA_OPTION
+from fusion.cli.evaluate import BACKEND_OPTION, BATCH_OPTION, OVERWRITE_OPTION, TTA_OPTION, start_backend
 from fusion.mask_formats import MASK_FORMATS
 
 #: Output sub-folders a previous run may have left, emptied by --overwrite (file kinds listed).
@@ -37,10 +37,13 @@ STALE_OUTPUTS = (("masks", "*.png"), ("overlays", "*.png"), ("nifti", "*.nii.gz"
               help="With --mask-format nifti: also nifti/<series>_probabilities.nii.gz (float32).")
 @TTA_OPTION
 @BATCH_OPTION
+@BACKEND_OPTION
 @OVERWRITE_OPTION
 def main(model: Path, inputs: tuple[Path, ...], out: Path, mask_format: tuple[str, ...],
-         save_probabilities: bool, tta: str, batch_size: int, overwrite: bool) -> None:
-    """Predict hemorrhage type, area and mask for INPUTS with MODEL (run folder or SavedModel).
+         save_probabilities: bool, tta: str, batch_size: int, backend: str | None,
+         overwrite: bool) -> None:
+    """Predict hemorrhage type, area and mask for INPUTS with MODEL (run folder, SavedModel or
+    .keras file; --backend jax/torch need no TensorFlow).
 
     INPUTS are DICOM files or folders (grouped into series by SeriesInstanceUID, split into
     stacks of one orientation and size, ordered along the slice normal; duplicate slices
@@ -59,7 +62,9 @@ def main(model: Path, inputs: tuple[Path, ...], out: Path, mask_format: tuple[st
     """
     from tqdm import tqdm
 
-    from fusion.inference import ModelLoadError, PredictInputError, load_predictor
+    backend = start_backend(backend)
+    from fusion.inference import ModelLoadError, PredictInputError
+    from fusion.keras_predictor import open_model
     from fusion.mask_formats import MaskFormatError, parse_formats, require_clinical
     from fusion.predict import PredictError, run_predictions
 
@@ -81,7 +86,7 @@ def main(model: Path, inputs: tuple[Path, ...], out: Path, mask_format: tuple[st
             for stale in (out / sub).glob(pattern) if (out / sub).is_dir() else ():
                 stale.unlink()
     try:
-        predictor = load_predictor(model)
+        predictor = open_model(model, backend)
     except ModelLoadError as err:
         raise click.ClickException(str(err)) from err
     headers = tqdm(unit="file", desc="read headers", delay=0.5)
