@@ -9,9 +9,9 @@ the serving functions' contract (`fusion.export.make_serving_fns`) rebuilt aroun
 - the input is resized to the run's training size, bilinear without antialiasing (what
   ``tf.image.resize(..., "bilinear")`` does in the export's graph);
 - ``serve_hu`` inputs are windowed with `data_build.windows.apply_windows` and the presets of
-  the run's export (``export/<N>/fusion_export.json``) when it has one, else the standard ones
-  (a run trained without TensorFlow does not record the shards' presets; the build's defaults
-  are the standard ones);
+  the run's export (``export/<N>/fusion_export.json``) when it has one, else those a run
+  trained without TensorFlow wrote to ``RUN/windows.json``, else the standard ones (a
+  ``.keras`` file outside its run folder);
 - probabilities in float32, decisions at the run's calibrated thresholds (``thresholds.json``
   next to the model; 0.5 without it, as `fusion.scoring.ModelPredictor` does), the area
   output turned into a fraction (`fusion.targets.target_to_area`), the mask resized back to
@@ -40,6 +40,7 @@ from fusion.inference import (
     read_run_config,
     read_thresholds,
 )
+from fusion.run_folder import WINDOWS_FILE
 from fusion.targets import target_to_area
 from fusion.thresholds import THRESHOLDS_FILE
 
@@ -151,7 +152,8 @@ def load_keras_predictor(path: str | os.PathLike[str]) -> KerasPredictor:
     predictor = KerasPredictor(
         path=model_path, run_dir=run_dir, thresholds=thresholds, input_size=None,
         config=read_run_config(folder), export_info=export_info, threshold_notes=notes,
-        presets=presets_from_export(export_info), _model=_load_keras(model_path),
+        presets=presets_from_export(export_info or read_json_dict(folder / WINDOWS_FILE)),
+        _model=_load_keras(model_path),
     )
     if predictor.image_size is None:  # the model itself accepts any size
         log.warning("%s has no config.json beside it naming the training size: slices go to the "

@@ -10,8 +10,9 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
+from data_build import windows
 from data_build.files import atomic_write_text, ordinary_mode
 from fusion.config import RunConfig
 from fusion.errors import TrainError
@@ -23,6 +24,8 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
 #: Written instead of RUN/export by a run on a backend without TensorFlow.
 EXPORT_NOTE = "EXPORT_LATER.txt"
+#: The shards' window presets, written with EXPORT_NOTE (an export carries its own).
+WINDOWS_FILE = "windows.json"
 
 
 def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, overwrite: bool) -> RunConfig:
@@ -88,8 +91,17 @@ def export_later_note(run_dir: Path, shards_dir: Path, backend: str) -> str:
     )
 
 
-def save_without_export(model: keras.Model, run_dir: Path, shards_dir: Path, backend: str) -> str:
-    """Save RUN/model.keras and write RUN/EXPORT_LATER.txt. Returns the note's text."""
+def window_table(presets: Sequence[windows.Window]) -> dict[str, Any]:
+    """``{"presets": {name: [level, width]}}`` in `WINDOW_NAMES` order: the shape of the
+    ``presets`` entry of an export's ``fusion_export.json``, so one reader serves both."""
+    return {"presets": {n: [p.level, p.width] for n, p in zip(windows.WINDOW_NAMES, presets, strict=True)}}
+
+
+def save_without_export(model: keras.Model, run_dir: Path, shards_dir: Path, backend: str,
+                        presets: Sequence[windows.Window]) -> str:
+    """Save RUN/model.keras, RUN/windows.json (the shards' window presets, which HU inputs are
+    windowed with until the run is exported) and RUN/EXPORT_LATER.txt. Returns the note's text."""
+    atomic_write_text(run_dir / WINDOWS_FILE, json.dumps(window_table(presets), indent=2) + "\n")
     save_keras(model, run_dir / "model.keras")
     note = export_later_note(run_dir, shards_dir, backend)
     atomic_write_text(run_dir / EXPORT_NOTE, note)

@@ -287,7 +287,8 @@ def finish_run(
         result["notes"] = [note, *result.get("notes", [])]
     write_metrics(run_dir, result)
     if export and not backend.uses_tensorflow():
-        save_without_export(model, run_dir, Path(shards_dir or "SHARDS"), backend.current_backend())
+        save_without_export(model, run_dir, Path(shards_dir or "SHARDS"), backend.current_backend(),
+                            manifest.presets)
         log.warning("no SavedModel on the %s backend: %s says how to export later",
                     backend.current_backend(), run_dir / EXPORT_NOTE)
     elif export:

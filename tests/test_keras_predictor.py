@@ -307,6 +307,21 @@ def test_tensorflow_runs_an_unexported_run_from_its_model_keras(run: Path, tmp_p
     np.testing.assert_allclose(predictor.thresholds, THRESHOLDS)
 
 
+def test_an_unexported_run_windows_hu_with_its_own_presets(run: Path, tmp_path: Path) -> None:
+    """RUN/windows.json (written by a run off TensorFlow) names the presets until an export does."""
+    import shutil
+
+    from data_build.windows import Window
+    from fusion.keras_predictor import open_model
+    from fusion.run_folder import WINDOWS_FILE, window_table
+
+    plain = tmp_path / "run"
+    shutil.copytree(run, plain, ignore=shutil.ignore_patterns("export"))
+    own = tuple(Window(30.0 + i, 90.0 + i) for i in range(len(WINDOW_NAMES)))
+    (plain / WINDOWS_FILE).write_text(json.dumps(window_table(own)))
+    assert open_model(plain, "tensorflow").presets == own
+
+
 def test_presets_come_from_the_export() -> None:
     from data_build.windows import PRESETS, Window
     from fusion.keras_predictor import presets_from_export

@@ -23,6 +23,7 @@ from click.testing import CliRunner
 from data_build import records
 from data_build.manifest import Manifest
 from data_build.synth.writer import write_synthetic_drop
+from data_build.windows import WINDOW_NAMES
 from fusion import backend
 from fusion.cli.train import main
 from fusion.config import preset
@@ -108,6 +109,8 @@ def test_jax_run_trains_without_tensorflow(shards: Path, tiny_config: Path, tmp_
     assert "dice" in metrics["summary"] and "macro_auc" in metrics["summary"]
     assert "backend jax, precision policy float32" in proc.stderr
     assert "TensorBoard events skipped on the jax backend" in proc.stderr
+    presets = json.loads((run / "windows.json").read_text())["presets"]  # for HU inputs until exported
+    assert presets == {n: [w.level, w.width] for n, w in zip(WINDOW_NAMES, Manifest.load(shards).presets)}
     note = (run / "EXPORT_LATER.txt").read_text()
     command = f"fusion-train {shards} --out {run} --export-only"
     assert command in note and command in proc.stdout  # written and printed
