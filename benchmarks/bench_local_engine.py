@@ -34,6 +34,7 @@ THIS_TREE = Path(__file__).resolve().parents[1]
 #: Runs `fusion-build` in this process and writes its own and its workers' CPU seconds.
 RUNNER = """
 import json, resource, sys, time
+import data_build
 from data_build import cli
 root, out, workers, shard_size, report = sys.argv[1:6]
 start = time.perf_counter()
@@ -43,7 +44,7 @@ wall = time.perf_counter() - start
 me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
 with open(report, "w") as fh:
     json.dump({"wall": wall, "main_cpu": me.ru_utime + me.ru_stime,
-               "workers_cpu": kids.ru_utime + kids.ru_stime}, fh)
+               "workers_cpu": kids.ru_utime + kids.ru_stime, "package": data_build.__file__}, fh)
 """
 
 
@@ -52,7 +53,9 @@ def run_build(tree: Path, root: Path, out: Path, workers: int, shard_size: int) 
     report = out.with_suffix(".json")
     env = {**os.environ, "PYTHONPATH": str(tree)}
     cmd = [sys.executable, "-c", RUNNER, str(root), str(out), str(workers), str(shard_size), str(report)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # `python -c` puts the working folder first on sys.path: run in `tree`, or another
+    # checkout's data_build there would shadow the one being measured.
+    proc = subprocess.Popen(cmd, env=env, cwd=tree, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     peak, stop = 0, threading.Event()
 
     def poll() -> None:
@@ -68,7 +71,10 @@ def run_build(tree: Path, root: Path, out: Path, workers: int, shard_size: int) 
     thread.join()
     if proc.returncode != 0:
         raise SystemExit(f"fusion-build ({tree}) failed: {err.decode()[-2000:]}")
-    return {**json.loads(report.read_text()), "peak_mib": peak / 2**20}
+    result = json.loads(report.read_text())
+    if not Path(result.pop("package")).resolve().is_relative_to(tree):
+        raise SystemExit(f"measured the wrong data_build: wanted the one in {tree}")
+    return {**result, "peak_mib": peak / 2**20}
 
 
 def shard_hashes(out: Path) -> list[tuple[str, str]]:
@@ -119,6 +125,15 @@ def main() -> None:
         cap = f"{1000 / main_ms:,.0f}" if workers > 1 else "(converts itself)"
         print(f"| {n:,} | {workers} | {name} | {rate:.0f} | {main_ms:.3f} | {workers_ms:.2f} | {cap} "
               f"| {peak:,.0f} |")
+    if len(sizes) > 1:  # fixed costs (start-up, imports) cancel out between two drop sizes
+        small, large = min(sizes), max(sizes)
+        print(f"\nmain process CPU per extra slice, {small:,} -> {large:,} slices:")
+        for workers in worker_counts:
+            for name in trees:
+                cpu = [statistics.median(r["main_cpu"] for r in runs[(n, workers, name)]) for n in (small, large)]
+                ms = 1000 * (cpu[1] - cpu[0]) / (large - small)
+                cap = f", cap {1000 / ms:,.0f} slices/s" if workers > 1 and ms > 0 else ""
+                print(f"- {workers} worker(s), {name}: {ms:.3f} ms{cap}")
     if "before" in trees:
         for n in sizes:
             hashes = {shard_hashes(work / f"out-{name}-{n}-{w}") == shard_hashes(work / f"out-after-{n}-1")
