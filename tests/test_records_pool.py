@@ -82,3 +82,12 @@ def test_strict_stop_in_workers_is_the_serial_one(render_drop: FakeDrop, tmp_pat
         stops.append(stop.value.skip)
         assert not list(out.glob(".*.tmp")) and not (out / "manifest.json").exists()
     assert stops[0] == stops[1] and stops[0].reason == "corrupt-image"
+    # Fixed, the stopped pool build resumes: its logged shards are kept, the rest rewritten.
+    for case in bad:
+        Path(case.render_paths["brain_window"]).write_bytes(
+            Path(render_drop.cases[1].render_paths["brain_window"]).read_bytes())
+    clean = _write(drop, tmp_path / "clean", workers=1)
+    resumed = _write(drop, tmp_path / "out2", workers=2, resume=True)
+    assert resumed.shards_written + resumed.shards_reused == clean.shards_written
+    assert ({p.name: p.read_bytes() for p in (tmp_path / "out2").glob("*.tfrecord")}
+            == {p.name: p.read_bytes() for p in (tmp_path / "clean").glob("*.tfrecord")})
