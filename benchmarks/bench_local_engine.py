@@ -7,8 +7,9 @@ another version of the package ("before"), side by side in one run, interleaved 
 Per build it measures wall time (slices/s), the CPU time of the main process and of its
 workers (user + system, `getrusage`), and the peak RSS of the whole process tree (sampled
 every 0.1 s). On a shared machine wall time is noise; CPU per slice is not. The main process
-is serial: at M ms of its CPU per slice, no worker count gets past 1000 / M slices/s, so the
-table states that cap. Shards of both versions are compared by sha256 (from the manifests).
+is serial: at M ms of its CPU per extra slice (between two drop sizes, so start-up cancels),
+no worker count gets past 1000 / M slices/s; the script prints that cap. Shards of both
+versions are compared by sha256 (from the manifests).
 
 Drops are made from the real DICOMs (`real_drop.make_drop`), once per size, under --workdir.
 """
@@ -115,16 +116,14 @@ def main() -> None:
     print(f"\nrepeats: {args.repeats} (medians), shard size {args.shard_size}, cores: {os.cpu_count()}, "
           f"load average (1 min) at start {load_start[0]:.1f}, at end {load_end[0]:.1f}\n")
     print("| slices | workers | version | slices/s | main process CPU ms/slice | workers CPU ms/slice "
-          "| cap from main CPU (slices/s) | peak RSS, process tree (MiB) |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| peak RSS, process tree (MiB) |")
+    print("|---|---|---|---|---|---|---|")
     for (n, workers, name), rs in runs.items():
         rate = statistics.median(n / r["wall"] for r in rs)
         main_ms = statistics.median(1000 * r["main_cpu"] / n for r in rs)
         workers_ms = statistics.median(1000 * r["workers_cpu"] / n for r in rs)
         peak = statistics.median(r["peak_mib"] for r in rs)
-        cap = f"{1000 / main_ms:,.0f}" if workers > 1 else "(converts itself)"
-        print(f"| {n:,} | {workers} | {name} | {rate:.0f} | {main_ms:.3f} | {workers_ms:.2f} | {cap} "
-              f"| {peak:,.0f} |")
+        print(f"| {n:,} | {workers} | {name} | {rate:.0f} | {main_ms:.3f} | {workers_ms:.2f} | {peak:,.0f} |")
     if len(sizes) > 1:  # fixed costs (start-up, imports) cancel out between two drop sizes
         small, large = min(sizes), max(sizes)
         print(f"\nmain process CPU per extra slice, {small:,} -> {large:,} slices:")
