@@ -411,9 +411,29 @@ class _ShardJob:
 _slices_done: Any = None
 
 
-def _init_worker(counter: Any) -> None:
+def _init_worker(counter: Any, parent: int) -> None:
     global _slices_done
     _slices_done = counter
+    _die_with_parent(parent)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Have Linux kill this worker when the build's main process dies (even by SIGKILL).
+
+    A worker writes and renames shards itself: orphaned, it would finish its shard after the
+    build was killed, racing a ``--resume`` started meanwhile for the same file names. Elsewhere
+    than Linux this is a no-op (an orphan there ends after its current shard).
+    """
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # no libc prctl (not Linux)
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def _count_slice() -> None:
@@ -445,7 +465,7 @@ def _run_jobs(jobs: Sequence[_ShardJob], workers: int, on_slices: Callable[[int]
     context = multiprocessing.get_context("spawn")  # workers never inherit TensorFlow
     counter = context.Value("q", 0)
     shown = 0
-    pool = context.Pool(workers, initializer=_init_worker, initargs=(counter,))
+    pool = context.Pool(workers, initializer=_init_worker, initargs=(counter, os.getpid()))
     try:
         results = pool.imap(_job_in_worker, jobs, 1)
         while True:
