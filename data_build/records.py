@@ -5,10 +5,11 @@
 1. `drop.discover` finds the cases (and the inputs it had to skip).
 2. Each case gets a split from its group (`splits.split_of`); per split, cases are sorted by id
    and cut into shards of `shard_size` examples, ``<split>-00000-of-000NN.tfrecord``.
-3. A process pool (``spawn``: workers never inherit TensorFlow) runs `convert.make_example`
-   in order; the main process writes each shard (`data_build.tfrecord` framing) to a temporary
-   name, then renames it. At most a bounded number of converted slices wait in memory, however
-   large the drop.
+3. A process pool (``spawn``: workers never inherit TensorFlow) writes one shard per task: the
+   worker runs `convert.make_example` over the shard's cases in order, frames the records
+   (`data_build.tfrecord`), writes them to a temporary name while hashing them, and renames
+   it. The main process only hands out shards and logs them, so it caps neither the worker
+   count nor memory; a worker holds one record at a time, however large the drop.
 4. After each shard, a line is appended to ``OUT/.progress.jsonl`` (file, examples, sha256,
    bytes, skips, counts). ``resume=True`` keeps the shards whose file and sha256 still match and
    redoes the rest; the config must match the one being resumed.
@@ -20,14 +21,12 @@ from __future__ import annotations
 
 import collections
 import datetime as _dt
-import functools
 import hashlib
 import json
 import multiprocessing
 import os
 import platform
 import re
-import threading
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -397,84 +396,137 @@ def _reusable(out: Path, plan: _ShardPlan, entry: Mapping[str, Any] | None) -> b
 # --- conversion ------------------------------------------------------------------------------
 
 
-class _Throttle:
-    """Bounds the slices in flight: the pool's feeder blocks until results are consumed.
+@dataclass(frozen=True)
+class _ShardJob:
+    """One shard to convert and write, as sent to a worker: paths and metadata, no pixels."""
 
-    `Pool.imap` would otherwise read the whole case list at once and pile up converted bytes
-    whenever the writer is slower than the workers.
+    out: str
+    plan: _ShardPlan
+    options: convert.ConvertOptions
+    strict: bool
+
+
+#: Slices converted so far by all workers: a shared counter the main process shows as progress
+#: (set in each worker by `_init_worker`; None in the main process).
+_slices_done: Any = None
+
+
+def _init_worker(counter: Any, parent: int) -> None:
+    global _slices_done
+    _slices_done = counter
+    _die_with_parent(parent)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Have Linux kill this worker when the build's main process dies (even by SIGKILL).
+
+    A worker writes and renames shards itself: orphaned, it would finish its shard after the
+    build was killed, racing a ``--resume`` started meanwhile for the same file names. Elsewhere
+    than Linux this is a no-op (an orphan there ends after its current shard).
     """
+    import ctypes
+    import signal
 
-    def __init__(self, limit: int) -> None:
-        self._slots = threading.Semaphore(limit)
-        self.stopped = threading.Event()
-
-    def feed(self, items: Iterable[Case]) -> Iterator[Case]:
-        for item in items:
-            while not self._slots.acquire(timeout=0.1):
-                if self.stopped.is_set():
-                    return
-            if self.stopped.is_set():
-                return
-            yield item
-
-    def consumed(self) -> None:
-        self._slots.release()
-
-
-def _convert_all(
-    cases: Iterable[Case], options: convert.ConvertOptions, workers: int
-) -> Iterator[convert.Converted | Skip]:
-    """`make_example` over cases, in order, in `workers` spawned processes (1: in-process)."""
-    func = functools.partial(convert.make_example, options=options)
-    if workers <= 1:
-        for case in cases:
-            yield func(case)
-        return
-    chunksize = 4
-    throttle = _Throttle(max(64, 4 * workers * chunksize))
-    context = multiprocessing.get_context("spawn")
-    pool = context.Pool(workers)
     try:
-        for result in pool.imap(func, throttle.feed(cases), chunksize):
-            throttle.consumed()
-            yield result
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # no libc prctl (not Linux)
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _count_slice() -> None:
+    with _slices_done.get_lock():
+        _slices_done.value += 1
+
+
+def _job_in_worker(job: _ShardJob) -> dict[str, Any] | Skip:
+    """Pool task: write one whole shard (`_write_shard`) in a worker process."""
+    return _write_shard(Path(job.out), job.plan, job.options, job.strict, _count_slice)
+
+
+def _run_jobs(jobs: Sequence[_ShardJob], workers: int, on_slices: Callable[[int], None]
+              ) -> Iterator[dict[str, Any] | Skip]:
+    """`_write_shard` over jobs, results in job order, in `workers` spawned processes (1: here).
+
+    A worker writes a whole shard: it converts, frames, writes and hashes the shard's records
+    itself, and returns only its small progress entry. The main process handles no record
+    bytes at all, so it caps neither the worker count nor memory (issue 14: fed record by
+    record, it spent ~1 ms CPU per slice receiving, framing, writing and re-reading them).
+
+    Args:
+      on_slices: called with the slices converted since its last call (for a progress bar).
+    """
+    if workers <= 1:
+        for job in jobs:
+            yield _write_shard(Path(job.out), job.plan, job.options, job.strict, lambda: on_slices(1))
+        return
+    context = multiprocessing.get_context("spawn")  # workers never inherit TensorFlow
+    counter = context.Value("q", 0)
+    shown = 0
+    pool = context.Pool(workers, initializer=_init_worker, initargs=(counter, os.getpid()))
+    try:
+        results = pool.imap(_job_in_worker, jobs, 1)
+        while True:
+            try:
+                result = results.next(timeout=0.25)
+            except multiprocessing.TimeoutError:
+                result = None
+            except StopIteration:
+                break
+            done = counter.value
+            on_slices(done - shown)
+            shown = done
+            if result is not None:
+                yield result
         pool.close()
     finally:
-        throttle.stopped.set()
         pool.terminate()
         pool.join()
+
+
+def _shard_tmp(out: Path, plan: _ShardPlan) -> Path:
+    return out / f".{plan.file}{TMP_SUFFIX}"
 
 
 def _write_shard(
     out: Path,
     plan: _ShardPlan,
-    results: Iterator[convert.Converted | Skip],
+    options: convert.ConvertOptions,
     strict: bool,
     on_case: Callable[[], None],
-) -> dict[str, Any]:
-    """Write one shard from the next ``len(plan.cases)`` results; return its progress entry.
+) -> dict[str, Any] | Skip:
+    """Convert and write one shard, in plan order; return its progress entry.
 
     Records are framed by `data_build.tfrecord` (byte-identical to TensorFlow's writer), so a
-    build never imports TensorFlow, in its workers or here.
+    build never imports TensorFlow. The sha256 is computed from the bytes as they are written
+    (no second read of the shard). The shard is written to a temporary name and renamed.
+
+    Returns:
+      The progress entry, or, for a strict build, the first bad input's `Skip` (nothing is
+      then left on disk for this shard).
     """
     counts = _empty_counts()
     skips: list[Skip] = []
-    path = out / plan.file
-    tmp = out / f".{plan.file}{TMP_SUFFIX}"
+    digest = hashlib.sha256()
+    size = 0
+    path, tmp = out / plan.file, _shard_tmp(out, plan)
     try:
         with open(tmp, "wb") as writer:
-            for _ in plan.cases:
-                result = next(results)
+            for case in plan.cases:
+                result = convert.make_example(case, options)
                 on_case()
+                found = [result] if isinstance(result, Skip) else list(result.skips)
+                if strict and found:
+                    return found[0]
+                skips.extend(found)
                 if isinstance(result, Skip):
-                    if strict:
-                        raise StrictStop(result)
-                    skips.append(result)
                     continue
-                if strict and result.skips:
-                    raise StrictStop(result.skips[0])
-                skips.extend(result.skips)
-                writer.write(tfrecord.frame(result.serialized))
+                framed = tfrecord.frame(result.serialized)
+                writer.write(framed)
+                digest.update(framed)
+                size += len(framed)
                 _count(counts, result)
         os.replace(tmp, path)
     except OSError as err:  # e.g. a full disk
@@ -488,8 +540,8 @@ def _write_shard(
         "file": plan.file,
         "split": plan.split,
         "examples": counts["slices"],
-        "sha256": _sha256_file(path),
-        "bytes": path.stat().st_size,
+        "sha256": digest.hexdigest(),
+        "bytes": size,
         "digest": plan.digest,
         "counts": counts,
         "skips": [_skip_dict(s) for s in skips],
@@ -752,20 +804,26 @@ def _convert_and_write(
     out: Path, todo: Sequence[_ShardPlan], entries: dict[str, dict[str, Any]],
     options: convert.ConvertOptions, workers: int, strict: bool, progress: bool,
 ) -> None:
-    """Convert the planned cases in workers and write their shards in order, logging each."""
+    """Convert and write the planned shards, one shard per worker at a time, logging each
+    finished shard in plan order (so a strict build stops at the same input for any worker
+    count)."""
     from tqdm import tqdm
 
     n_todo = sum(len(p.cases) for p in todo)
     bar = tqdm(total=n_todo, unit="slice", desc=f"converting ({options.source})", disable=not progress)
-    results = _convert_all((c for p in todo for c in p.cases), options, min(workers, n_todo))
+    jobs = [_ShardJob(str(out), plan, options, strict) for plan in todo]
+    results = _run_jobs(jobs, min(workers, len(jobs)), bar.update)
     try:
-        for plan in todo:
-            entry = _write_shard(out, plan, results, strict, lambda: bar.update(1))
+        for plan, entry in zip(todo, results):
+            if isinstance(entry, Skip):
+                raise StrictStop(entry)
             _append_progress(out, entry)
             entries[plan.file] = entry
     finally:
         results.close()  # stops and joins the pool on errors too
         bar.close()
+        for plan in todo:  # shards the stopped workers were writing
+            _shard_tmp(out, plan).unlink(missing_ok=True)
 
 
 def _manifest(drop: Any, ordered: Sequence[Mapping[str, Any]], config: dict[str, Any]) -> Manifest:

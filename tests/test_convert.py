@@ -157,3 +157,15 @@ def test_jpeg_size_reads_the_frame_header_of_baseline_and_progressive_files() ->
         assert ok and jpeg_size(data.tobytes()) == (37, 53)
     assert jpeg_size(b"\xff\xd8\xff\xd9") is None
     assert jpeg_size(b"not a jpeg at all") is None
+
+
+def test_known_empty_masks_keep_their_bytes_across_sizes(tmp_path: Path) -> None:
+    # The empty mask PNG is encoded once per size (issue 14): every normal slice must still
+    # store exactly the PNG of its own all-zero mask, whatever sizes came before it.
+    for size in (32, 48, 32):
+        case = render_case(tmp_path / str(size), f"ID_{size:09d}", size=size, folder_type="normal",
+                           labels=(0,) * 6, polygons=())
+        result = convert.make_example(case)
+        assert isinstance(result, convert.Converted) and result.has_mask
+        expected = cv2.imencode(".png", np.zeros((size, size), np.uint8))[1].tobytes()
+        assert schema.decode_example(result.serialized)["mask"] == expected

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
+from data_build import polygons
 from data_build.polygons import (
     PolygonError,
     mask_to_polygons,
@@ -207,3 +208,16 @@ def test_real_masks_round_trip() -> None:
         back = rasterise(mask_to_polygons(mask), height, width).astype(bool)
         iou = (mask & back).sum() / (mask | back).sum()
         assert iou >= 0.95, (path, iou)
+
+
+def test_single_quoted_correct_label_needs_no_python_parser(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Discovery parses every segmentation row in the main process; `ast` made the drop's
+    # single-quoted Correct Label ~10x slower than JSON (issue 14). Quote-swapped JSON now
+    # reads it; what JSON refuses still goes to `ast` (the other tests here).
+    def refuse(text: str) -> object:
+        raise AssertionError("ast.literal_eval was used")
+
+    monkeypatch.setattr(polygons.ast, "literal_eval", refuse)
+    cell = "[[{'x': 0.25, 'y': 0.5}, {'x': 0.75, 'y': 0.5}, {'x': 0.5, 'y': 1.0}]]"
+    assert polygons.parse_polygons(cell) == (((0.25, 0.5), (0.75, 0.5), (0.5, 1.0)),)
+    assert polygons.parse_polygons(" " + cell) == polygons.parse_polygons(cell)  # cached result
