@@ -120,6 +120,17 @@ def pipeline_options(text: str, workers: int) -> Any:
     return options
 
 
+def describe(options: Any) -> str:
+    """One line for the user: which runner, and for DirectRunner how many worker processes."""
+    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+
+    runner = options.view_as(StandardOptions).runner
+    if runner == "DirectRunner":
+        direct = options.view_as(DirectOptions)
+        return f"DirectRunner, {direct.direct_num_workers} worker(s), {direct.direct_running_mode}"
+    return str(runner)
+
+
 # --- the pipeline's steps ----------------------------------------------------------------------
 
 

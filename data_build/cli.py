@@ -6,6 +6,7 @@ cannot be read at all (missing root or labels file; nothing is written then).
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -90,6 +91,13 @@ def _summarise_build(report: Any) -> None:
     click.echo(f"Manifest: {report.manifest_path}")
 
 
+def _default_workers() -> int:
+    """The local engine's default --workers (all cores this process may use)."""
+    from data_build import records
+
+    return records._available_cores()
+
+
 def _build_with_beam(
     root: Path, out: Path, source: str, workers: int | None, shard_size: int, resume: bool,
     overwrite: bool, strict: bool, window_overrides: dict, fractions: tuple[float, float, float],
@@ -104,14 +112,26 @@ def _build_with_beam(
             f"{flag} works with --engine local only (a Beam build is all or nothing, and has no "
             "'first' bad input); rerun the Beam build with --overwrite, or use --engine local"
         )
+    # Beam's INFO/WARNING lines (each worker start, optional GCP clients it did not find) say
+    # nothing a fusion-build user can act on; errors still show, and a failure is one line.
+    root_logger = logging.getLogger()
+    level = root_logger.level
+    root_logger.setLevel(logging.ERROR)
     try:
-        beam_engine.require_beam()
-        beam_engine.pipeline_options(beam_options, max(1, workers or 1))
-    except beam_engine.records.BuildError as err:
-        raise click.UsageError(str(err)) from None
-    return beam_engine.build(root, out, source=source, workers=workers, shard_size=shard_size,
-                             overwrite=overwrite, presets=window_overrides, fractions=fractions,
-                             split_method=split_method, progress=progress, beam_options=beam_options)
+        try:
+            beam_engine.require_beam()
+            options = beam_engine.pipeline_options(beam_options, workers or _default_workers())
+        except beam_engine.records.BuildError as err:
+            raise click.UsageError(str(err)) from None
+        if progress:  # Beam runs the conversion out of sight: say where, and that no bar follows
+            click.echo(f"Apache Beam ({beam_engine.describe(options)}): discovery here, then the "
+                       "pipeline (no per-slice progress bar; the runner's own UI shows it).")
+        return beam_engine.build(root, out, source=source, workers=workers, shard_size=shard_size,
+                                 overwrite=overwrite, presets=window_overrides, fractions=fractions,
+                                 split_method=split_method, progress=progress,
+                                 beam_options=beam_options)
+    finally:
+        root_logger.setLevel(level)  # a caller in the same process (tests) keeps its logging
 
 
 @click.command(
