@@ -13,11 +13,12 @@ On the driver (this process), exactly as the local engine:
 3. The plan goes to ``OUT/.beam/plan.jsonl`` (`build_plan`), the driver's facts (drop,
    discovery skips, config, planned shard names) to ``OUT/.beam/driver.json``.
 
-In the pipeline (`_pipeline`):
+In the pipeline (`data_build.beam_steps`, which imports Beam):
 
 4. ``ReadFromText(plan)`` -> `convert.make_example`, unchanged, in a DoFn; every skip bumps the
    Beam counter ``fusion-build/skipped:<reason>`` and goes to a tagged output, written as JSON
-   lines to ``OUT/.beam/skipped-*.jsonl``.
+   lines to ``OUT/.beam/skipped-*.jsonl``. Record bytes go to the bundle's spill file in
+   ``OUT/.beam/spill/``; only small metadata goes on through the shuffle.
 5. Results are grouped by planned shard and written in plan order with `tfrecord.frame`, to
    ``.<shard>.tmp`` then renamed, through `FileSystems`: byte-identical to the local engine.
    A split without cases has no planned shard, so no 0-byte file.
@@ -34,25 +35,19 @@ and the CLI take a local path (or a mount) in this version.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shlex
 import shutil
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-from data_build import build_plan, convert, records, splits, tfrecord
-from data_build.cases import Skip
+from data_build import build_plan, convert, records, splits
 from data_build.choices import DEFAULT_SHARD_SIZE
 
 #: Folder in OUT for the plan, the driver's facts and the skips' JSON lines; removed on success.
 STAGING = ".beam"
-#: Beam metrics namespace of the skip counters (``skipped:<reason>``).
-COUNTER_NAMESPACE = "fusion-build"
-_SKIPS_TAG = "skips"
 _INSTALL_HINT = ("--engine beam needs Apache Beam, an optional extra: pip install 'fusion[beam]' "
                  "(apache-beam 2.77.0, which needs protobuf < 7); or use --engine local")
 
@@ -131,146 +126,6 @@ def describe(options: Any) -> str:
     return str(runner)
 
 
-# --- the pipeline's steps ----------------------------------------------------------------------
-
-
-def _count_skip(reason: str) -> None:
-    from apache_beam.metrics import Metrics
-
-    Metrics.counter(COUNTER_NAMESPACE, f"skipped:{reason}").inc()
-
-
-def _skip_line(shard: str, index: int, skip: Skip) -> str:
-    return json.dumps({"shard": shard, "index": index, **records._skip_dict(skip)}, sort_keys=True)
-
-
-def convert_line(line: str, options: convert.ConvertOptions) -> Iterator[Any]:
-    """The DoFn body: one plan line -> ``(shard, (index, Converted | Skip))`` plus tagged skips."""
-    from apache_beam import pvalue
-
-    planned = build_plan.parse_line(line)
-    result = convert.make_example(planned.case, options)
-    skips = [result] if isinstance(result, Skip) else list(result.skips)
-    for skip in skips:
-        _count_skip(skip.reason)
-        yield pvalue.TaggedOutput(_SKIPS_TAG, _skip_line(planned.shard, planned.index, skip))
-    yield planned.shard, (planned.index, result)
-
-
-def write_shard(shard: str, results: Any, out: str) -> Iterator[dict[str, Any]]:
-    """Write one shard (records in plan order) through `FileSystems`; yield its entry.
-
-    The entry has the local engine's progress-entry keys (`records._write_shard`): file, split,
-    examples, sha256 (of the bytes written, hashed as they are written), bytes, counts, skips.
-    """
-    from apache_beam.io.filesystem import CompressionTypes
-    from apache_beam.io.filesystems import FileSystems
-
-    ordered = sorted(results, key=lambda item: item[0])
-    counts, skips, digest, size = records._empty_counts(), [], hashlib.sha256(), 0
-    final = FileSystems.join(out, shard)
-    tmp = FileSystems.join(out, f".{shard}{records.TMP_SUFFIX}")
-    try:
-        with FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-            for _, result in ordered:
-                if isinstance(result, Skip):
-                    skips.append(result)
-                    continue
-                skips.extend(result.skips)
-                framed = tfrecord.frame(result.serialized)
-                handle.write(framed)
-                digest.update(framed)
-                size += len(framed)
-                records._count(counts, result)
-        FileSystems.rename([tmp], [final])
-    finally:
-        if FileSystems.exists(tmp):
-            FileSystems.delete([tmp])
-    split = shard.split("-", 1)[0]
-    yield {"kind": "shard", "file": shard, "split": split, "examples": counts["slices"],
-           "sha256": digest.hexdigest(), "bytes": size, "counts": counts,
-           "skips": [records._skip_dict(s) for s in skips]}
-
-
-def _write_grouped(grouped: tuple[str, Any], out: str) -> Iterator[dict[str, Any]]:
-    """`write_shard` for a ``(shard, results)`` pair from `GroupByKey`."""
-    return write_shard(grouped[0], grouped[1], out)
-
-
-def _read_json(path: str) -> Any:
-    from apache_beam.io.filesystems import FileSystems
-
-    with FileSystems.open(path) as handle:
-        return json.loads(handle.read().decode("utf-8"))
-
-
-def _listed_sizes(out: str) -> dict[str, int]:
-    """Shard name -> size in bytes, as `FileSystems` lists OUT."""
-    from apache_beam.io.filesystems import FileSystems
-
-    pattern = FileSystems.join(out, f"*{records.SHARD_SUFFIX}")
-    found = FileSystems.match([pattern])[0].metadata_list
-    return {m.path.rstrip("/").rsplit("/", 1)[-1]: int(m.size_in_bytes) for m in found}
-
-
-def finish(_: Any, entries: Sequence[Mapping[str, Any]], out: str, driver_path: str) -> str:
-    """The final step: check the listed shards, build the manifest, write it last.
-
-    Returns:
-      the manifest's path.
-
-    Raises:
-      records.BuildError: a planned shard has no entry, is not listed, or has another size.
-    """
-    driver = _read_json(driver_path)
-    by_file = {e["file"]: dict(e) for e in entries}
-    sizes = _listed_sizes(out)
-    for name in driver["shards"]:
-        if name not in by_file or name not in sizes:
-            raise records.BuildError(f"shard {name} was not written; rerun with --overwrite")
-        if sizes[name] != by_file[name]["bytes"]:
-            raise records.BuildError(f"{name}: {sizes[name]} bytes listed, its writer wrote "
-                                     f"{by_file[name]['bytes']}; rerun with --overwrite")
-    drop = types.SimpleNamespace(**driver["drop"], skips=[records._skip_from_dict(s) for s in driver["skips"]])
-    for skip in drop.skips:  # discovery skips: the counters then equal the manifest's counts
-        _count_skip(skip.reason)
-    manifest = records._manifest(drop, [by_file[name] for name in driver["shards"]], driver["config"])
-    return _save_manifest(manifest, out)
-
-
-def _save_manifest(manifest: Any, out: str) -> str:
-    """`Manifest.save` for any `FileSystems` path: a temporary name, renamed over manifest.json."""
-    from apache_beam.io.filesystem import CompressionTypes
-    from apache_beam.io.filesystems import FileSystems
-
-    final = FileSystems.join(out, records.MANIFEST)
-    tmp = FileSystems.join(out, f".{records.MANIFEST}.beam{records.TMP_SUFFIX}")  # records._OUR_TMP
-    # The same text as `Manifest.save` (json, indent 1), so both engines' manifests read alike.
-    text = json.dumps(manifest.to_dict(), indent=1, default=str) + "\n"
-    with FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        handle.write(text.encode("utf-8"))
-    FileSystems.rename([tmp], [final])
-    return final
-
-
-def _pipeline(pipeline: Any, out: str, staging: str, options: convert.ConvertOptions) -> None:
-    """Add the build's steps to `pipeline` (see the module docstring, steps 4-6)."""
-    import apache_beam as beam
-    from apache_beam.io.filesystems import FileSystems
-
-    lines = pipeline | "ReadPlan" >> beam.io.ReadFromText(FileSystems.join(staging, "plan.jsonl"))
-    converted = lines | "Convert" >> beam.FlatMap(convert_line, options).with_outputs(_SKIPS_TAG, main="records")
-    _ = converted[_SKIPS_TAG] | "WriteSkips" >> beam.io.WriteToText(
-        FileSystems.join(staging, "skipped"), file_name_suffix=".jsonl")
-    entries = (converted["records"]
-               | "GroupByShard" >> beam.GroupByKey()
-               | "WriteShard" >> beam.FlatMap(_write_grouped, out))
-    _ = (pipeline
-         | "Once" >> beam.Create([None])
-         | "Manifest" >> beam.Map(finish, beam.pvalue.AsList(entries), out,
-                                  FileSystems.join(staging, "driver.json")))
-
-
 # --- the driver ----------------------------------------------------------------------------------
 
 
@@ -281,7 +136,7 @@ def _write_staging(staging: Path, plans: Sequence[Any], driver: Mapping[str, Any
 
     if staging.exists():
         shutil.rmtree(staging)  # a failed earlier run's leftovers; OUT was checked as ours
-    staging.mkdir(parents=True)
+    (staging / "spill").mkdir(parents=True)
     plain = CompressionTypes.UNCOMPRESSED
     with FileSystems.create(str(staging / "plan.jsonl"), compression_type=plain) as handle:
         for line in build_plan.plan_lines(plans):
@@ -292,6 +147,8 @@ def _write_staging(staging: Path, plans: Sequence[Any], driver: Mapping[str, Any
 
 def _counters(result: Any) -> dict[str, int]:
     from apache_beam.metrics.metric import MetricsFilter
+
+    from data_build.beam_steps import COUNTER_NAMESPACE
 
     query = result.metrics().query(MetricsFilter().with_namespace(COUNTER_NAMESPACE))
     out: dict[str, int] = {}
@@ -305,9 +162,11 @@ def _run(beam_options: Any, out: Path, staging: Path, options: convert.ConvertOp
     """Run the pipeline to the end; a failure becomes one `BuildError` line."""
     import apache_beam as beam
 
+    from data_build import beam_steps
+
     try:
         pipeline = beam.Pipeline(options=beam_options)
-        _pipeline(pipeline, str(out), str(staging), options)
+        beam_steps.add_steps(pipeline, str(out), str(staging), options)
         result = pipeline.run()
         state = result.wait_until_finish()
     except Exception as err:  # Beam wraps a worker's exception in its own types
