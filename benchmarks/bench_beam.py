@@ -4,8 +4,8 @@ Each engine builds the same drop of 512 px renders made from the real DICOMs
 (`benchmarks/real_drop.py`) end to end in a subprocess (discovery, conversion, shards,
 manifest), with the same ``--workers``; the engines alternate, so machine noise hits both alike.
 Peak memory is the resident set of the whole process tree (the driver, the local engine's pool
-or DirectRunner's worker processes), polled every 0.1 s. After each pair the two folders'
-shards are compared byte for byte.
+or DirectRunner's worker processes, found through every thread's children), polled every
+0.1 s. After each pair the two folders' shards are compared byte for byte.
 
     python benchmarks/bench_beam.py --slices 1000,10000 --workers 2 --workdir /tmp/bench-beam
 
@@ -24,10 +24,29 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_build import _tree_rss  # noqa: E402
 from real_drop import REAL, make_drop  # noqa: E402
 
 ENGINES = ("local", "beam")
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of `pid` and all its descendants.
+
+    Children are read from every thread's ``/proc/PID/task/TID/children``: DirectRunner starts
+    its worker processes from threads other than the main one, which a walk of the main
+    thread's list alone (``/proc/PID/task/PID/children``) misses.
+    """
+    total, stack = 0, [pid]
+    while stack:
+        p = stack.pop()
+        try:
+            with open(f"/proc/{p}/status") as fh:
+                total += next((int(line.split()[1]) * 1024 for line in fh if line.startswith("VmRSS:")), 0)
+            for task in Path(f"/proc/{p}/task").iterdir():
+                stack.extend(int(c) for c in (task / "children").read_text().split())
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
 
 
 def run_build(root: Path, out: Path, engine: str, workers: int) -> tuple[float, float]:
@@ -41,7 +60,7 @@ def run_build(root: Path, out: Path, engine: str, workers: int) -> tuple[float, 
     def poll() -> None:
         nonlocal peak
         while not stop.is_set():
-            peak = max(peak, _tree_rss(proc.pid))
+            peak = max(peak, tree_rss(proc.pid))
             time.sleep(0.1)
 
     thread = threading.Thread(target=poll, daemon=True)
