@@ -174,7 +174,7 @@ def _run(beam_options: Any, out: Path, staging: Path, options: convert.ConvertOp
         cause = next((line for line in reversed(lines) if "Error" in line), lines[-1] if lines else repr(err))
         raise records.BuildError(
             f"the Beam pipeline failed: {cause[:300]}. No manifest was written; fix the cause and "
-            f"rerun with --overwrite (the skips found so far are in {staging}/skipped-*.jsonl)"
+            f"rerun with --overwrite (the pipeline's scratch files are in {staging})"
         ) from None
     if str(state) not in ("DONE", "PipelineState.DONE"):
         raise records.BuildError(f"the Beam pipeline ended in state {state}; no manifest was written")

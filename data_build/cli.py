@@ -112,11 +112,12 @@ def _build_with_beam(
             f"{flag} works with --engine local only (a Beam build is all or nothing, and has no "
             "'first' bad input); rerun the Beam build with --overwrite, or use --engine local"
         )
-    # Beam's INFO/WARNING lines (each worker start, optional GCP clients it did not find) say
-    # nothing a fusion-build user can act on; errors still show, and a failure is one line.
+    # Beam's log lines (each worker start, optional GCP clients it did not find, a failed
+    # bundle's traceback) say nothing a fusion-build user can act on: a failure becomes one
+    # line with its cause (`beam_engine._run`). DirectRunner's worker processes log on their own.
     root_logger = logging.getLogger()
     level = root_logger.level
-    root_logger.setLevel(logging.ERROR)
+    root_logger.setLevel(logging.CRITICAL)
     try:
         try:
             beam_engine.require_beam()
