@@ -82,6 +82,10 @@ def test_a_failed_final_step_leaves_no_manifest(drop: Path, tmp_path: Path,
                                           "--workers", "1", "--beam-options", IN_PROCESS])
     assert done.exit_code == 0 and "Apache Beam (DirectRunner, 1 worker(s), in_memory)" in done.output
     assert "Wrote " in done.output and (out / "manifest.json").is_file()
+    monkeypatch.setattr(records, "_manifest", killed)  # a failed rebuild over a finished one
+    with pytest.raises(records.BuildError, match="No manifest"):
+        beam_engine.build(drop, out, workers=1, progress=False, overwrite=True, beam_options=IN_PROCESS)
+    assert not (out / "manifest.json").exists()  # the old one went before any shard changed
 
 
 def test_an_empty_split_writes_no_shard(drop: Path, tmp_path: Path) -> None:
