@@ -26,6 +26,8 @@ In the pipeline (`data_build.beam_steps`, which imports Beam):
    `FileSystems`, checks each planned one is there with the size its writer reported, merges
    counts and skips with the local engine's own `records._manifest` and writes manifest.json
    last (atomically). A pipeline that fails or is killed before it leaves no manifest.
+7. The driver removes the plan, its facts and the spill files; ``OUT/.beam/skipped-*.jsonl``
+   stays (the conversion skips; the manifest lists them with discovery's).
 
 What still needs a local path: discovery (`drop.discover` walks ROOT with `os`/`pathlib`) and
 conversion (`make_example` reads files by path with OpenCV/pydicom), so ROOT must be a folder
@@ -46,7 +48,8 @@ from typing import Any, Mapping, Sequence
 from data_build import build_plan, convert, records, splits
 from data_build.choices import DEFAULT_SHARD_SIZE
 
-#: Folder in OUT for the plan, the driver's facts and the skips' JSON lines; removed on success.
+#: Folder in OUT for the plan, the driver's facts, spill files and the skips' JSON lines; only
+#: the skips' lines (``skipped-*.jsonl``) stay after a build.
 STAGING = ".beam"
 _INSTALL_HINT = ("--engine beam needs Apache Beam, an optional extra: pip install 'fusion[beam]' "
                  "(apache-beam 2.77.0, which needs protobuf < 7); or use --engine local")
@@ -143,6 +146,14 @@ def _write_staging(staging: Path, plans: Sequence[Any], driver: Mapping[str, Any
             handle.write(line.encode("utf-8") + b"\n")
     with FileSystems.create(str(staging / "driver.json"), compression_type=plain) as handle:
         handle.write(json.dumps(driver, default=str).encode("utf-8"))
+
+
+def _clean_staging(staging: Path) -> None:
+    """After a build: drop the plan, the driver's facts and the spill files (the bulk); keep the
+    skips' JSON lines (``skipped-*.jsonl``, small: one line per conversion skip)."""
+    shutil.rmtree(staging / "spill", ignore_errors=True)
+    for name in ("plan.jsonl", "driver.json"):
+        (staging / name).unlink(missing_ok=True)
 
 
 def _counters(result: Any) -> dict[str, int]:
@@ -250,7 +261,7 @@ def _build_drop(
     options = convert.ConvertOptions(source=drop.source,
                                      presets={k: tuple(v) for k, v in presets_json.items()})
     counters = _run(beam_opts, out, staging, options)
-    shutil.rmtree(staging, ignore_errors=True)
+    _clean_staging(staging)
     manifest = records.Manifest.load(out)
     return BeamBuildReport(
         out=out, manifest_path=out / records.MANIFEST,

@@ -5,6 +5,7 @@ virtualenv); skipped where it is absent, as in the main test environment.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -53,7 +54,20 @@ def test_shards_are_byte_identical_to_the_local_engine(both: tuple) -> None:
     assert ours.counts == theirs.counts and ours.image_size == theirs.image_size
     assert ours.skipped == theirs.skipped and ours.warnings == theirs.warnings
     assert ours.config == {**theirs.config, "engine": "beam", "beam_options": ""}
-    assert not (beam / beam_engine.STAGING).exists()  # the plan and skips are in the manifest
+    staged = sorted(p.name for p in (beam / beam_engine.STAGING).iterdir())
+    assert len(staged) == 1 and staged[0].startswith("skipped-")  # plan and spill files are gone
+
+
+def test_skips_are_written_as_json_lines(both: tuple, drop: Path) -> None:
+    from data_build.drop import discover
+
+    _, beam, _ = both
+    lines = [json.loads(line) for path in (beam / beam_engine.STAGING).glob("skipped-*.jsonl")
+             for line in path.read_text().splitlines()]
+    at_discovery = {(s.id, s.reason) for s in discover(drop, source="render").skips}
+    converting = {(s.id, s.reason) for s in Manifest.load(beam).skipped} - at_discovery
+    assert converting and {(d["id"], d["reason"]) for d in lines} == converting
+    assert all(d["shard"].endswith(".tfrecord") and isinstance(d["index"], int) for d in lines)
 
 
 def test_skip_counters_equal_the_local_engines_skip_counts(both: tuple) -> None:
