@@ -207,6 +207,9 @@ def build(
     """
     from data_build import records
 
+    if beam_options and engine != "beam":  # silently ignored options would mislead
+        raise click.UsageError("--beam-options applies to --engine beam only; add --engine beam "
+                               "or drop --beam-options")
     try:
         if engine == "beam":
             report = _build_with_beam(root, out, source, workers, shard_size, resume, overwrite,

@@ -43,3 +43,9 @@ def test_engine_beam_without_beam_says_what_to_install(tmp_path: Path,
 def test_help_names_both_engines() -> None:
     result = CliRunner().invoke(cli.build, ["--help"])
     assert "--engine [local|beam]" in result.output and "--beam-options" in result.output
+
+
+def test_beam_options_without_engine_beam_are_refused(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli.build, [str(tmp_path), "--out", str(tmp_path / "o"),
+                                            "--beam-options", "--runner=DirectRunner"])
+    assert result.exit_code == 2 and "applies to --engine beam only" in result.output
