@@ -108,7 +108,8 @@ def main() -> None:
           "| 1-min load average after |")
     print("|---|---|---|---|---|---|---|")
     for n, engine, peak, secs, load in rows:
-        print(f"| {n:,} | {engine} | {args.workers} | {secs:.1f} | {n / secs:.0f} | {peak:,.0f} | {load:.1f} |")
+        print(f"| {n:,} | {engine} | {args.workers} | {secs:.1f} | {n / secs:.0f} | {peak:,.0f} "
+              f"| {load:.1f} |")
 
 
 if __name__ == "__main__":

@@ -174,7 +174,8 @@ def finish(_: Any, entries: Sequence[Mapping[str, Any]], out: str, driver_path: 
         if sizes[name] != by_file[name]["bytes"]:
             raise records.BuildError(f"{name}: {sizes[name]} bytes listed, its writer wrote "
                                      f"{by_file[name]['bytes']}; rerun with --overwrite")
-    drop = types.SimpleNamespace(**driver["drop"], skips=[records._skip_from_dict(s) for s in driver["skips"]])
+    skips = [records._skip_from_dict(s) for s in driver["skips"]]
+    drop = types.SimpleNamespace(**driver["drop"], skips=skips)
     for skip in drop.skips:  # discovery skips: the counters then equal the manifest's counts
         count_skip(skip.reason)
     manifest = records._manifest(drop, [by_file[name] for name in driver["shards"]], driver["config"])

@@ -128,7 +128,8 @@ def test_bad_beam_options_are_one_line_usage_errors(drop: Path, tmp_path: Path, 
 
 @pytest.mark.parametrize("flag", ["--resume", "--strict"])
 def test_local_only_flags_are_refused_with_beam(drop: Path, tmp_path: Path, flag: str) -> None:
-    result = CliRunner().invoke(cli.build, [str(drop), "--out", str(tmp_path / "o"), "--engine", "beam", flag])
+    result = CliRunner().invoke(cli.build, [str(drop), "--out", str(tmp_path / "o"), "--engine", "beam",
+                                            flag])
     assert result.exit_code == 2 and f"{flag} works with --engine local only" in result.output
 
 
