@@ -6,6 +6,7 @@ cannot be read at all (missing root or labels file; nothing is written then).
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -23,6 +24,8 @@ from data_build.synth import difficulty as synth_difficulty
 
 #: Warnings printed in full in the build summary (the manifest keeps them all).
 SUMMARY_WARNINGS = 10
+#: `fusion-build --engine`: the local process pool (default) or an Apache Beam pipeline.
+ENGINES = ("local", "beam")
 
 
 class DropUnreadable(click.ClickException):
@@ -88,10 +91,57 @@ def _summarise_build(report: Any) -> None:
     click.echo(f"Manifest: {report.manifest_path}")
 
 
+def _default_workers() -> int:
+    """The local engine's default --workers (all cores this process may use)."""
+    from data_build import records
+
+    return records._available_cores()
+
+
+def _build_with_beam(
+    root: Path, out: Path, source: str, workers: int | None, shard_size: int, resume: bool,
+    overwrite: bool, strict: bool, window_overrides: dict, fractions: tuple[float, float, float],
+    split_method: str, progress: bool, beam_options: str,
+) -> Any:
+    """`beam_engine.build`; usage problems (no Beam, bad options, local-only flags) exit 2."""
+    from data_build import beam_engine
+
+    if resume or strict:
+        flag = "--resume" if resume else "--strict"
+        raise click.UsageError(
+            f"{flag} works with --engine local only (a Beam build is all or nothing, and has no "
+            "'first' bad input); rerun the Beam build with --overwrite, or use --engine local"
+        )
+    # Beam's log lines (each worker start, optional GCP clients it did not find, a failed
+    # bundle's traceback) say nothing a fusion-build user can act on: a failure becomes one
+    # line with its cause (`beam_engine._run`). DirectRunner's worker processes log on their own.
+    root_logger = logging.getLogger()
+    level = root_logger.level
+    root_logger.setLevel(logging.CRITICAL)
+    try:
+        try:
+            beam_engine.require_beam()
+            options = beam_engine.pipeline_options(beam_options, workers or _default_workers())
+        except beam_engine.records.BuildError as err:
+            raise click.UsageError(str(err)) from None
+        if progress:  # Beam runs the conversion out of sight: say where, and that no bar follows
+            click.echo(f"Apache Beam ({beam_engine.describe(options)}): discovery here, then the "
+                       "pipeline (no per-slice progress bar; the runner's own UI shows it).")
+        return beam_engine.build(root, out, source=source, workers=workers, shard_size=shard_size,
+                                 overwrite=overwrite, presets=window_overrides, fractions=fractions,
+                                 split_method=split_method, progress=progress,
+                                 beam_options=beam_options)
+    finally:
+        root_logger.setLevel(level)  # a caller in the same process (tests) keeps its logging
+
+
 @click.command(
     epilog="\b\nExamples:\n  fusion-build /data/drop --out shards --workers 8\n"
     "  fusion-build /data/drop --out shards --resume    # finish an interrupted build\n"
-    "  fusion-build /data/drop --out hu-shards --source dicom",
+    "  fusion-build /data/drop --out hu-shards --source dicom\n"
+    "  fusion-build /data/drop --out shards --engine beam --workers 8   # Beam DirectRunner\n"
+    "  fusion-build /data/drop --out shards --engine beam --beam-options \"--runner=FlinkRunner "
+    "--flink_master=host:8081 --environment_type=LOOPBACK\"",
 )
 @click.argument("root", type=click.Path(path_type=Path, file_okay=False))
 @click.option(
@@ -124,6 +174,12 @@ def _summarise_build(report: Any) -> None:
               help="stratified: balance hemorrhage types, and patients with several types, "
                    "across splits (small drops); hash: a patient's split never changes as the "
                    "drop grows.")
+@click.option("--engine", type=click.Choice(ENGINES), default=ENGINES[0], show_default=True,
+              help="local: this machine's process pool. beam: an Apache Beam pipeline, the same "
+                   "shards byte for byte (needs pip install 'fusion[beam]'; no --resume/--strict).")
+@click.option("--beam-options", default="", metavar="'--NAME=VALUE ...'",
+              help="Beam pipeline options for --engine beam [default: --runner=DirectRunner "
+                   "--direct_running_mode=multi_processing --direct_num_workers=WORKERS].")
 @PROGRESS
 def build(
     root: Path,
@@ -137,6 +193,8 @@ def build(
     window_overrides: dict,
     split_fractions: tuple[float, float, float],
     split_method: str,
+    engine: str,
+    beam_options: str,
     progress: bool,
 ) -> None:
     """Convert a hemorrhage drop at ROOT into sharded TFRecords for training.
@@ -149,12 +207,20 @@ def build(
     """
     from data_build import records
 
+    if beam_options and engine != "beam":  # silently ignored options would mislead
+        raise click.UsageError("--beam-options applies to --engine beam only; add --engine beam "
+                               "or drop --beam-options")
     try:
-        report = records.build(
-            root, out, source=source, workers=workers, shard_size=shard_size, resume=resume,
-            overwrite=overwrite, strict=strict, presets=window_overrides,
-            fractions=split_fractions, split_method=split_method, progress=progress,
-        )
+        if engine == "beam":
+            report = _build_with_beam(root, out, source, workers, shard_size, resume, overwrite,
+                                      strict, window_overrides, split_fractions, split_method,
+                                      progress, beam_options)
+        else:
+            report = records.build(
+                root, out, source=source, workers=workers, shard_size=shard_size, resume=resume,
+                overwrite=overwrite, strict=strict, presets=window_overrides,
+                fractions=split_fractions, split_method=split_method, progress=progress,
+            )
     except DropError as err:
         raise DropUnreadable(str(err)) from None
     except (records.BuildError, ValueError) as err:

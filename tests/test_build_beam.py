@@ -1,0 +1,155 @@
+"""fusion-build --engine beam: the same shards, manifest and skip counts as --engine local.
+
+Needs Apache Beam (``pip install 'fusion[beam]'``, or ``make test-beam``, which makes its own
+virtualenv); skipped where it is absent, as in the main test environment.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("apache_beam")
+
+from data_build import beam_engine, cli, records  # noqa: E402
+from data_build.manifest import Manifest  # noqa: E402
+from data_build.synth import writer as synth  # noqa: E402
+
+#: Beam in this process (no worker processes): fast, and lets a test break the final step.
+IN_PROCESS = "--direct_running_mode=in_memory"
+
+
+@pytest.fixture(scope="module")
+def drop(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic drop with the writer's planted broken inputs (corrupt JPEG, missing window,
+    malformed polygons, corrupt DICOM) and a flagged slice."""
+    root = tmp_path_factory.mktemp("beam") / "drop"
+    summary = synth.write_synthetic_drop(root, n_patients=6, slices_per_patient=3, size=48, seed=3,
+                                         dicoms=False)
+    assert summary.broken  # the comparison must cover skips
+    return root
+
+
+@pytest.fixture(scope="module")
+def both(drop: Path) -> tuple[Path, Path, beam_engine.BeamBuildReport]:
+    """The same drop built by each engine (shard_size 4: several shards a split). Beam runs in
+    multi-processing mode with 2 workers, as `fusion-build --engine beam --workers 2` does."""
+    local, beam = drop.parent / "local", drop.parent / "beam"
+    records.build(drop, local, workers=2, shard_size=4, progress=False)
+    report = beam_engine.build(drop, beam, workers=2, shard_size=4, progress=False)
+    return local, beam, report
+
+
+def _shards(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.glob("*.tfrecord"))}
+
+
+def test_shards_are_byte_identical_to_the_local_engine(both: tuple) -> None:
+    local, beam, _ = both
+    assert len(_shards(local)) > 2 and _shards(beam) == _shards(local)
+    ours, theirs = Manifest.load(beam), Manifest.load(local)
+    assert ours.shards == theirs.shards  # names, splits, examples, sha256, bytes, in plan order
+    assert ours.counts == theirs.counts and ours.image_size == theirs.image_size
+    assert ours.skipped == theirs.skipped and ours.warnings == theirs.warnings
+    assert ours.config == {**theirs.config, "engine": "beam", "beam_options": ""}
+    staged = sorted(p.name for p in (beam / beam_engine.STAGING).iterdir())
+    assert len(staged) == 1 and staged[0].startswith("skipped-")  # plan and spill files are gone
+
+
+def test_skips_are_written_as_json_lines(both: tuple, drop: Path) -> None:
+    from data_build.drop import discover
+
+    _, beam, _ = both
+    lines = [json.loads(line) for path in (beam / beam_engine.STAGING).glob("skipped-*.jsonl")
+             for line in path.read_text().splitlines()]
+    at_discovery = {(s.id, s.reason) for s in discover(drop, source="render").skips}
+    converting = {(s.id, s.reason) for s in Manifest.load(beam).skipped} - at_discovery
+    assert converting and {(d["id"], d["reason"]) for d in lines} == converting
+    assert all(d["shard"].endswith(".tfrecord") and isinstance(d["index"], int) for d in lines)
+
+
+def test_skip_counters_equal_the_local_engines_skip_counts(both: tuple) -> None:
+    local, _, report = both
+    expected = Manifest.load(local).skipped_by_reason
+    assert {"corrupt-image", "missing-window", "malformed-polygon", "flagged"} <= set(expected)
+    assert report.counters == expected
+    assert report.skips_by_reason == expected
+
+
+def test_a_failed_final_step_leaves_no_manifest(drop: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    def killed(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("killed before the manifest")
+
+    monkeypatch.setattr(records, "_manifest", killed)
+    out = tmp_path / "out"
+    with pytest.raises(records.BuildError, match="killed before the manifest.*No manifest"):
+        beam_engine.build(drop, out, workers=1, progress=False, beam_options=IN_PROCESS)
+    assert not (out / "manifest.json").exists() and list(out.glob("*.tfrecord"))
+    monkeypatch.undo()
+    again = CliRunner().invoke(cli.build, [str(drop), "--out", str(out), "--engine", "beam",
+                                           "--no-progress", "--beam-options", IN_PROCESS])
+    assert again.exit_code == 1 and "an unfinished build" in again.output  # not taken as complete
+    done = CliRunner().invoke(cli.build, [str(drop), "--out", str(out), "--engine", "beam", "--overwrite",
+                                          "--workers", "1", "--beam-options", IN_PROCESS])
+    assert done.exit_code == 0 and "Apache Beam (DirectRunner, 1 worker(s), in_memory)" in done.output
+    assert "Wrote " in done.output and (out / "manifest.json").is_file()
+    monkeypatch.setattr(records, "_manifest", killed)  # a failed rebuild over a finished one
+    with pytest.raises(records.BuildError, match="No manifest"):
+        beam_engine.build(drop, out, workers=1, progress=False, overwrite=True, beam_options=IN_PROCESS)
+    assert not (out / "manifest.json").exists()  # the old one went before any shard changed
+
+
+def test_an_empty_split_writes_no_shard(drop: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    report = beam_engine.build(drop, out, workers=1, progress=False, fractions=(1.0, 0.0, 0.0),
+                               beam_options=IN_PROCESS)
+    names = sorted(p.name for p in out.glob("*.tfrecord"))
+    assert names == ["train-00000-of-00001.tfrecord"] and (out / names[0]).stat().st_size > 0
+    assert report.counts["val"]["slices"] == report.counts["test"]["slices"] == 0
+
+
+@pytest.mark.parametrize(("options", "says"), [
+    ("--runner=NoSuchRunner", "cannot use runner 'NoSuchRunner'"),
+    ("--no_such_option=3", "Beam knows no option --no_such_option"),
+    ("--runner='DirectRunner", "cannot be split into options"),
+    ("DirectRunner", "--name=value options only"),
+])
+def test_bad_beam_options_are_one_line_usage_errors(drop: Path, tmp_path: Path, options: str,
+                                                    says: str) -> None:
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli.build, [str(drop), "--out", str(out), "--engine", "beam",
+                                            "--beam-options", options])
+    assert result.exit_code == 2 and says in result.output and "Traceback" not in result.output
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("flag", ["--resume", "--strict"])
+def test_local_only_flags_are_refused_with_beam(drop: Path, tmp_path: Path, flag: str) -> None:
+    result = CliRunner().invoke(cli.build, [str(drop), "--out", str(tmp_path / "o"), "--engine", "beam",
+                                            flag])
+    assert result.exit_code == 2 and f"{flag} works with --engine local only" in result.output
+
+
+def test_record_bytes_bypass_the_shuffle(drop: Path, tmp_path: Path) -> None:
+    """The shuffle carries metadata only; the bytes are read back from the bundle's spill file
+    (DirectRunner keeps its shuffle in memory: 9 GiB for 10,000 slices when it held records)."""
+    from data_build import beam_steps, build_plan, convert
+    from data_build.drop import discover
+
+    found = discover(drop, source="render")
+    plans = records.plan_shards(found.cases, 4, (0.8, 0.1, 0.1), "salt")
+    fn = beam_steps.ConvertFn(convert.ConvertOptions(), str(tmp_path / "spill"))
+    fn.start_bundle()
+    outputs = [o for line in build_plan.plan_lines(plans[:1]) for o in fn.process(line)]
+    fn.finish_bundle()
+    sent = [o[1] for o in outputs if isinstance(o, tuple)]  # (shard, (position, result, where))
+    converted = [(r, where) for _, r, where in sent if where is not None]
+    assert converted and all(r.serialized == b"" for r, _ in converted)
+    cases = {c.id: c for c in plans[0].cases}
+    reader = beam_steps._SpillReader()
+    for result, where in converted:
+        assert reader.read(where) == convert.make_example(cases[result.id]).serialized
+    reader.close()
