@@ -125,6 +125,21 @@ def test_verify_catches_corruption(render_drop: FakeDrop, tmp_path: Path) -> Non
         records.verify(out)
 
 
+def test_verify_names_a_record_that_does_not_parse(render_drop: FakeDrop, tmp_path: Path) -> None:
+    # Framing and CRCs intact, payload not an Example of our schema: verify says which record.
+    from data_build import tfrecord
+
+    out = tmp_path / "out"
+    _write(render_drop, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    target = out / manifest["shards"][0]["file"]
+    kept = list(tfrecord.read_records(target))
+    target.write_bytes(b"".join(tfrecord.frame(r) for r in [kept[0], b"\x0a\x05\xff", *kept[2:]]))
+    problems = records.verify(out).problems
+    assert any(f"{target.name}: record 1 does not parse with the schema" in p for p in problems), problems
+    assert not any("records, manifest says" in p for p in problems)  # every record was still counted
+
+
 def test_refuses_existing_build_and_overwrites(render_drop: FakeDrop, tmp_path: Path) -> None:
     out = tmp_path / "out"
     _write(render_drop, out)
@@ -241,6 +256,8 @@ def test_build_and_its_shards_need_no_tensorflow(synth_drop: Path, tmp_path: Pat
         "from data_build import records\n"
         f"r = records.build({str(synth_drop)!r}, {str(out)!r}, workers=1, progress=False)\n"
         "assert 'tensorflow' not in sys.modules\n"
+        f"v = records.verify({str(out)!r})\n"  # fusion-verify too, as the reader's errors advise
+        "assert v.ok and 'tensorflow' not in sys.modules, v.problems\n"
         "print('EXAMPLES', r.examples)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
