@@ -95,8 +95,8 @@ def profile(out: Path, size: int, reps: int = 7) -> dict[str, float]:
     raws = [sequence.records.record(i) for i in range(BATCH)]
     parsed = [reader.parse_example(r) for r in raws]
     ratio = reader.jpeg_ratio(512, 512, size)
-    examples = [reader.decode_record(p, size) for p in parsed]
-    codes = np.stack([e["codes"] for e in examples])
+    codes = np.empty((BATCH, size, size, 4), np.uint8)
+    examples = [reader.decode_record(p, size, codes_out=codes[k]) for k, p in enumerate(parsed)]
     tables = np.stack([e["table"] for e in examples])
     every = (reader.parse_example(sequence.records.record(i)) for i in range(len(sequence.records)))
     masked = [p for p in every if p["area_pixels"] > 0][:BATCH]
@@ -106,10 +106,12 @@ def profile(out: Path, size: int, reps: int = 7) -> dict[str, float]:
         "4 JPEG decodes": (lambda: [cv2.imdecode(np.frombuffer(p[schema.image_key(n)], np.uint8),
                                                  reader._IMREAD[ratio]) for p in parsed
                                     for n in reader.windows.WINDOW_NAMES], BATCH),
-        "decode_record (4 windows, mask, targets)": (
-            lambda: [reader.decode_record(p, size) for p in parsed], BATCH),
+        "decode_record into the uint8 batch (4 windows, mask, targets)": (
+            lambda: [reader.decode_record(p, size, codes_out=codes[k]) for k, p in enumerate(parsed)], BATCH),
         "colour-map LUT to float32": (lambda: reader.codes_to_grey(codes, tables), BATCH),
-        "collate (stack, LUT, mask to float32)": (lambda: reader.collate(examples), BATCH),
+        "collate (LUT, mask to float32, targets)": (lambda: reader.collate(examples, codes), BATCH),
+        "read_batch (all of the above)": (
+            lambda: sequence.records.read_batch(list(range(BATCH)), size), BATCH),
         "one mask decode (per masked slice)": (
             lambda: [reader.mask_u8(p, size) for p in masked], len(masked)),
     }
