@@ -111,6 +111,8 @@ def profile(out: Path, size: int, reps: int = 7) -> dict[str, float]:
 
     from data_build import schema
     from fusion import reader
+    from fusion.augment_numpy import augment_batch
+    from fusion.config import preset
 
     sequence = reader.ShardSequence(out, "train", image_size=size, batch_size=BATCH, as_dicts=True)
     raws = [sequence.records.record(i) for i in range(BATCH)]
@@ -119,6 +121,8 @@ def profile(out: Path, size: int, reps: int = 7) -> dict[str, float]:
     codes = np.empty((BATCH, size, size, 4), np.uint8)
     examples = [reader.decode_record(p, size, codes_out=codes[k]) for k, p in enumerate(parsed)]
     tables = np.stack([e["table"] for e in examples])
+    batch = sequence.records.read_batch(list(range(BATCH)), size)
+    augment = preset("demo").augment
     every = (reader.parse_example(sequence.records.record(i)) for i in range(len(sequence.records)))
     masked = [p for p in every if p["area_pixels"] > 0][:BATCH]
     parts = {
@@ -135,6 +139,10 @@ def profile(out: Path, size: int, reps: int = 7) -> dict[str, float]:
             lambda: sequence.records.read_batch(list(range(BATCH)), size), BATCH),
         "one mask decode (per masked slice)": (
             lambda: [reader.mask_u8(p, size) for p in masked], len(masked)),
+        "augmentation, demo preset (on the reader's batch)": (
+            lambda: augment_batch(batch, augment, np.random.default_rng(0)), BATCH),
+        "of which the Gaussian noise draws": (
+            lambda: np.random.default_rng(0).standard_normal(batch["image"].shape, dtype=np.float32), BATCH),
     }
     out_ms = {}
     for name, (fn, n) in parts.items():
