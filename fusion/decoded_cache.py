@@ -295,7 +295,14 @@ def build(cache_dir: Path, records: SplitRecords, spec: CacheSpec, workers: int 
         # Written last: a folder without it (a killed build) is never taken for a cache.
         atomic_write_text(tmp / META_FILE, json.dumps(
             {"complete": True, "key": spec.key, "identity": spec.identity, "bytes": spec.nbytes}, indent=1))
-        os.rename(tmp, cache_dir / spec.name)
+        try:
+            os.rename(tmp, cache_dir / spec.name)
+        except OSError:
+            if stale_reason(cache_dir / spec.name, spec) is not None:
+                raise
+            # Another run on the same shards finished the same cache first: use theirs.
+            log.info("decoded cache %s was completed by another run meanwhile; using it", cache_dir / spec.name)
+            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -212,6 +212,27 @@ def test_interrupted_build_removes_its_partial(shards: Path, tmp_path: Path, mon
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_cache_finished_by_another_run_meanwhile_is_used(shards: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two runs on the same shards start building the same cache; the other one renames its copy
+    # into place first. Ours then finds a complete cache with its key where it meant to rename.
+    write_arrays = decoded_cache._write_arrays
+    other: list[decoded_cache.DecodedSplit] = []
+    started: list[bool] = []
+
+    def racing(*args: object) -> None:
+        if not started:  # the first build (ours) lets the other run's build finish first
+            started.append(True)
+            other.append(decoded_cache.open_caches(tmp_path / "elsewhere", shards, ("train",), 16)["train"])
+            shutil.copytree(tmp_path / "elsewhere" / "train-16px", tmp_path / "c" / "train-16px")
+        write_arrays(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(decoded_cache, "_write_arrays", racing)
+    cache = decoded_cache.open_caches(tmp_path / "c", shards, ("train",), 16)["train"]
+    assert [p.name for p in (tmp_path / "c").iterdir()] == ["train-16px"]  # our partial removed
+    _same(cache.read_batch(np.arange(len(cache))), other[0].read_batch(np.arange(len(cache))))
+
+
 def test_unwritable_cache_folder_is_one_line(shards: Path, tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
