@@ -243,6 +243,7 @@ def _fill(records: SplitRecords, spec: CacheSpec, rows: Iterable[int], arrays: d
 
 
 def _write_arrays(tmp: Path, records: SplitRecords, spec: CacheSpec, workers: int, progress: bool) -> None:
+    """codes.npy and mask.npy (memmaps, filled by `workers` threads) and rows.npz in `tmp`, fsynced."""
     from tqdm import tqdm
 
     n, side = spec.count, spec.image_size
@@ -410,8 +411,8 @@ def open_caches(
       split -> `DecodedSplit`.
 
     Raises:
-      CacheError: as `plan_caches`.
-      the errors of `build`.
+      CacheError: as `plan_caches`; a build that fails on the disk.
+      CorruptRecordError, ReaderError: a record that does not read (as the reader raises them).
     """
     out: dict[str, DecodedSplit] = {}
     for plan in plan_caches(cache_dir, shards_dir, splits, image_size):
@@ -419,7 +420,12 @@ def open_caches(
             out[plan.spec.split] = DecodedSplit(plan.folder, plan.spec)
             continue
         _remove_stale(plan.folder)
-        out[plan.spec.split] = build(Path(cache_dir), plan.records, plan.spec, workers, progress)
+        try:
+            out[plan.spec.split] = build(Path(cache_dir), plan.records, plan.spec, workers, progress)
+        except OSError as err:  # e.g. the disk filled up meanwhile; the partial folder is gone
+            raise CacheError(f"--cache {cache_dir}: building {plan.folder.name} failed "
+                             f"({err.strerror or err}); free some space or pick another --cache folder "
+                             "on a local disk, or train without --cache") from None
         log.info("decoded cache %s built", plan.folder)
     return out
 

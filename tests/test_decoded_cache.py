@@ -233,6 +233,17 @@ def test_a_cache_finished_by_another_run_meanwhile_is_used(shards: Path, tmp_pat
     _same(cache.read_batch(np.arange(len(cache))), other[0].read_batch(np.arange(len(cache))))
 
 
+def test_disk_error_during_the_build_is_a_cache_error(shards: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(decoded_cache, "_write_arrays", full)
+    with pytest.raises(decoded_cache.CacheError, match=r"building train-16px failed \(No space left on device\)"):
+        decoded_cache.open_caches(tmp_path, shards, ("train",), 16)
+    assert list(tmp_path.iterdir()) == []  # the partial removed
+
+
 def test_unwritable_cache_folder_is_one_line(shards: Path, tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
