@@ -8,6 +8,12 @@ threads and worker processes) of
 - the new reader (`fusion.reader.ShardSequence`, the reader's dicts, one process);
 - the tf.data reader (`fusion.data.make_dataset`);
 
+- the new reader on a second shard set with the users' share of masks (1 slice in 39 where
+  the first has 1 in 3: the mask PNG decode is the reader's largest cost beyond the floor's);
+- the new reader from its decoded cache (`fusion-train --cache`, `fusion.decoded_cache`), the
+  epochs after the first, against the same reader on the shards, both also with the demo
+  preset's augmentation (`fusion.augment_numpy`) on top;
+
 at 512 and 256 px, and the new reader's batches shared out over 1 and 2 forked worker
 processes (as `keras.utils.PyDataset(workers=N, use_multiprocessing=True)` does), as wall
 slices/s and CPU ms/slice.
@@ -23,6 +29,7 @@ import argparse
 import multiprocessing
 import os
 import resource
+import shutil
 import statistics
 import sys
 import tempfile
@@ -45,11 +52,25 @@ from real_drop import REAL, make_drop  # noqa: E402
 _SEQUENCE = None  # the reader a forked worker inherits
 
 
-def reader_batches(out: Path, size: int):
+def reader_batches(out: Path, size: int, cache=None, augment=None):
     from fusion.reader import ShardSequence
 
-    sequence = ShardSequence(out, "train", image_size=size, batch_size=BATCH, as_dicts=True)
+    sequence = ShardSequence(out, "train", image_size=size, batch_size=BATCH, as_dicts=True, cache=cache,
+                             augment=augment)
     return (sequence.batch(i) for i in range(len(sequence)))
+
+
+def build_caches(out: Path, folder: Path) -> dict[int, tuple[object, float]]:
+    """{size: (the train split's decoded cache, build CPU ms/slice)}, built once, one thread."""
+    from fusion.decoded_cache import open_caches
+
+    caches = {}
+    for size in (512, 256):
+        shutil.rmtree(folder / f"train-{size}px", ignore_errors=True)
+        cpu = cpu_seconds()
+        cache = open_caches(folder, out, ("train",), size, workers=1)["train"]
+        caches[size] = (cache, 1000.0 * (cpu_seconds() - cpu) / len(cache))
+    return caches
 
 
 def _batch_size_of(index: int) -> int:
@@ -90,14 +111,18 @@ def profile(out: Path, size: int, reps: int = 7) -> dict[str, float]:
 
     from data_build import schema
     from fusion import reader
+    from fusion.augment_numpy import augment_batch
+    from fusion.config import preset
 
     sequence = reader.ShardSequence(out, "train", image_size=size, batch_size=BATCH, as_dicts=True)
     raws = [sequence.records.record(i) for i in range(BATCH)]
     parsed = [reader.parse_example(r) for r in raws]
     ratio = reader.jpeg_ratio(512, 512, size)
-    examples = [reader.decode_record(p, size) for p in parsed]
-    codes = np.stack([e["codes"] for e in examples])
+    codes = np.empty((BATCH, size, size, 4), np.uint8)
+    examples = [reader.decode_record(p, size, codes_out=codes[k]) for k, p in enumerate(parsed)]
     tables = np.stack([e["table"] for e in examples])
+    batch = sequence.records.read_batch(list(range(BATCH)), size)
+    augment = preset("demo").augment
     every = (reader.parse_example(sequence.records.record(i)) for i in range(len(sequence.records)))
     masked = [p for p in every if p["area_pixels"] > 0][:BATCH]
     parts = {
@@ -106,12 +131,18 @@ def profile(out: Path, size: int, reps: int = 7) -> dict[str, float]:
         "4 JPEG decodes": (lambda: [cv2.imdecode(np.frombuffer(p[schema.image_key(n)], np.uint8),
                                                  reader._IMREAD[ratio]) for p in parsed
                                     for n in reader.windows.WINDOW_NAMES], BATCH),
-        "decode_record (4 windows, mask, targets)": (
-            lambda: [reader.decode_record(p, size) for p in parsed], BATCH),
+        "decode_record into the uint8 batch (4 windows, mask, targets)": (
+            lambda: [reader.decode_record(p, size, codes_out=codes[k]) for k, p in enumerate(parsed)], BATCH),
         "colour-map LUT to float32": (lambda: reader.codes_to_grey(codes, tables), BATCH),
-        "collate (stack, LUT, mask to float32)": (lambda: reader.collate(examples), BATCH),
+        "collate (LUT, mask to float32, targets)": (lambda: reader.collate(examples, codes), BATCH),
+        "read_batch (all of the above)": (
+            lambda: sequence.records.read_batch(list(range(BATCH)), size), BATCH),
         "one mask decode (per masked slice)": (
             lambda: [reader.mask_u8(p, size) for p in masked], len(masked)),
+        "augmentation, demo preset (on the reader's batch)": (
+            lambda: augment_batch(batch, augment, np.random.default_rng(0)), BATCH),
+        "of which the Gaussian noise draws": (
+            lambda: np.random.default_rng(0).standard_normal(batch["image"].shape, dtype=np.float32), BATCH),
     }
     out_ms = {}
     for name, (fn, n) in parts.items():
@@ -138,27 +169,40 @@ def main() -> None:
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="fusion-bench-reader-"))
     root, out = work / "drop", work / "ours"
-    if not (root / "hemorrhage-labels.csv").exists():
-        make_drop(root, args.slices, args.dicoms)
-    if not (out / "manifest.json").exists():
-        our_build(root, out, 1)
+    rare_root, rare = work / "drop-rare-masks", work / "ours-rare-masks"
+    for drop, shards, every in ((root, out, None), (rare_root, rare, 39)):
+        if not (drop / "hemorrhage-labels.csv").exists():
+            make_drop(drop, args.slices, args.dicoms, mask_every=every)
+        if not (shards / "manifest.json").exists():
+            our_build(drop, shards, 1)
 
     if args.profile_only:
         for size in (512, 256):
             for name, ms in profile(out, size).items():
                 print(f"{size} px | {name}: {ms:.2f} ms")
         return
+    from fusion.config import preset
+
+    augment = preset("demo").augment
+    caches = build_caches(out, work / "cache")
     readers = {
         "decode floor, TensorFlow": lambda size: count_batches(decode_floor_dataset(out, size)),
         "decode floor, OpenCV": lambda size: count_batches(decode_floor_numpy(out, size)),
         "fusion.reader": lambda size: count_batches(reader_batches(out, size)),
         "fusion.data (tf.data)": lambda size: count_batches(our_dataset(out, size)),
     }
+    others = {
+        "fusion.reader, masks 1 in 39": lambda size: count_batches(reader_batches(rare, size)),
+        "fusion.reader, cached": lambda size: count_batches(reader_batches(out, size, caches[size][0])),
+        "fusion.reader + augmentation": lambda size: count_batches(reader_batches(out, size, None, augment)),
+        "fusion.reader, cached + augmentation": lambda size: count_batches(
+            reader_batches(out, size, caches[size][0], augment)),
+    }
     rates: dict[str, list[float]] = {}
     cpu_ms: dict[str, list[float]] = {}
     for _ in range(args.repeats):  # interleaved, so machine noise hits all alike
         for size in (512, 256):
-            for name, read in readers.items():
+            for name, read in {**readers, **others}.items():
                 seconds, n, cpu = timed(read, size)
                 rates.setdefault(f"{name} {size}", []).append(n / seconds)
                 cpu_ms.setdefault(f"{name} {size}", []).append(1000.0 * cpu / n)
@@ -180,6 +224,23 @@ def main() -> None:
         floor_cv, floor_tf = mcpu[f"decode floor, OpenCV {size}"], mcpu[f"decode floor, TensorFlow {size}"]
         print(f"| {size} px | " + " | ".join(row) + f" | {reader_cpu / floor_cv:.2f}x"
               f" | {reader_cpu / floor_tf:.2f}x |")
+    print("\n| CPU ms/slice (median) | fusion.reader, masks 1 in 3 | masks 1 in 39 | "
+          "reader (1 in 39) / OpenCV floor |")
+    print("|---|---|---|---|")
+    for size in (512, 256):
+        floor_cv, rare_cpu = mcpu[f"decode floor, OpenCV {size}"], mcpu[f"fusion.reader, masks 1 in 39 {size}"]
+        print(f"| {size} px | {mcpu[f'fusion.reader {size}']:.2f} | {rare_cpu:.2f} | {rare_cpu / floor_cv:.2f}x |")
+    print("\n| one thread: slices/s, CPU ms/slice (median) | from the shards | from the cache | "
+          "cached / uncached slices/s | + augmentation, shards | + augmentation, cache | ratio | "
+          "cache build, CPU ms/slice |")
+    print("|---|---|---|---|---|---|---|---|")
+    for size in (512, 256):
+        cells = []
+        for plain, cached in (("fusion.reader", "fusion.reader, cached"),
+                              ("fusion.reader + augmentation", "fusion.reader, cached + augmentation")):
+            a, b = f"{plain} {size}", f"{cached} {size}"
+            cells += [f"{med[a]:.0f}, {mcpu[a]:.2f}", f"{med[b]:.0f}, {mcpu[b]:.2f}", f"{med[b] / med[a]:.2f}x"]
+        print(f"| {size} px | " + " | ".join(cells) + f" | {caches[size][1]:.2f} |")
     print("\n| fusion.reader, forked workers | 1 worker: slices/s, CPU ms/slice | "
           "2 workers: slices/s, CPU ms/slice | 2 / 1 slices/s |")
     print("|---|---|---|---|")

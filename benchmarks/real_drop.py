@@ -39,8 +39,12 @@ def render_jpegs(hu: np.ndarray) -> dict[str, bytes]:
     return out
 
 
-def make_drop(root: Path, n_slices: int, dicom_dir: Path = REAL / "rsna-dicom") -> int:
-    """Write a drop of `n_slices` slices rendered from the real DICOMs; returns the count."""
+def make_drop(root: Path, n_slices: int, dicom_dir: Path = REAL / "rsna-dicom", mask_every: int | None = None) -> int:
+    """Write a drop of `n_slices` slices rendered from the real DICOMs; returns the count.
+
+    A mask polygon goes on one slice in three (i = 1, 5 mod 6), or with `mask_every` = k on
+    slice i = 1 mod k only (k a multiple of 3 keeps them on bleeding slices: 39 gives the
+    users' real share, ~3k masks in 116k slices)."""
     sources = sorted(dicom_dir.glob("*.dcm"))
     if not sources:
         raise SystemExit(f"no DICOMs in {dicom_dir}: the benchmark needs ../shared/data/real")
@@ -55,7 +59,7 @@ def make_drop(root: Path, n_slices: int, dicom_dir: Path = REAL / "rsna-dicom") 
             folder.mkdir(parents=True, exist_ok=True)
             (folder / f"{sid}.jpg").write_bytes(data)
         labels.append(f"{sid},{int(kind != 'normal')},0,{int(kind != 'normal')},0,0,0")
-        if kind != "normal" and i % 2:
+        if kind != "normal" and (i % 2 if mask_every is None else i % mask_every == 1):
             poly = '[{""x"": 0.4, ""y"": 0.4}, {""x"": 0.55, ""y"": 0.42}, {""x"": 0.5, ""y"": 0.56}]'
             seg.append(
                 f'{i},{sid}.jpg,,Labeled,[],3,3,"{poly}",1,,0.1,0.8,,'

@@ -189,6 +189,7 @@ def train(
     verbose: int | str = "auto",
     callbacks: Iterable[keras.callbacks.Callback] = (),
     export_version: int = 1,
+    cache_dir: str | Path | None = None,
 ) -> TrainResult:
     """Train, calibrate, evaluate on val and export (see the module docstring).
 
@@ -205,6 +206,7 @@ def train(
       verbose: Keras verbosity ("auto", 0, 1, 2).
       callbacks: extra Keras callbacks (tests use them to interrupt a run).
       export_version: TF Serving version folder of the export (a positive integer).
+      cache_dir: ``--cache``: the decoded cache folder (`fusion.decoded_cache`), None for none.
 
     Raises:
       TrainError: bad shards, run folder or strategy.
@@ -221,7 +223,7 @@ def train(
     keras.mixed_precision.set_global_policy(policy)
     log.info("backend %s, precision policy %s, strategy %s", backend.current_backend(), policy, strategy)
     try:
-        run_data = make_run_data(shards_dir, cfg, manifest)
+        run_data = make_run_data(shards_dir, cfg, manifest, None if cache_dir is None else Path(cache_dir))
         n_train = manifest.split_count("train", cfg.train.masked_only)
         steps = cfg.train.steps_per_epoch or max(1, math.ceil(n_train / cfg.train.batch_size))
         with dist.scope():

@@ -5,6 +5,8 @@
   `fusion.augment_numpy`, in reader threads. Both readers share their decode functions
   (`fusion.reader`). ``train.masked_only`` keeps the records whose slice has a mask
   (`SubsetSequence`).
+- ``--cache DIR`` (any backend): `fusion.reader` from `fusion.decoded_cache`, the records
+  decoded once before the first epoch; augmentation still applies per epoch on top.
 
 Importing this module imports keras: select the backend first (`fusion.backend`).
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -51,8 +54,18 @@ class RunData:
     val_batches: Iterable[Mapping[str, Any]]
 
 
-def make_run_data(shards_dir: Path, cfg: RunConfig, manifest: Manifest) -> RunData:
-    """The run's inputs on the current backend (see the module docstring)."""
+def make_run_data(shards_dir: Path, cfg: RunConfig, manifest: Manifest, cache_dir: Path | None = None) -> RunData:
+    """The run's inputs on the current backend (see the module docstring).
+
+    Args:
+      cache_dir: ``--cache``: read train and val through `fusion.decoded_cache` (built first
+        when missing or stale), on every backend: with it TensorFlow reads through
+        `fusion.reader` too.
+    """
+    if cache_dir is not None:
+        if backend.uses_tensorflow():
+            log.info("--cache: the tensorflow backend reads through fusion.reader (from the cache), not tf.data")
+        return _reader_data(shards_dir, cfg, cache_dir)
     if backend.uses_tensorflow():
         return _tf_data(shards_dir, cfg, manifest)
     return _reader_data(shards_dir, cfg)
@@ -71,17 +84,24 @@ def reader_workers() -> int:
     return max(1, min(MAX_READER_WORKERS, os.cpu_count() or 1))
 
 
-def _reader_data(shards_dir: Path, cfg: RunConfig) -> RunData:
-    """`RunData` from `fusion.reader` (no TensorFlow).
+def _reader_data(shards_dir: Path, cfg: RunConfig, cache_dir: Path | None = None) -> RunData:
+    """`RunData` from `fusion.reader` (no TensorFlow), from the decoded cache in `cache_dir` if set.
 
     Raises:
       TrainError: ``train.steps_per_epoch`` above one pass over the train split.
+      fusion.decoded_cache.CacheError: the cache cannot be built (disk, DICOM shards).
     """
     t, m = cfg.train, cfg.model
+    caches: dict[str, Any] = {}
+    if cache_dir is not None:
+        from fusion.decoded_cache import open_caches
+
+        caches = open_caches(cache_dir, shards_dir, ("train", "val"), m.image_size, workers=reader_workers(),
+                             progress=sys.stderr.isatty())
     common = {"image_size": m.image_size, "batch_size": t.batch_size, "heads": m.heads}
     augment = cfg.augment if cfg.augment.enabled else None
     train = SubsetSequence(shards_dir, "train", shuffle=True, seed=t.seed, augment=augment,
-                           workers=reader_workers(), **common)
+                           workers=reader_workers(), cache=caches.get("train"), **common)
     if t.masked_only:
         train.restrict(masked_indices(train.records))
     if t.steps_per_epoch is not None and t.steps_per_epoch > len(train):
@@ -93,8 +113,8 @@ def _reader_data(shards_dir: Path, cfg: RunConfig) -> RunData:
         )
     return RunData(
         train=train,
-        val_fit=ShardSequence(shards_dir, "val", workers=reader_workers(), **common),
-        val_batches=ShardSequence(shards_dir, "val", as_dicts=True, **common),
+        val_fit=ShardSequence(shards_dir, "val", workers=reader_workers(), cache=caches.get("val"), **common),
+        val_batches=ShardSequence(shards_dir, "val", as_dicts=True, cache=caches.get("val"), **common),
     )
 
 

@@ -13,8 +13,10 @@ import struct
 import subprocess
 import sys
 import textwrap
+import zlib
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -269,6 +271,54 @@ def test_resizes_equal_tensorflows(side: int, size: int) -> None:
     grey = rng.random((side, side)).astype(np.float32)
     want = tf.image.resize(grey[..., None], [size, size], "bilinear", antialias=True).numpy()[..., 0]
     np.testing.assert_allclose(reader.resize_bilinear(grey, size), want, rtol=0, atol=2e-6)
+
+
+def _png_of_rows(rows: np.ndarray, filters: list[int], depth_colour: bytes = b"\x08\x00") -> bytes:
+    """A PNG whose row i is stored with filter filters[i] (0 None, 1 Sub, 2 Up) over `rows`."""
+    h, w = rows.shape
+    stored = []
+    for i, kind in enumerate(filters):
+        row = rows[i].astype(np.int16)
+        left = np.concatenate([[0], row[:-1]])
+        up = rows[i - 1].astype(np.int16) if i else np.zeros(w, np.int16)
+        data = {0: row, 1: row - left, 2: row - up}[kind]
+        stored.append(bytes([kind]) + (data % 256).astype(np.uint8).tobytes())
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">II", w, h) + depth_colour + b"\x00\x00\x00"
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"".join(stored)))
+            + chunk(b"IEND", b""))
+
+
+def test_fast_png_decode_equals_opencv_or_declines(shards: dict[str, Path]) -> None:
+    masks = [examples.parse_example(raw)["mask"] for path in _files(shards["render"])
+             for raw in tfrecord.read_records(path)]
+    masks = [m for m in masks if m]
+    assert masks
+    rng = np.random.default_rng(0)
+    grey = (rng.random((37, 53)) * 255).astype(np.uint8)
+    # The build's masks and what OpenCV's encoder writes with its defaults (as the build calls
+    # it: all rows Sub), and rows with filters None and Sub mixed.
+    fast = masks + [cv2.imencode(".png", grey)[1].tobytes(), _png_of_rows(grey, [0, 1] * 18 + [0])]
+    for png in fast:
+        want = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE)
+        got = reader.png_grey8(png)
+        assert got is not None and got.dtype == np.uint8
+        np.testing.assert_array_equal(got, want)
+    declined = [
+        _png_of_rows(grey, [1, 2] * 18 + [1]),  # Up rows
+        cv2.imencode(".png", grey.astype(np.uint16) * 257)[1].tobytes(),  # 16 bit
+        cv2.imencode(".png", np.dstack([grey] * 3))[1].tobytes(),  # colour
+        masks[0][:-30],  # cut short
+        b"not a png",
+    ]
+    assert all(reader.png_grey8(png) is None for png in declined)
+    square = grey[:, :37]
+    record = {"has_mask": 1, "mask": _png_of_rows(square, [2] * 37), "area_pixels": 1}
+    assert reader.png_grey8(record["mask"]) is None
+    np.testing.assert_array_equal(reader.mask_u8(record, 37)[..., 0], square >= 128)  # OpenCV decoded it
 
 
 # --- the Keras dataset -------------------------------------------------------------------------

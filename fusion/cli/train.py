@@ -101,6 +101,11 @@ def build_config(
               help="Keras backend [default: $KERAS_BACKEND, else tensorflow]. jax and torch read shards "
                    "without TensorFlow and write RUN/model.keras but no SavedModel (export later with "
                    "--export-only on a machine with TensorFlow).")
+@click.option("--cache", "cache_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Decoded cache folder on a local disk: train and val are decoded once, before the first "
+                   "epoch, to uint8 at the training size (N x S x S x 5 bytes, printed before it is built; "
+                   "refused if the disk cannot hold it) and every epoch reads them memory-mapped. Reused "
+                   "while the shards, split, size and reader match, rebuilt otherwise. Any backend.")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default=STRATEGIES[0], show_default=True,
               help="tf.distribute strategy (mirrored: all local GPUs; tensorflow backend only).")
 @click.option("--resume", is_flag=True, help="Continue a killed run from RUN/backup (uses RUN/config.json).")
@@ -125,6 +130,7 @@ def main(
     fusion: str | None,
     class_pooling: str | None,
     backend: str | None,
+    cache_dir: Path | None,
     strategy: str,
     resume: bool,
     overwrite: bool,
@@ -162,10 +168,14 @@ def main(
             click.echo(f"exported {path}")
             return
         check_inputs(shards, cfg)  # fail fast, before TensorFlow builds anything
+        if cache_dir is not None and not resume:  # (a resumed run's size is in RUN/config.json)
+            from fusion.decoded_cache import plan_caches
+
+            plan_caches(cache_dir, shards, ("train", "val"), cfg.model.image_size, announce=False)
         result = train(
             shards, run_dir, cfg, resume=resume, overwrite=overwrite, strategy=strategy,
             export=not no_export, verbose=2 if quiet or not sys.stdout.isatty() else 1,
-            export_version=export_version,
+            export_version=export_version, cache_dir=cache_dir,
         )
     except (TrainError, ConfigError) as err:
         raise click.UsageError(str(err)) from None
