@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from data_build import build_plan, convert, records, splits
+from data_build import build_plan, convert, locations, records, splits
 from data_build.choices import DEFAULT_SHARD_SIZE
 
 #: Folder in OUT for the plan, the driver's facts, spill files and the skips' JSON lines; only
@@ -132,25 +132,63 @@ def describe(options: Any) -> str:
 # --- the driver ----------------------------------------------------------------------------------
 
 
-def _write_staging(staging: Path, plans: Sequence[Any], driver: Mapping[str, Any]) -> None:
+def _join(folder: Path | str, name: str) -> Path | str:
+    """`folder` / `name` for a local folder (a `Path`) or a URL (a string, joined by FileSystems)."""
+    if isinstance(folder, Path):
+        return folder / name
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems.join(folder, name)
+
+
+def _prepare(out: Path | str, config: Mapping[str, Any], overwrite: bool, plans: Sequence[Any]) -> None:
+    """OUT checked and prepared by the local engine's rules (`pathlib` for a local folder,
+    `FileSystems` for a URL: `beam_out`)."""
+    if isinstance(out, str):
+        from data_build import beam_out
+
+        beam_out.refuse_foreign(out, [p.file for p in plans])
+        beam_out.start(out, config, overwrite)  # a new build: nothing of an older plan is kept
+        return
+    records._refuse_foreign(out, [p.file for p in plans])
+    previous = records._listed_shards(out)
+    records._start_or_resume(out, config, False, overwrite)
+    records._reusable_entries(out, plans, {}, previous)  # drops the stale shards of an older plan
+
+
+def _write_staging(staging: Path | str, plans: Sequence[Any], driver: Mapping[str, Any]) -> None:
     """The plan's JSON lines and the driver's facts, for the pipeline to read."""
     from apache_beam.io.filesystem import CompressionTypes
     from apache_beam.io.filesystems import FileSystems
 
-    if staging.exists():
-        shutil.rmtree(staging)  # a failed earlier run's leftovers; OUT was checked as ours
-    (staging / "spill").mkdir(parents=True)
+    if isinstance(staging, str):
+        from data_build import beam_out
+
+        beam_out.delete_tree(staging)  # a failed earlier run's leftovers; OUT was checked as ours
+    else:
+        if staging.exists():
+            shutil.rmtree(staging)  # as above
+        (staging / "spill").mkdir(parents=True)
     plain = CompressionTypes.UNCOMPRESSED
-    with FileSystems.create(str(staging / "plan.jsonl"), compression_type=plain) as handle:
+    with FileSystems.create(str(_join(staging, "plan.jsonl")), compression_type=plain) as handle:
         for line in build_plan.plan_lines(plans):
             handle.write(line.encode("utf-8") + b"\n")
-    with FileSystems.create(str(staging / "driver.json"), compression_type=plain) as handle:
+    with FileSystems.create(str(_join(staging, "driver.json")), compression_type=plain) as handle:
         handle.write(json.dumps(driver, default=str).encode("utf-8"))
 
 
-def _clean_staging(staging: Path) -> None:
+def _clean_staging(staging: Path | str) -> None:
     """After a build: drop the plan, the driver's facts and the spill files (the bulk); keep the
     skips' JSON lines (``skipped-*.jsonl``, small: one line per conversion skip)."""
+    if isinstance(staging, str):
+        from apache_beam.io.filesystems import FileSystems
+
+        from data_build import beam_out
+
+        beam_out.delete_tree(FileSystems.join(staging, "spill"))
+        done = [FileSystems.join(staging, n) for n in ("plan.jsonl", "driver.json")]
+        FileSystems.delete([p for p in done if FileSystems.exists(p)])
+        return
     shutil.rmtree(staging / "spill", ignore_errors=True)
     for name in ("plan.jsonl", "driver.json"):
         (staging / name).unlink(missing_ok=True)
@@ -169,12 +207,26 @@ def _counters(result: Any) -> dict[str, int]:
     return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def _run(beam_options: Any, out: Path, staging: Path, options: convert.ConvertOptions) -> dict[str, int]:
+def _ship_filesystems(options: Any) -> None:
+    """Name every `FileSystem` imported here (Beam's, a user's plugin for another scheme) in
+    ``--beam_plugins``, so that the workers import it too: Beam does this for Dataflow only, and
+    a worker process without the class cannot open that scheme's URLs."""
+    from apache_beam.io.filesystem import FileSystem
+    from apache_beam.options.pipeline_options import SetupOptions
+
+    setup = options.view_as(SetupOptions)
+    found = [f"{cls.__module__}.{cls.__name__}" for cls in FileSystem.get_all_subclasses()]
+    setup.beam_plugins = sorted(set(setup.beam_plugins or []) | set(found))
+
+
+def _run(beam_options: Any, out: Path | str, staging: Path | str,
+         options: convert.ConvertOptions) -> dict[str, int]:
     """Run the pipeline to the end; a failure becomes one `BuildError` line."""
     import apache_beam as beam
 
     from data_build import beam_steps
 
+    _ship_filesystems(beam_options)
     try:
         pipeline = beam.Pipeline(options=beam_options)
         beam_steps.add_steps(pipeline, str(out), str(staging), options)
@@ -222,9 +274,13 @@ def build(
 
     workers = max(1, int(workers or records._available_cores()))
     beam_opts = pipeline_options(beam_options, workers)  # bad options fail before the long scan
-    root, out = Path(root), Path(out)
+    root, out = Path(root), locations.path_or_url(out)
     records._check_options(shard_size, False, overwrite)
-    if out.is_dir() and not overwrite and records._our_files(out):
+    if isinstance(out, str):  # a URL: the same rules through FileSystems
+        from data_build import beam_out
+
+        beam_out.refuse_existing(out, overwrite)  # OutputExistsError before the scan
+    elif out.is_dir() and not overwrite and records._our_files(out):
         records._prepare_out(out, False, overwrite)  # raises OutputExistsError before the scan
     fractions = splits.check_fractions(fractions)
     drop = drop_module.discover(root, source=source, workers=workers, strict=False, progress=progress)
@@ -233,7 +289,7 @@ def build(
 
 
 def _build_drop(
-    drop: Any, out: Path, workers: int, shard_size: int, overwrite: bool,
+    drop: Any, out: Path | str, workers: int, shard_size: int, overwrite: bool,
     presets: Mapping[str, Any] | None, fractions: Sequence[float], salt: str, split_method: str,
     beam_opts: Any, beam_text: str,
 ) -> BeamBuildReport:
@@ -243,11 +299,8 @@ def _build_drop(
     plans = records.plan_shards(drop.cases, shard_size, fractions, salt, split_method)
     config = records._build_config(drop.source, shard_size, fractions, salt, split_method,
                                    presets_json, plans)
-    records._refuse_foreign(out, [p.file for p in plans])
-    previous = records._listed_shards(out)
-    records._start_or_resume(out, config, False, overwrite)
-    records._reusable_entries(out, plans, {}, previous)  # drops the stale shards of an older plan
-    staging = out / STAGING
+    _prepare(out, config, overwrite, plans)
+    staging = _join(out, STAGING)
     driver = {
         "drop": {"root": str(Path(drop.root).resolve()), "source": drop.source,
                  "window_set": getattr(drop, "window_set", None), "stats": getattr(drop, "stats", {}),
@@ -262,9 +315,14 @@ def _build_drop(
                                      presets={k: tuple(v) for k, v in presets_json.items()})
     counters = _run(beam_opts, out, staging, options)
     _clean_staging(staging)
-    manifest = records.Manifest.load(out)
+    if isinstance(out, str):
+        from data_build import beam_out
+
+        manifest = beam_out.load_manifest(out)
+    else:
+        manifest = records.Manifest.load(out)
     return BeamBuildReport(
-        out=out, manifest_path=out / records.MANIFEST,
+        out=out, manifest_path=_join(out, records.MANIFEST),
         counts={name: c.to_dict() for name, c in manifest.counts.items()},
         skips=list(manifest.skipped), shards_written=len(plans), shards_reused=0,
         warnings=list(manifest.warnings), counters=counters,
