@@ -118,6 +118,25 @@ def pipeline_options(text: str, workers: int) -> Any:
     return options
 
 
+def check_location(location: str | os.PathLike[str], flag: str) -> None:
+    """Raise `BeamOptionsError` (one line) when `location` is a URL no installed Beam filesystem
+    can reach, e.g. ``gs://`` without ``apache-beam[gcp]``."""
+    if not locations.is_url(location):
+        return
+    require_beam()
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        FileSystems.get_filesystem(str(location))
+    except ValueError:
+        scheme = str(location).split("://", 1)[0]
+        raise BeamOptionsError(
+            f"{flag} {location}: this Beam install has no filesystem for {scheme}://; install "
+            "its extra (gs://: pip install 'apache-beam[gcp]', s3://: 'apache-beam[aws]', "
+            "azfs://: 'apache-beam[azure]') or use a local folder"
+        ) from None
+
+
 def describe(options: Any) -> str:
     """One line for the user: which runner, and for DirectRunner how many worker processes."""
     from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
@@ -275,6 +294,7 @@ def build(
     workers = max(1, int(workers or records._available_cores()))
     beam_opts = pipeline_options(beam_options, workers)  # bad options fail before the long scan
     root, out = Path(root), locations.path_or_url(out)
+    check_location(out, "--out")
     records._check_options(shard_size, False, overwrite)
     if isinstance(out, str):  # a URL: the same rules through FileSystems
         from data_build import beam_out

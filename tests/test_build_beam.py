@@ -153,3 +153,86 @@ def test_record_bytes_bypass_the_shuffle(drop: Path, tmp_path: Path) -> None:
     for result, where in converted:
         assert reader.read(where) == convert.make_example(cases[result.id]).serialized
     reader.close()
+
+
+# --- --out as a URL: everything through FileSystems (tests/fakefs.py: fakefs:// over a folder) ---
+
+from tests import fakefs  # noqa: E402  (registers the fakefs:// filesystem; needs Beam)
+
+
+def _cli_build(*args: str) -> object:
+    return CliRunner().invoke(cli.build, [*args, "--no-progress"])
+
+
+def test_out_as_a_url_gives_the_local_engines_shards_and_a_manifest(both: tuple, drop: Path,
+                                                                     tmp_path: Path) -> None:
+    """Multi-processing workers (separate processes) must open fakefs:// too: the driver names
+    every registered FileSystem in --beam_plugins (`beam_engine._ship_filesystems`)."""
+    local, _, _ = both
+    mapped = tmp_path / "bucket" / "shards"
+    result = _cli_build(str(drop), "--out", fakefs.url(mapped), "--engine", "beam", "--workers", "2",
+                        "--shard-size", "4")
+    assert result.exit_code == 0, result.output
+    assert f"Manifest: {fakefs.url(mapped)}/manifest.json" in result.output  # not folded to fakefs:/
+    assert _shards(mapped) == _shards(local)
+    ours, theirs = Manifest.load(mapped), Manifest.load(local)
+    assert ours.shards == theirs.shards and ours.counts == theirs.counts
+    assert ours.skipped == theirs.skipped
+    staged = sorted(p.name for p in (mapped / beam_engine.STAGING).iterdir())
+    assert len(staged) == 1 and staged[0].startswith("skipped-")  # plan and spill files are gone
+    verified = CliRunner().invoke(cli.verify, [str(mapped)])
+    assert verified.exit_code == 0, verified.output
+
+
+def test_a_url_out_keeps_the_output_folder_rules(drop: Path, tmp_path: Path) -> None:
+    mapped = tmp_path / "shards"
+    url = fakefs.url(mapped)
+    beam = ("--engine", "beam", "--beam-options", IN_PROCESS)
+    assert _cli_build(str(drop), "--out", url, *beam).exit_code == 0
+    (mapped / "notes.txt").write_text("a user's own file")
+    again = _cli_build(str(drop), "--out", url, *beam)
+    assert again.exit_code == 1 and "already holds a finished build" in again.output
+    old_shards = {s.file for s in Manifest.load(mapped).shards}
+    done = _cli_build(str(drop), "--out", url, "--overwrite", "--shard-size", "4", *beam)
+    assert done.exit_code == 0, done.output
+    assert (mapped / "notes.txt").read_text() == "a user's own file"  # not the build's: kept
+    listed = {s.file for s in Manifest.load(mapped).shards}
+    assert {p.name for p in mapped.glob("*.tfrecord")} == listed  # the older plan's shards went
+    assert old_shards - listed  # another shard size: the older plan had other names
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "manifest.json").write_text("not a build's manifest")
+    refused = _cli_build(str(drop), "--out", fakefs.url(foreign), *beam)
+    assert refused.exit_code == 1 and "fusion-build did not write" in refused.output
+    assert (foreign / "manifest.json").read_text() == "not a build's manifest"
+
+
+def test_a_failed_build_to_a_url_leaves_no_manifest(drop: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    def killed(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("killed before the manifest")
+
+    mapped = tmp_path / "shards"
+    monkeypatch.setattr(records, "_manifest", killed)
+    with pytest.raises(records.BuildError, match="No manifest"):
+        beam_engine.build(drop, fakefs.url(mapped), workers=1, progress=False, beam_options=IN_PROCESS)
+    assert not (mapped / "manifest.json").exists() and list(mapped.glob("*.tfrecord"))
+    monkeypatch.undo()
+    again = _cli_build(str(drop), "--out", fakefs.url(mapped), "--engine", "beam",
+                       "--beam-options", IN_PROCESS)
+    assert again.exit_code == 1 and "an unfinished build" in again.output
+
+
+@pytest.mark.parametrize(("engine", "says"), [
+    ("local", "is a URL; --engine local writes to a local folder only"),
+    ("beam", "this Beam install has no filesystem for nosuch://"),
+])
+def test_an_out_url_no_engine_can_write_is_a_one_line_usage_error(drop: Path, engine: str,
+                                                                  says: str) -> None:
+    url = "fakefs:///nowhere/shards" if engine == "local" else "nosuch://bucket/shards"
+    with CliRunner().isolated_filesystem() as cwd:
+        result = _cli_build(str(drop), "--out", url, "--engine", engine)
+        assert not list(Path(cwd).iterdir())  # no "fakefs:" folder made of the URL
+    assert result.exit_code == 2 and says in result.output and "Traceback" not in result.output
+    assert len([line for line in result.output.splitlines() if line.startswith("Error")]) == 1
+    assert not Path("/nowhere").exists()
