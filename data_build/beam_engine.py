@@ -32,8 +32,9 @@ In the pipeline (`data_build.beam_steps`, which imports Beam):
 What still needs a local path: discovery (`drop.discover` walks ROOT with `os`/`pathlib`) and
 conversion (`make_example` reads files by path with OpenCV/pydicom), so ROOT must be a folder
 every worker sees at the same path (local disk for DirectRunner; a shared mount such as NFS or
-gcsfuse on a cluster). OUT is written only through `FileSystems`, but the output-folder checks
-and the CLI take a local path (or a mount) in this version.
+gcsfuse on a cluster). OUT may be a URL (``gs://``, ``s3://``, any `FileSystems` scheme): its
+checks and writes go through `FileSystems` (`data_build.beam_out`), and every registered
+`FileSystem` is named in ``--beam_plugins`` so that the workers can open it too.
 """
 from __future__ import annotations
 

@@ -70,6 +70,17 @@ def _out_location(ctx: click.Context, param: click.Parameter, value: str) -> Pat
     return locations.path_or_url(value)
 
 
+def _local_root(ctx: click.Context, param: click.Parameter, value: str) -> Path:
+    """ROOT as a `Path`; a URL is refused in one line (discovery walks a local folder)."""
+    from data_build import locations
+
+    if locations.is_url(value):
+        raise click.BadParameter(
+            f"{value} is a URL; fusion-build reads the drop from a local folder or a mount "
+            "(gcsfuse, NFS, a volume) in this version, for either engine", ctx, param)
+    return Path(value)
+
+
 def _write_failed(err: OSError, out: Path) -> str:
     """One line for an OS error while building into `out`: what failed and what to do."""
     where = f" ({err.filename})" if err.filename else ""
@@ -152,7 +163,7 @@ def _build_with_beam(
     "  fusion-build /data/drop --out shards --engine beam --beam-options \"--runner=FlinkRunner "
     "--flink_master=host:8081 --environment_type=LOOPBACK\"",
 )
-@click.argument("root", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("root", type=click.Path(file_okay=False), callback=_local_root)
 @click.option(
     "--out", type=click.Path(file_okay=False), default="tfrecords", callback=_out_location,
     show_default=True,

@@ -236,3 +236,13 @@ def test_an_out_url_no_engine_can_write_is_a_one_line_usage_error(drop: Path, en
     assert result.exit_code == 2 and says in result.output and "Traceback" not in result.output
     assert len([line for line in result.output.splitlines() if line.startswith("Error")]) == 1
     assert not Path("/nowhere").exists()
+
+
+def test_a_drop_given_as_a_url_is_a_one_line_usage_error(tmp_path: Path) -> None:
+    """Discovery walks a local folder in this version: a URL ROOT must not become a folder
+    named "fakefs:" and a "does not exist" message."""
+    result = _cli_build(fakefs.url(tmp_path / "drop"), "--out", fakefs.url(tmp_path / "out"),
+                        "--engine", "beam")
+    assert result.exit_code == 2 and "is a URL; fusion-build reads the drop from a local folder" \
+        in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
