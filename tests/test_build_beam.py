@@ -227,12 +227,12 @@ def test_a_failed_build_to_a_url_leaves_no_manifest(drop: Path, tmp_path: Path,
     ("local", "is a URL; --engine local writes to a local folder only"),
     ("beam", "this Beam install has no filesystem for nosuch://"),
 ])
-def test_an_out_url_no_engine_can_write_is_a_one_line_usage_error(drop: Path, engine: str,
-                                                                  says: str) -> None:
+def test_an_out_url_no_engine_can_write_is_a_one_line_usage_error(
+        drop: Path, engine: str, says: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     url = "fakefs:///nowhere/shards" if engine == "local" else "nosuch://bucket/shards"
-    with CliRunner().isolated_filesystem() as cwd:
-        result = _cli_build(str(drop), "--out", url, "--engine", engine)
-        assert not list(Path(cwd).iterdir())  # no "fakefs:" folder made of the URL
+    monkeypatch.chdir(tmp_path)
+    result = _cli_build(str(drop), "--out", url, "--engine", engine)
+    assert not list(tmp_path.iterdir())  # no "fakefs:" folder made of the URL
     assert result.exit_code == 2 and says in result.output and "Traceback" not in result.output
     assert len([line for line in result.output.splitlines() if line.startswith("Error")]) == 1
     assert not Path("/nowhere").exists()
@@ -246,3 +246,74 @@ def test_a_drop_given_as_a_url_is_a_one_line_usage_error(tmp_path: Path) -> None
     assert result.exit_code == 2 and "is a URL; fusion-build reads the drop from a local folder" \
         in result.output and "Traceback" not in result.output
     assert not (tmp_path / "out").exists()
+
+
+# --- inputs by URL: the converter reads the JPEGs and DICOMs through FileSystems ---------------
+
+
+def _as_urls(case: object) -> object:
+    """The case with every input path as its fakefs:// URL."""
+    import dataclasses
+
+    return dataclasses.replace(
+        case, render_paths={w: fakefs.url(p) for w, p in case.render_paths.items()},
+        dicom_path=fakefs.url(case.dicom_path) if case.dicom_path else None)
+
+
+@pytest.fixture(scope="module")
+def dicom_drop(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A drop with renders and DICOMs (and the writer's broken inputs, a corrupt DICOM among them)."""
+    root = tmp_path_factory.mktemp("beam-dicom") / "drop"
+    synth.write_synthetic_drop(root, n_patients=4, slices_per_patient=2, size=32, seed=5)
+    return root
+
+
+@pytest.mark.parametrize("source", ["render", "dicom"])
+def test_make_example_reads_url_inputs_to_the_same_bytes(dicom_drop: Path, source: str) -> None:
+    from data_build import convert
+    from data_build.drop import discover
+
+    found = discover(dicom_drop, source=source)
+    options = convert.ConvertOptions(source=source)
+    outcomes = set()
+    for case in found.cases:
+        here, there = convert.make_example(case, options), convert.make_example(_as_urls(case), options)
+        outcomes.add(type(here).__name__)
+        if isinstance(here, convert.Converted):
+            assert isinstance(there, convert.Converted) and there.serialized == here.serialized
+        else:  # the same skip, naming the URL it could not use
+            assert (there.id, there.reason) == (here.id, here.reason)
+    assert "Converted" in outcomes
+
+
+def test_a_missing_url_input_is_a_counted_skip(dicom_drop: Path, tmp_path: Path) -> None:
+    import dataclasses
+
+    from data_build import convert
+    from data_build.drop import discover
+
+    case = next(c for c in discover(dicom_drop, source="render").cases if len(c.render_paths) == 4)
+    gone = dict(_as_urls(case).render_paths, brain_window=fakefs.url(tmp_path / "gone.jpg"))
+    skip = convert.make_example(dataclasses.replace(case, render_paths=gone))
+    assert skip.reason == "missing-image" and skip.path == fakefs.url(tmp_path / "gone.jpg")
+    dicom_case = dataclasses.replace(case, source="dicom", dicom_path=fakefs.url(tmp_path / "gone.dcm"))
+    skip = convert.make_example(dicom_case, convert.ConvertOptions(source="dicom"))
+    assert skip.reason == "corrupt-dicom" and "no such file" in skip.detail
+
+
+def test_beam_workers_read_url_inputs_to_the_local_engines_shards(both: tuple, drop: Path,
+                                                                  tmp_path: Path) -> None:
+    """The plan's cases carry URLs; multi-processing workers open them through FileSystems.
+    (Discovery itself still walks a local folder: the URLs are put in here.)"""
+    import dataclasses
+
+    from data_build.drop import discover
+
+    local, _, _ = both
+    found = discover(drop, source="render")
+    by_url = dataclasses.replace(found, cases=[_as_urls(c) for c in found.cases])
+    out = tmp_path / "out"
+    beam_engine._build_drop(by_url, fakefs.url(out), 2, 4, False, None, (0.8, 0.1, 0.1),
+                            records.splits.DEFAULT_SALT, records.splits.DEFAULT_METHOD,
+                            beam_engine.pipeline_options("", 2), "")
+    assert _shards(out) == _shards(local)
