@@ -29,10 +29,10 @@ In the pipeline (`data_build.beam_steps`, which imports Beam):
 7. The driver removes the plan, its facts and the spill files; ``OUT/.beam/skipped-*.jsonl``
    stays (the conversion skips; the manifest lists them with discovery's).
 
-What still needs a local path: discovery (`drop.discover` walks ROOT with `os`/`pathlib`) and
-conversion (`make_example` reads files by path with OpenCV/pydicom), so ROOT must be a folder
-every worker sees at the same path (local disk for DirectRunner; a shared mount such as NFS or
-gcsfuse on a cluster). OUT may be a URL (``gs://``, ``s3://``, any `FileSystems` scheme): its
+What still needs a local path: discovery (`drop.discover` walks ROOT with `os`/`pathlib`), so
+ROOT must be a folder every worker sees at the same path (local disk for DirectRunner; a shared
+mount such as NFS or gcsfuse on a cluster). The converter itself reads a case's URL inputs
+through `FileSystems` (`locations.open_binary`), but discovery does not yet produce URLs. OUT may be a URL (``gs://``, ``s3://``, any `FileSystems` scheme): its
 checks and writes go through `FileSystems` (`data_build.beam_out`), and every registered
 `FileSystem` is named in ``--beam_plugins`` so that the workers can open it too.
 """

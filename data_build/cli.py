@@ -166,7 +166,7 @@ def _build_with_beam(
 @click.argument("root", type=click.Path(file_okay=False), callback=_local_root)
 @click.option(
     "--out", type=click.Path(file_okay=False), default="tfrecords", callback=_out_location,
-    show_default=True,
+    show_default=True, metavar="FOLDER|URL",
     help="Folder for the shards and manifest.json; with --engine beam also a URL Beam can write "
          "(gs://bucket/shards, s3://...). --engine local writes to a local folder only.",
 )
@@ -226,6 +226,8 @@ def build(
     patient into train/val/test, balancing hemorrhage types; writes <split>-NNNNN-of-NNNNN.tfrecord shards
     and a manifest.json with counts, checksums and every skipped input.
     Bad inputs are skipped and counted (see the summary), unless --strict.
+    ROOT is a local folder (or a mount); --out is a local folder, or with --engine beam
+    also a URL (gs://, s3://).
     """
     from data_build import records
 
