@@ -9,7 +9,8 @@ On the driver (this process), exactly as the local engine:
    or a mount; see below).
 2. `records.plan_shards` assigns splits by patient and cuts shards; OUT is prepared with the
    local engine's own rules (refuse a foreign file, ``--overwrite`` removes only the build's
-   files, the progress log's config line marks the folder as an unfinished build).
+   files, the progress log's config line marks the folder as an unfinished build), through
+   `pathlib` for a local OUT and `FileSystems` for a URL (`data_build.beam_out`).
 3. The plan goes to ``OUT/.beam/plan.jsonl`` (`build_plan`), the driver's facts (drop,
    discovery skips, config, planned shard names) to ``OUT/.beam/driver.json``.
 
@@ -32,9 +33,10 @@ In the pipeline (`data_build.beam_steps`, which imports Beam):
 What still needs a local path: discovery (`drop.discover` walks ROOT with `os`/`pathlib`), so
 ROOT must be a folder every worker sees at the same path (local disk for DirectRunner; a shared
 mount such as NFS or gcsfuse on a cluster). The converter itself reads a case's URL inputs
-through `FileSystems` (`locations.open_binary`), but discovery does not yet produce URLs. OUT may be a URL (``gs://``, ``s3://``, any `FileSystems` scheme): its
-checks and writes go through `FileSystems` (`data_build.beam_out`), and every registered
-`FileSystem` is named in ``--beam_plugins`` so that the workers can open it too.
+through `FileSystems` (`locations.open_binary`), but discovery does not yet produce URLs.
+OUT may be a URL (``gs://``, ``s3://``, any `FileSystems` scheme): its checks and writes go
+through `FileSystems` (`data_build.beam_out`), and every registered `FileSystem` is named in
+``--beam_plugins`` so that the workers can open it too.
 """
 from __future__ import annotations
 
