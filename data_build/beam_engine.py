@@ -296,7 +296,8 @@ def build(
 
     workers = max(1, int(workers or records._available_cores()))
     beam_opts = pipeline_options(beam_options, workers)  # bad options fail before the long scan
-    root, out = Path(root), locations.path_or_url(out)
+    root, out = locations.path_or_url(root), locations.path_or_url(out)
+    check_location(root, "ROOT")
     check_location(out, "--out")
     records._check_options(shard_size, False, overwrite)
     if isinstance(out, str):  # a URL: the same rules through FileSystems
@@ -309,6 +310,13 @@ def build(
     drop = drop_module.discover(root, source=source, workers=workers, strict=False, progress=progress)
     return _build_drop(drop, out, workers, shard_size, overwrite, presets, fractions, salt,
                        split_method, beam_opts, beam_options)
+
+
+def _root_text(root: Any) -> str:
+    """The manifest's ``root``: a local folder resolved (as the local engine writes it), a URL as is."""
+    if isinstance(root, os.PathLike) or (isinstance(root, str) and not locations.is_url(root)):
+        return str(Path(root).resolve())
+    return str(root)  # a URL drop's `drop_io.UrlPath`
 
 
 def _build_drop(
@@ -325,7 +333,7 @@ def _build_drop(
     _prepare(out, config, overwrite, plans)
     staging = _join(out, STAGING)
     driver = {
-        "drop": {"root": str(Path(drop.root).resolve()), "source": drop.source,
+        "drop": {"root": _root_text(drop.root), "source": drop.source,
                  "window_set": getattr(drop, "window_set", None), "stats": getattr(drop, "stats", {}),
                  "warnings": list(drop.warnings)},
         "skips": [records._skip_dict(s) for s in drop.skips],

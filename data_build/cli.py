@@ -63,22 +63,11 @@ def _fractions(ctx: click.Context, param: click.Parameter, value: str) -> tuple[
         raise click.BadParameter(str(err), ctx, param) from None
 
 
-def _out_location(ctx: click.Context, param: click.Parameter, value: str) -> Path | str:
-    """--out as a `Path`, or as the URL string it is (``Path`` would fold ``gs://b`` to ``gs:/b``)."""
+def _path_or_url(ctx: click.Context, param: click.Parameter, value: str) -> Path | str:
+    """ROOT or --out as a `Path`, or as the URL string it is (``Path`` folds ``gs://b`` to ``gs:/b``)."""
     from data_build import locations
 
     return locations.path_or_url(value)
-
-
-def _local_root(ctx: click.Context, param: click.Parameter, value: str) -> Path:
-    """ROOT as a `Path`; a URL is refused in one line (discovery walks a local folder)."""
-    from data_build import locations
-
-    if locations.is_url(value):
-        raise click.BadParameter(
-            f"{value} is a URL; fusion-build reads the drop from a local folder or a mount "
-            "(gcsfuse, NFS, a volume) in this version, for either engine", ctx, param)
-    return Path(value)
 
 
 def _write_failed(err: OSError, out: Path) -> str:
@@ -117,7 +106,7 @@ def _default_workers() -> int:
 
 
 def _build_with_beam(
-    root: Path, out: Path | str, source: str, workers: int | None, shard_size: int, resume: bool,
+    root: Path | str, out: Path | str, source: str, workers: int | None, shard_size: int, resume: bool,
     overwrite: bool, strict: bool, window_overrides: dict, fractions: tuple[float, float, float],
     split_method: str, progress: bool, beam_options: str,
 ) -> Any:
@@ -140,6 +129,7 @@ def _build_with_beam(
         try:
             beam_engine.require_beam()
             options = beam_engine.pipeline_options(beam_options, workers or _default_workers())
+            beam_engine.check_location(root, "ROOT")
             beam_engine.check_location(out, "--out")
         except beam_engine.records.BuildError as err:
             raise click.UsageError(str(err)) from None
@@ -163,9 +153,9 @@ def _build_with_beam(
     "  fusion-build /data/drop --out shards --engine beam --beam-options \"--runner=FlinkRunner "
     "--flink_master=host:8081 --environment_type=LOOPBACK\"",
 )
-@click.argument("root", type=click.Path(file_okay=False), callback=_local_root)
+@click.argument("root", type=click.Path(file_okay=False), callback=_path_or_url)
 @click.option(
-    "--out", type=click.Path(file_okay=False), default="tfrecords", callback=_out_location,
+    "--out", type=click.Path(file_okay=False), default="tfrecords", callback=_path_or_url,
     show_default=True, metavar="FOLDER|URL",
     help="Folder for the shards and manifest.json; with --engine beam also a URL Beam can write "
          "(gs://bucket/shards, s3://...). --engine local writes to a local folder only.",
@@ -204,7 +194,7 @@ def _build_with_beam(
                    "--direct_running_mode=multi_processing --direct_num_workers=WORKERS].")
 @PROGRESS
 def build(
-    root: Path,
+    root: Path | str,
     out: Path | str,
     source: str,
     workers: int | None,
@@ -226,15 +216,18 @@ def build(
     patient into train/val/test, balancing hemorrhage types; writes <split>-NNNNN-of-NNNNN.tfrecord shards
     and a manifest.json with counts, checksums and every skipped input.
     Bad inputs are skipped and counted (see the summary), unless --strict.
-    ROOT is a local folder (or a mount); --out is a local folder, or with --engine beam
-    also a URL (gs://, s3://).
+    ROOT and --out are local folders (or mounts), or with --engine beam also URLs
+    (gs://, s3://, any scheme Apache Beam can read and write).
     """
     from data_build import records
 
     if beam_options and engine != "beam":  # silently ignored options would mislead
         raise click.UsageError("--beam-options applies to --engine beam only; add --engine beam "
                                "or drop --beam-options")
-    if isinstance(out, str) and engine != "beam":  # a URL (`_out_location`)
+    if isinstance(root, str) and engine != "beam":  # a URL (`_path_or_url`)
+        raise click.UsageError(f"ROOT {root} is a URL; --engine local reads a local folder (or a mount) "
+                               "only: add --engine beam (pip install 'fusion[beam]') or give a local ROOT")
+    if isinstance(out, str) and engine != "beam":  # a URL (`_path_or_url`)
         raise click.UsageError(f"--out {out} is a URL; --engine local writes to a local folder only: "
                                "add --engine beam (pip install 'fusion[beam]') or give a local --out")
     try:

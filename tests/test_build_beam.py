@@ -238,16 +238,6 @@ def test_an_out_url_no_engine_can_write_is_a_one_line_usage_error(
     assert not Path("/nowhere").exists()
 
 
-def test_a_drop_given_as_a_url_is_a_one_line_usage_error(tmp_path: Path) -> None:
-    """Discovery walks a local folder in this version: a URL ROOT must not become a folder
-    named "fakefs:" and a "does not exist" message."""
-    result = _cli_build(fakefs.url(tmp_path / "drop"), "--out", fakefs.url(tmp_path / "out"),
-                        "--engine", "beam")
-    assert result.exit_code == 2 and "is a URL; fusion-build reads the drop from a local folder" \
-        in result.output and "Traceback" not in result.output
-    assert not (tmp_path / "out").exists()
-
-
 # --- inputs by URL: the converter reads the JPEGs and DICOMs through FileSystems ---------------
 
 
@@ -317,3 +307,63 @@ def test_beam_workers_read_url_inputs_to_the_local_engines_shards(both: tuple, d
                             records.splits.DEFAULT_SALT, records.splits.DEFAULT_METHOD,
                             beam_engine.pipeline_options("", 2), "")
     assert _shards(out) == _shards(local)
+
+
+# --- a drop given as a URL: discovery lists and reads it through FileSystems -------------------
+
+
+def _mapped(text: str, root: Path) -> str:
+    return text.replace(fakefs.url(root), str(root))
+
+
+def test_discovery_of_a_url_drop_equals_the_local_one(dicom_drop: Path) -> None:
+    """Same cases (paths as URLs), skips, warnings and stats, for either source."""
+    from data_build.drop import discover
+
+    for source in ("render", "dicom"):
+        here, there = discover(dicom_drop, source=source), discover(fakefs.url(dicom_drop), source=source)
+        assert [_as_urls(c) for c in here.cases] == there.cases and here.cases
+        assert [(s.id, s.reason, s.detail, s.path) for s in here.skips] == [
+            (s.id, s.reason, _mapped(s.detail, dicom_drop), _mapped(s.path, dicom_drop))
+            for s in there.skips]
+        assert here.warnings == [_mapped(w, dicom_drop) for w in there.warnings]
+        assert here.stats == there.stats and here.window_set == there.window_set
+        assert str(there.root) == fakefs.url(dicom_drop)
+
+
+def test_a_url_drop_builds_the_local_engines_shards(both: tuple, drop: Path, tmp_path: Path) -> None:
+    """ROOT and --out as URLs, multi-processing workers: nothing read or written by local path."""
+    local, _, _ = both
+    mapped = tmp_path / "shards"
+    result = _cli_build(fakefs.url(drop), "--out", fakefs.url(mapped), "--engine", "beam",
+                        "--workers", "2", "--shard-size", "4")
+    assert result.exit_code == 0, result.output
+    assert _shards(mapped) == _shards(local)
+    ours, theirs = Manifest.load(mapped), Manifest.load(local)
+    assert ours.shards == theirs.shards and ours.counts == theirs.counts
+    assert [(s.id, s.reason) for s in ours.skipped] == [(s.id, s.reason) for s in theirs.skipped]
+    assert ours.drop["root"] == fakefs.url(drop)
+    assert CliRunner().invoke(cli.verify, [str(mapped)]).exit_code == 0
+
+
+def test_a_url_dicom_drop_builds_the_local_engines_hu_shards(dicom_drop: Path, tmp_path: Path) -> None:
+    records.build(dicom_drop, tmp_path / "local", workers=1, source="dicom", progress=False)
+    beam_engine.build(fakefs.url(dicom_drop), fakefs.url(tmp_path / "beam"), workers=1, source="dicom",
+                      progress=False, beam_options=IN_PROCESS)
+    assert _shards(tmp_path / "beam") == _shards(tmp_path / "local") != {}
+
+
+@pytest.mark.parametrize(("make", "says"), [
+    ("nothing", "does not exist or is not a folder"),
+    ("no-labels", "labels file"),
+])
+def test_an_unusable_url_drop_is_a_one_line_error(tmp_path: Path, make: str, says: str) -> None:
+    root = tmp_path / "drop"
+    if make == "no-labels":
+        synth.write_synthetic_drop(root, n_patients=2, slices_per_patient=1, size=32, seed=1,
+                                   dicoms=False)
+        (root / "hemorrhage-labels.csv").unlink()
+    result = _cli_build(fakefs.url(root), "--out", fakefs.url(tmp_path / "out"), "--engine", "beam",
+                        "--beam-options", IN_PROCESS)
+    assert result.exit_code == 2 and says in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()

@@ -261,7 +261,7 @@ def test_build_killed_with_sigkill_resumes_to_the_same_shards(
 
 @pytest.mark.parametrize(("where", "says"), [
     ("out", "--out gs://bucket/shards is a URL; --engine local writes to a local folder only"),
-    ("root", "gs://bucket/drop is a URL; fusion-build reads the drop from a local folder"),
+    ("root", "ROOT gs://bucket/drop is a URL; --engine local reads a local folder (or a mount) only"),
 ])
 def test_urls_the_local_build_cannot_use_are_one_line_usage_errors(
         drop: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str, says: str) -> None:
