@@ -627,7 +627,9 @@ def read_headers(
             return results
         # spawn: the caller may hold TensorFlow threads, which fork does not survive.
         context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        with concurrent.futures.ProcessPoolExecutor(  # + a URL drop's filesystem (a plugin too)
+                workers, mp_context=context, initializer=drop_io.import_modules,
+                initargs=(drop_io.filesystem_modules(),)) as pool:
             for chunk, metas in zip(chunks, pool.map(_read_header_chunk, chunks)):
                 results.update(zip(chunk, metas))
                 bar.update(len(chunk))

@@ -196,3 +196,27 @@ def walk(root: Any, onerror: Callable[[OSError], None]) -> Iterator[tuple[str, l
         dirnames = [name for name, folder in entries if folder]
         yield str(here), dirnames, [name for name, folder in entries if not folder]
         pending[:0] = [here / name for name in dirnames]  # depth first, in the caller's order
+
+
+def filesystem_modules() -> list[str]:
+    """Modules of the Beam `FileSystem` classes imported in this process ([] without Beam loaded),
+    for `import_modules` in spawned processes: they would otherwise know only Beam's own."""
+    import sys
+
+    if "apache_beam.io.filesystem" not in sys.modules:
+        return []
+    from apache_beam.io.filesystem import FileSystem
+
+    return sorted({cls.__module__ for cls in FileSystem.get_all_subclasses()})
+
+
+def import_modules(names: list[str]) -> None:
+    """Process-pool initializer: import `names` (a module that fails to import is left out; its
+    URLs then fail as unreadable files, counted like any other)."""
+    import importlib
+
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass

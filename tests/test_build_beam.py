@@ -367,3 +367,15 @@ def test_an_unusable_url_drop_is_a_one_line_error(tmp_path: Path, make: str, say
                         "--beam-options", IN_PROCESS)
     assert result.exit_code == 2 and says in result.output and "Traceback" not in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_header_reading_processes_open_url_dicoms(dicom_drop: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Spawned header readers import the driver's filesystems (fakefs:// is a plugin here)."""
+    from data_build import drop as drop_module
+
+    paths = sorted(str(p) for p in dicom_drop.rglob("*.dcm"))[:4]
+    monkeypatch.setattr(drop_module, "HEADER_CHUNK", 2)  # two chunks: the process pool runs
+    local = drop_module.read_headers(paths, workers=2)
+    remote = drop_module.read_headers([fakefs.url(p) for p in paths], workers=2)
+    assert [remote[fakefs.url(p)] for p in paths] == [local[p] for p in paths]
+    assert any(isinstance(m, drop_module.dicom.DicomMeta) for m in local.values())
