@@ -5,8 +5,8 @@ inside functions, so ``import data_build.beam_engine`` works without it.
 
 On the driver (this process), exactly as the local engine:
 
-1. `drop.discover` finds the cases and the inputs it had to skip (needs ROOT as a local path
-   or a mount; see below).
+1. `drop.discover` finds the cases and the inputs it had to skip (a local ROOT, or a URL; see
+   below).
 2. `records.plan_shards` assigns splits by patient and cuts shards; OUT is prepared with the
    local engine's own rules (refuse a foreign file, ``--overwrite`` removes only the build's
    files, the progress log's config line marks the folder as an unfinished build), through
@@ -30,13 +30,11 @@ In the pipeline (`data_build.beam_steps`, which imports Beam):
 7. The driver removes the plan, its facts and the spill files; ``OUT/.beam/skipped-*.jsonl``
    stays (the conversion skips; the manifest lists them with discovery's).
 
-What still needs a local path: discovery (`drop.discover` walks ROOT with `os`/`pathlib`), so
-ROOT must be a folder every worker sees at the same path (local disk for DirectRunner; a shared
-mount such as NFS or gcsfuse on a cluster). The converter itself reads a case's URL inputs
-through `FileSystems` (`locations.open_binary`), but discovery does not yet produce URLs.
-OUT may be a URL (``gs://``, ``s3://``, any `FileSystems` scheme): its checks and writes go
-through `FileSystems` (`data_build.beam_out`), and every registered `FileSystem` is named in
-``--beam_plugins`` so that the workers can open it too.
+ROOT and OUT may be URLs (``gs://``, ``s3://``, any `FileSystems` scheme): discovery lists and
+reads a URL drop through `FileSystems` (`data_build.drop_io`), the workers open the cases' URL
+inputs the same way (`locations.open_binary`), OUT's checks and writes go through `FileSystems`
+(`data_build.beam_out`), and every registered `FileSystem` is named in ``--beam_plugins`` so
+that the workers can open it too.
 """
 from __future__ import annotations
 
