@@ -5,11 +5,12 @@ inside functions, so ``import data_build.beam_engine`` works without it.
 
 On the driver (this process), exactly as the local engine:
 
-1. `drop.discover` finds the cases and the inputs it had to skip (needs ROOT as a local path
-   or a mount; see below).
+1. `drop.discover` finds the cases and the inputs it had to skip (a local ROOT, or a URL; see
+   below).
 2. `records.plan_shards` assigns splits by patient and cuts shards; OUT is prepared with the
    local engine's own rules (refuse a foreign file, ``--overwrite`` removes only the build's
-   files, the progress log's config line marks the folder as an unfinished build).
+   files, the progress log's config line marks the folder as an unfinished build), through
+   `pathlib` for a local OUT and `FileSystems` for a URL (`data_build.beam_out`).
 3. The plan goes to ``OUT/.beam/plan.jsonl`` (`build_plan`), the driver's facts (drop,
    discovery skips, config, planned shard names) to ``OUT/.beam/driver.json``.
 
@@ -29,11 +30,11 @@ In the pipeline (`data_build.beam_steps`, which imports Beam):
 7. The driver removes the plan, its facts and the spill files; ``OUT/.beam/skipped-*.jsonl``
    stays (the conversion skips; the manifest lists them with discovery's).
 
-What still needs a local path: discovery (`drop.discover` walks ROOT with `os`/`pathlib`) and
-conversion (`make_example` reads files by path with OpenCV/pydicom), so ROOT must be a folder
-every worker sees at the same path (local disk for DirectRunner; a shared mount such as NFS or
-gcsfuse on a cluster). OUT is written only through `FileSystems`, but the output-folder checks
-and the CLI take a local path (or a mount) in this version.
+ROOT and OUT may be URLs (``gs://``, ``s3://``, any `FileSystems` scheme): discovery lists and
+reads a URL drop through `FileSystems` (`data_build.drop_io`), the workers open the cases' URL
+inputs the same way (`locations.open_binary`), OUT's checks and writes go through `FileSystems`
+(`data_build.beam_out`), and every registered `FileSystem` is named in ``--beam_plugins`` so
+that the workers can open it too.
 """
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from data_build import build_plan, convert, records, splits
+from data_build import build_plan, convert, locations, records, splits
 from data_build.choices import DEFAULT_SHARD_SIZE
 
 #: Folder in OUT for the plan, the driver's facts, spill files and the skips' JSON lines; only
@@ -118,6 +119,25 @@ def pipeline_options(text: str, workers: int) -> Any:
     return options
 
 
+def check_location(location: str | os.PathLike[str], flag: str) -> None:
+    """Raise `BeamOptionsError` (one line) when `location` is a URL no installed Beam filesystem
+    can reach, e.g. ``gs://`` without ``apache-beam[gcp]``."""
+    if not locations.is_url(location):
+        return
+    require_beam()
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        FileSystems.get_filesystem(str(location))
+    except ValueError:
+        scheme = str(location).split("://", 1)[0]
+        raise BeamOptionsError(
+            f"{flag} {location}: this Beam install has no filesystem for {scheme}://; install "
+            "its extra (gs://: pip install 'apache-beam[gcp]', s3://: 'apache-beam[aws]', "
+            "azfs://: 'apache-beam[azure]') or use a local folder"
+        ) from None
+
+
 def describe(options: Any) -> str:
     """One line for the user: which runner, and for DirectRunner how many worker processes."""
     from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
@@ -132,25 +152,63 @@ def describe(options: Any) -> str:
 # --- the driver ----------------------------------------------------------------------------------
 
 
-def _write_staging(staging: Path, plans: Sequence[Any], driver: Mapping[str, Any]) -> None:
+def _join(folder: Path | str, name: str) -> Path | str:
+    """`folder` / `name` for a local folder (a `Path`) or a URL (a string, joined by FileSystems)."""
+    if isinstance(folder, Path):
+        return folder / name
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems.join(folder, name)
+
+
+def _prepare(out: Path | str, config: Mapping[str, Any], overwrite: bool, plans: Sequence[Any]) -> None:
+    """OUT checked and prepared by the local engine's rules (`pathlib` for a local folder,
+    `FileSystems` for a URL: `beam_out`)."""
+    if isinstance(out, str):
+        from data_build import beam_out
+
+        beam_out.refuse_foreign(out, [p.file for p in plans])
+        beam_out.start(out, config, overwrite)  # a new build: nothing of an older plan is kept
+        return
+    records._refuse_foreign(out, [p.file for p in plans])
+    previous = records._listed_shards(out)
+    records._start_or_resume(out, config, False, overwrite)
+    records._reusable_entries(out, plans, {}, previous)  # drops the stale shards of an older plan
+
+
+def _write_staging(staging: Path | str, plans: Sequence[Any], driver: Mapping[str, Any]) -> None:
     """The plan's JSON lines and the driver's facts, for the pipeline to read."""
     from apache_beam.io.filesystem import CompressionTypes
     from apache_beam.io.filesystems import FileSystems
 
-    if staging.exists():
-        shutil.rmtree(staging)  # a failed earlier run's leftovers; OUT was checked as ours
-    (staging / "spill").mkdir(parents=True)
+    if isinstance(staging, str):
+        from data_build import beam_out
+
+        beam_out.delete_tree(staging)  # a failed earlier run's leftovers; OUT was checked as ours
+    else:
+        if staging.exists():
+            shutil.rmtree(staging)  # as above
+        (staging / "spill").mkdir(parents=True)
     plain = CompressionTypes.UNCOMPRESSED
-    with FileSystems.create(str(staging / "plan.jsonl"), compression_type=plain) as handle:
+    with FileSystems.create(str(_join(staging, "plan.jsonl")), compression_type=plain) as handle:
         for line in build_plan.plan_lines(plans):
             handle.write(line.encode("utf-8") + b"\n")
-    with FileSystems.create(str(staging / "driver.json"), compression_type=plain) as handle:
+    with FileSystems.create(str(_join(staging, "driver.json")), compression_type=plain) as handle:
         handle.write(json.dumps(driver, default=str).encode("utf-8"))
 
 
-def _clean_staging(staging: Path) -> None:
+def _clean_staging(staging: Path | str) -> None:
     """After a build: drop the plan, the driver's facts and the spill files (the bulk); keep the
     skips' JSON lines (``skipped-*.jsonl``, small: one line per conversion skip)."""
+    if isinstance(staging, str):
+        from apache_beam.io.filesystems import FileSystems
+
+        from data_build import beam_out
+
+        beam_out.delete_tree(FileSystems.join(staging, "spill"))
+        done = [FileSystems.join(staging, n) for n in ("plan.jsonl", "driver.json")]
+        FileSystems.delete([p for p in done if FileSystems.exists(p)])
+        return
     shutil.rmtree(staging / "spill", ignore_errors=True)
     for name in ("plan.jsonl", "driver.json"):
         (staging / name).unlink(missing_ok=True)
@@ -169,12 +227,26 @@ def _counters(result: Any) -> dict[str, int]:
     return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def _run(beam_options: Any, out: Path, staging: Path, options: convert.ConvertOptions) -> dict[str, int]:
+def _ship_filesystems(options: Any) -> None:
+    """Name every `FileSystem` imported here (Beam's, a user's plugin for another scheme) in
+    ``--beam_plugins``, so that the workers import it too: Beam does this for Dataflow only, and
+    a worker process without the class cannot open that scheme's URLs."""
+    from apache_beam.io.filesystem import FileSystem
+    from apache_beam.options.pipeline_options import SetupOptions
+
+    setup = options.view_as(SetupOptions)
+    found = [f"{cls.__module__}.{cls.__name__}" for cls in FileSystem.get_all_subclasses()]
+    setup.beam_plugins = sorted(set(setup.beam_plugins or []) | set(found))
+
+
+def _run(beam_options: Any, out: Path | str, staging: Path | str,
+         options: convert.ConvertOptions) -> dict[str, int]:
     """Run the pipeline to the end; a failure becomes one `BuildError` line."""
     import apache_beam as beam
 
     from data_build import beam_steps
 
+    _ship_filesystems(beam_options)
     try:
         pipeline = beam.Pipeline(options=beam_options)
         beam_steps.add_steps(pipeline, str(out), str(staging), options)
@@ -222,9 +294,15 @@ def build(
 
     workers = max(1, int(workers or records._available_cores()))
     beam_opts = pipeline_options(beam_options, workers)  # bad options fail before the long scan
-    root, out = Path(root), Path(out)
+    root, out = locations.path_or_url(root), locations.path_or_url(out)
+    check_location(root, "ROOT")
+    check_location(out, "--out")
     records._check_options(shard_size, False, overwrite)
-    if out.is_dir() and not overwrite and records._our_files(out):
+    if isinstance(out, str):  # a URL: the same rules through FileSystems
+        from data_build import beam_out
+
+        beam_out.refuse_existing(out, overwrite)  # OutputExistsError before the scan
+    elif out.is_dir() and not overwrite and records._our_files(out):
         records._prepare_out(out, False, overwrite)  # raises OutputExistsError before the scan
     fractions = splits.check_fractions(fractions)
     drop = drop_module.discover(root, source=source, workers=workers, strict=False, progress=progress)
@@ -232,8 +310,15 @@ def build(
                        split_method, beam_opts, beam_options)
 
 
+def _root_text(root: Any) -> str:
+    """The manifest's ``root``: a local folder resolved (as the local engine writes it), a URL as is."""
+    if isinstance(root, os.PathLike) or (isinstance(root, str) and not locations.is_url(root)):
+        return str(Path(root).resolve())
+    return str(root)  # a URL drop's `drop_io.UrlPath`
+
+
 def _build_drop(
-    drop: Any, out: Path, workers: int, shard_size: int, overwrite: bool,
+    drop: Any, out: Path | str, workers: int, shard_size: int, overwrite: bool,
     presets: Mapping[str, Any] | None, fractions: Sequence[float], salt: str, split_method: str,
     beam_opts: Any, beam_text: str,
 ) -> BeamBuildReport:
@@ -243,13 +328,10 @@ def _build_drop(
     plans = records.plan_shards(drop.cases, shard_size, fractions, salt, split_method)
     config = records._build_config(drop.source, shard_size, fractions, salt, split_method,
                                    presets_json, plans)
-    records._refuse_foreign(out, [p.file for p in plans])
-    previous = records._listed_shards(out)
-    records._start_or_resume(out, config, False, overwrite)
-    records._reusable_entries(out, plans, {}, previous)  # drops the stale shards of an older plan
-    staging = out / STAGING
+    _prepare(out, config, overwrite, plans)
+    staging = _join(out, STAGING)
     driver = {
-        "drop": {"root": str(Path(drop.root).resolve()), "source": drop.source,
+        "drop": {"root": _root_text(drop.root), "source": drop.source,
                  "window_set": getattr(drop, "window_set", None), "stats": getattr(drop, "stats", {}),
                  "warnings": list(drop.warnings)},
         "skips": [records._skip_dict(s) for s in drop.skips],
@@ -262,9 +344,14 @@ def _build_drop(
                                      presets={k: tuple(v) for k, v in presets_json.items()})
     counters = _run(beam_opts, out, staging, options)
     _clean_staging(staging)
-    manifest = records.Manifest.load(out)
+    if isinstance(out, str):
+        from data_build import beam_out
+
+        manifest = beam_out.load_manifest(out)
+    else:
+        manifest = records.Manifest.load(out)
     return BeamBuildReport(
-        out=out, manifest_path=out / records.MANIFEST,
+        out=out, manifest_path=_join(out, records.MANIFEST),
         counts={name: c.to_dict() for name, c in manifest.counts.items()},
         skips=list(manifest.skipped), shards_written=len(plans), shards_reused=0,
         warnings=list(manifest.warnings), counters=counters,

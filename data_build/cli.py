@@ -63,6 +63,13 @@ def _fractions(ctx: click.Context, param: click.Parameter, value: str) -> tuple[
         raise click.BadParameter(str(err), ctx, param) from None
 
 
+def _path_or_url(ctx: click.Context, param: click.Parameter, value: str) -> Path | str:
+    """ROOT or --out as a `Path`, or as the URL string it is (``Path`` folds ``gs://b`` to ``gs:/b``)."""
+    from data_build import locations
+
+    return locations.path_or_url(value)
+
+
 def _write_failed(err: OSError, out: Path) -> str:
     """One line for an OS error while building into `out`: what failed and what to do."""
     where = f" ({err.filename})" if err.filename else ""
@@ -99,7 +106,7 @@ def _default_workers() -> int:
 
 
 def _build_with_beam(
-    root: Path, out: Path, source: str, workers: int | None, shard_size: int, resume: bool,
+    root: Path | str, out: Path | str, source: str, workers: int | None, shard_size: int, resume: bool,
     overwrite: bool, strict: bool, window_overrides: dict, fractions: tuple[float, float, float],
     split_method: str, progress: bool, beam_options: str,
 ) -> Any:
@@ -122,6 +129,8 @@ def _build_with_beam(
         try:
             beam_engine.require_beam()
             options = beam_engine.pipeline_options(beam_options, workers or _default_workers())
+            beam_engine.check_location(root, "ROOT")
+            beam_engine.check_location(out, "--out")
         except beam_engine.records.BuildError as err:
             raise click.UsageError(str(err)) from None
         if progress:  # Beam runs the conversion out of sight: say where, and that no bar follows
@@ -140,13 +149,16 @@ def _build_with_beam(
     "  fusion-build /data/drop --out shards --resume    # finish an interrupted build\n"
     "  fusion-build /data/drop --out hu-shards --source dicom\n"
     "  fusion-build /data/drop --out shards --engine beam --workers 8   # Beam DirectRunner\n"
+    "  fusion-build /data/drop --out gs://bucket/shards --engine beam   # needs apache-beam[gcp]\n"
     "  fusion-build /data/drop --out shards --engine beam --beam-options \"--runner=FlinkRunner "
     "--flink_master=host:8081 --environment_type=LOOPBACK\"",
 )
-@click.argument("root", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("root", type=click.Path(file_okay=False), callback=_path_or_url)
 @click.option(
-    "--out", type=click.Path(path_type=Path, file_okay=False), default=Path("tfrecords"),
-    show_default=True, help="Folder for the shards and manifest.json.",
+    "--out", type=click.Path(file_okay=False), default="tfrecords", callback=_path_or_url,
+    show_default=True, metavar="FOLDER|URL",
+    help="Folder for the shards and manifest.json; with --engine beam also a URL Beam can write "
+         "(gs://bucket/shards, s3://...). --engine local writes to a local folder only.",
 )
 @click.option(
     "--source", type=click.Choice(SOURCES), default=SOURCES[0], show_default=True,
@@ -182,8 +194,8 @@ def _build_with_beam(
                    "--direct_running_mode=multi_processing --direct_num_workers=WORKERS].")
 @PROGRESS
 def build(
-    root: Path,
-    out: Path,
+    root: Path | str,
+    out: Path | str,
     source: str,
     workers: int | None,
     shard_size: int,
@@ -204,12 +216,20 @@ def build(
     patient into train/val/test, balancing hemorrhage types; writes <split>-NNNNN-of-NNNNN.tfrecord shards
     and a manifest.json with counts, checksums and every skipped input.
     Bad inputs are skipped and counted (see the summary), unless --strict.
+    ROOT and --out are local folders (or mounts), or with --engine beam also URLs
+    (gs://, s3://, any scheme Apache Beam can read and write).
     """
     from data_build import records
 
     if beam_options and engine != "beam":  # silently ignored options would mislead
         raise click.UsageError("--beam-options applies to --engine beam only; add --engine beam "
                                "or drop --beam-options")
+    if isinstance(root, str) and engine != "beam":  # a URL (`_path_or_url`)
+        raise click.UsageError(f"ROOT {root} is a URL; --engine local reads a local folder (or a mount) "
+                               "only: add --engine beam (pip install 'fusion[beam]') or give a local ROOT")
+    if isinstance(out, str) and engine != "beam":  # a URL (`_path_or_url`)
+        raise click.UsageError(f"--out {out} is a URL; --engine local writes to a local folder only: "
+                               "add --engine beam (pip install 'fusion[beam]') or give a local --out")
     try:
         if engine == "beam":
             report = _build_with_beam(root, out, source, workers, shard_size, resume, overwrite,

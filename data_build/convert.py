@@ -23,7 +23,7 @@ from typing import Any, Mapping
 import cv2
 import numpy as np
 
-from data_build import dicom, polygons, schema, windows
+from data_build import dicom, locations, polygons, schema, windows
 from data_build.cases import Case, Skip
 
 #: Case sources `make_example` understands.
@@ -110,9 +110,8 @@ class _CaseSkip(Exception):
 
 
 def _read_bytes(case_id: str, path: str, what: str) -> bytes:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read()
+    try:  # a URL (--engine beam) through Beam's FileSystems, a local path with open()
+        return locations.read_bytes(path)
     except FileNotFoundError:
         raise _CaseSkip(Skip(case_id, f"missing-{what}", f"{what} file not found", path)) from None
     except OSError as err:

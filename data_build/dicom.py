@@ -18,6 +18,7 @@ corrected intercept is used internally only.
 from __future__ import annotations
 
 import contextlib
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ import pydicom.config
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
+from data_build import locations
 from data_build.errors import DataBuildError
 
 #: Install hint for compressed transfer syntaxes (JPEG lossless, JPEG 2000, RLE ...).
@@ -160,7 +162,7 @@ def _text(ds: pydicom.Dataset, keyword: str) -> str:
     return "" if value is None else str(value).strip()
 
 
-def _meta(ds: pydicom.Dataset, path: Path) -> DicomMeta:
+def _meta(ds: pydicom.Dataset, path: Path | str) -> DicomMeta:
     rows, cols = ds.get("Rows"), ds.get("Columns")
     if rows is None or cols is None:
         raise DicomReadError(path, "no Rows/Columns in the header: not an image slice")
@@ -171,7 +173,7 @@ def _meta(ds: pydicom.Dataset, path: Path) -> DicomMeta:
                         False, problems)
     acquisition = _float_or_none(ds.get("AcquisitionNumber"))
     return DicomMeta(
-        id=_text(ds, "SOPInstanceUID") or path.stem,
+        id=_text(ds, "SOPInstanceUID") or Path(path).stem,
         patient_id=_text(ds, "PatientID"),
         study_id=_text(ds, "StudyInstanceUID"),
         series_id=_text(ds, "SeriesInstanceUID"),
@@ -209,17 +211,34 @@ def _quiet() -> Iterator[None]:
         settings.reading_validation_mode = previous
 
 
-def _read(path: Path, stop_before_pixels: bool) -> pydicom.Dataset:
+def _read(path: Path | str, stop_before_pixels: bool) -> pydicom.Dataset:
+    if isinstance(path, str):  # a URL (--engine beam): its bytes through Beam's FileSystems
+        try:
+            return _read_source(io.BytesIO(locations.read_bytes(path)), path, stop_before_pixels)
+        except FileNotFoundError:
+            raise DicomReadError(path, "no such file") from None
+        except OSError as err:
+            raise DicomReadError(path, f"cannot read it ({err})") from None
     if not path.is_file():
         raise DicomReadError(path, "no such file")
+    return _read_source(path, path, stop_before_pixels)
+
+
+def _read_source(source: Any, path: Path | str, stop_before_pixels: bool) -> pydicom.Dataset:
+    """`pydicom.dcmread` of `source` (a local path or the file's bytes), forced when it has no
+    preamble but looks like an image; `path` names the file in errors."""
+    if isinstance(source, io.BytesIO):
+        source.seek(0)
     try:
-        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+        return pydicom.dcmread(source, stop_before_pixels=stop_before_pixels)
     except InvalidDicomError:
         pass  # maybe a DICOM without the 128-byte preamble: retry forced, then check
     except (EOFError, OSError, ValueError, KeyError, TypeError) as err:
         raise DicomReadError(path, f"truncated or corrupt header ({err})") from None
+    if isinstance(source, io.BytesIO):
+        source.seek(0)
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
+        ds = pydicom.dcmread(source, stop_before_pixels=stop_before_pixels, force=True)
         looks_like_image = "Rows" in ds and ("SOPClassUID" in ds or "PixelData" in ds)
     except Exception as err:  # forced parsing of arbitrary bytes may fail in any way
         raise DicomReadError(path, f"not a DICOM file ({type(err).__name__})") from None
@@ -234,12 +253,12 @@ def read_meta(path: str | Path) -> DicomMeta:
     Raises:
       DicomReadError: the file is missing, not DICOM, or its header is truncated.
     """
-    path = Path(path)
+    path = locations.path_or_url(path)  # a URL stays a string: `_read` opens it
     with _quiet():
         return _meta(_read(path, stop_before_pixels=True), path)
 
 
-def _stored(ds: pydicom.Dataset, path: Path) -> np.ndarray:
+def _stored(ds: pydicom.Dataset, path: Path | str) -> np.ndarray:
     if "PixelData" not in ds:
         raise DicomReadError(path, "no pixel data element (7FE0,0010)")
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
@@ -274,7 +293,7 @@ def read_hu(path: str | Path) -> tuple[np.ndarray, DicomMeta]:
       DicomReadError: not DICOM, truncated, no pixel data, compressed without a decoder
         (the message names the plugin to install), or not a single grey-level frame.
     """
-    path = Path(path)
+    path = locations.path_or_url(path)  # a URL stays a string: `_read` opens it
     with _quiet():
         ds = _read(path, stop_before_pixels=False)
         meta = _meta(ds, path)
@@ -296,7 +315,7 @@ def read_hu(path: str | Path) -> tuple[np.ndarray, DicomMeta]:
     return hu, meta
 
 
-def _check_rescale(ds: pydicom.Dataset, meta: DicomMeta, path: Path) -> None:
+def _check_rescale(ds: pydicom.Dataset, meta: DicomMeta, path: Path | str) -> None:
     """Refuse rescale values that would store made-up HU (`DicomMeta` reads absent as 1 / 0).
 
     Raises:

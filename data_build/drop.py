@@ -62,7 +62,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from data_build import dicom, polygons, schema
+from data_build import dicom, drop_io, polygons, schema
 from data_build.cases import INTENDED_EXCLUSIONS, Case, DropError, Polygon, Skip
 from data_build.choices import SOURCES
 from data_build.windows import ALIASES, WINDOW_NAMES, canonical_window_name
@@ -160,8 +160,7 @@ def _strip_suffix(name: str) -> str:
 def _list_dir(path: str | Path, report: _Report) -> list[os.DirEntry[str]]:
     """A folder's entries sorted by name; [] with a warning when it cannot be listed."""
     try:
-        with os.scandir(path) as entries:
-            return sorted(entries, key=lambda e: e.name)
+        return drop_io.scandir(path)  # os.scandir, sorted; a URL drop's listing (--engine beam)
     except OSError as err:  # unreadable folder, symlink loop, vanished while scanning
         report.warn(f"ignored unreadable folder {str(path)!r}: {err.strerror or err}",
                     kind="unreadable-folder")
@@ -270,7 +269,7 @@ def _read_labels(path: Path, report: _Report) -> pd.DataFrame:
             f"(columns Image, {', '.join(schema.LABEL_NAMES)})"
         )
     try:
-        header = pd.read_csv(path, nrows=0, encoding="utf-8-sig")
+        header = pd.read_csv(drop_io.csv_source(path), nrows=0, encoding="utf-8-sig")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as err:
         raise DropError(f"labels file {str(path)!r} is not a readable CSV: {err}") from None
     by_lower = {str(c).strip().lower(): str(c) for c in header.columns}
@@ -286,7 +285,7 @@ def _read_labels(path: Path, report: _Report) -> pd.DataFrame:
         report.warn(f"{LABELS_FILE}: ignored extra column(s) {', '.join(extra)}")
     columns = [by_lower[name] for name in wanted]
     table = pd.read_csv(
-        path, usecols=columns, dtype={by_lower["image"]: str}, encoding="utf-8-sig"
+        drop_io.csv_source(path), usecols=columns, dtype={by_lower["image"]: str}, encoding="utf-8-sig"
     )
     table.columns = list(wanted)
     report.stats["label_rows"] = len(table)
@@ -349,7 +348,7 @@ def _read_flagged(path: Path, report: _Report) -> set[str]:
     A flagged.txt that exists but cannot be read (a folder, a symlink loop, no permission) is
     warned loudly: its slices would otherwise be trained on.
     """
-    if not os.path.lexists(path):
+    if not drop_io.lexists(path):
         return set()
     try:
         data = path.read_bytes()
@@ -395,7 +394,7 @@ def _segmentation_files(root: Path, report: _Report) -> list[Path]:
             try:
                 if not entry.is_file():
                     continue
-                digest = hashlib.sha256(Path(entry.path).read_bytes()).hexdigest()
+                digest = hashlib.sha256(drop_io.read_bytes(entry.path)).hexdigest()
             except OSError as err:  # symlink loop, no permission: skip this file, go on
                 detail = f"unreadable file: {err.strerror or err}"
                 report.skip(entry.name, "bad-segmentation-csv", detail, entry.path)
@@ -404,12 +403,12 @@ def _segmentation_files(root: Path, report: _Report) -> list[Path]:
             if digest in seen:
                 report.stats["segmentation_duplicate_files"] += 1
                 continue
-            seen[digest] = Path(entry.path)
+            seen[digest] = drop_io.as_path(entry.path)
     return list(seen.values())
 
 
 def _csv_header(path: Path) -> list[str]:
-    with open(path, newline="", encoding="utf-8-sig", errors="replace") as handle:
+    with drop_io.text_handle(path) as handle:
         return [c.strip() for c in next(csv.reader(handle), [])]
 
 
@@ -570,7 +569,7 @@ def _scan_dicoms(root: Path, report: _Report) -> dict[str, str]:
         report.warn(f"ignored unreadable folder {err.filename!r} while looking for DICOMs: "
                     f"{err.strerror or err}", kind="unreadable-folder")
 
-    for directory, dirnames, filenames in os.walk(root, onerror=unreadable):
+    for directory, dirnames, filenames in drop_io.walk(root, onerror=unreadable):
         if directory == str(root):
             dirnames[:] = [d for d in dirnames if d != RENDERS_DIR]
         dirnames.sort()
@@ -628,7 +627,9 @@ def read_headers(
             return results
         # spawn: the caller may hold TensorFlow threads, which fork does not survive.
         context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        with concurrent.futures.ProcessPoolExecutor(  # + a URL drop's filesystem (a plugin too)
+                workers, mp_context=context, initializer=drop_io.import_modules,
+                initargs=(drop_io.filesystem_modules(),)) as pool:
             for chunk, metas in zip(chunks, pool.map(_read_header_chunk, chunks)):
                 results.update(zip(chunk, metas))
                 bar.update(len(chunk))
@@ -832,11 +833,11 @@ def _refuse_misnamed_renders(root: Path) -> None:
     renders = root / RENDERS_DIR
     if renders.is_dir():
         return
-    if os.path.lexists(renders):
+    if drop_io.lexists(renders):
         found = f"{str(renders)!r} exists but is not a usable folder (a file or a broken link)"
     else:
         try:
-            names = os.listdir(root)
+            names = drop_io.listdir(root)
         except OSError:
             return
         # "Renders", "render", "renders 2020", "renders.old" ...: any name starting so.
@@ -881,7 +882,7 @@ def discover(
       DropError: missing root, missing or unusable labels file, no ``renders/`` for source
         "render", an unknown source, or any problem in strict mode.
     """
-    root = Path(root)
+    root = drop_io.as_root(root)  # a URL (--engine beam): listed once through FileSystems
     if source not in SOURCES:
         raise DropError(f"unknown source {source!r}; expected one of {', '.join(SOURCES)}")
     if not root.is_dir():

@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import cv2
 import numpy as np
 
-from data_build import convert, examples, schema, splits, tfrecord, windows
+from data_build import convert, examples, locations, schema, splits, tfrecord, windows
 from data_build.cases import INTENDED_EXCLUSIONS, Case, Skip
 from data_build.choices import DEFAULT_SHARD_SIZE
 from data_build.errors import DataBuildError
@@ -729,7 +729,7 @@ def _check_drop(drop: Any, strict: bool) -> None:
     if not drop.cases:
         reasons = collections.Counter(s.reason for s in drop.skips)
         raise BuildError(
-            f"no slices to convert in {Path(drop.root)} (skipped at discovery: "
+            f"no slices to convert in {drop.root} (skipped at discovery: "
             f"{dict(reasons) or 'none'}); check that it holds renders/<type>/<window>/<ID>.jpg "
             "or DICOM slices"
         )
@@ -848,7 +848,7 @@ def _manifest(drop: Any, ordered: Sequence[Mapping[str, Any]], config: dict[str,
         skipped_by_reason=dict(collections.Counter(s.reason for s in skips).most_common()),
         warnings=tuple(drop.warnings) + tuple(_output_warnings(counts, all_sizes)),
         drop={
-            "root": str(Path(drop.root).resolve()),
+            "root": str(drop.root) if locations.is_url(str(drop.root)) else str(Path(drop.root).resolve()),
             "source": drop.source,
             "window_set": getattr(drop, "window_set", None),
             "stats": getattr(drop, "stats", {}),

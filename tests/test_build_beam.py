@@ -153,3 +153,229 @@ def test_record_bytes_bypass_the_shuffle(drop: Path, tmp_path: Path) -> None:
     for result, where in converted:
         assert reader.read(where) == convert.make_example(cases[result.id]).serialized
     reader.close()
+
+
+# --- --out as a URL: everything through FileSystems (tests/fakefs.py: fakefs:// over a folder) ---
+
+from tests import fakefs  # noqa: E402  (registers the fakefs:// filesystem; needs Beam)
+
+
+def _cli_build(*args: str) -> object:
+    return CliRunner().invoke(cli.build, [*args, "--no-progress"])
+
+
+def test_out_as_a_url_gives_the_local_engines_shards_and_a_manifest(both: tuple, drop: Path,
+                                                                     tmp_path: Path) -> None:
+    """Multi-processing workers (separate processes) must open fakefs:// too: the driver names
+    every registered FileSystem in --beam_plugins (`beam_engine._ship_filesystems`)."""
+    local, _, _ = both
+    mapped = tmp_path / "bucket" / "shards"
+    result = _cli_build(str(drop), "--out", fakefs.url(mapped), "--engine", "beam", "--workers", "2",
+                        "--shard-size", "4")
+    assert result.exit_code == 0, result.output
+    assert f"Manifest: {fakefs.url(mapped)}/manifest.json" in result.output  # not folded to fakefs:/
+    assert _shards(mapped) == _shards(local)
+    ours, theirs = Manifest.load(mapped), Manifest.load(local)
+    assert ours.shards == theirs.shards and ours.counts == theirs.counts
+    assert ours.skipped == theirs.skipped
+    staged = sorted(p.name for p in (mapped / beam_engine.STAGING).iterdir())
+    assert len(staged) == 1 and staged[0].startswith("skipped-")  # plan and spill files are gone
+    verified = CliRunner().invoke(cli.verify, [str(mapped)])
+    assert verified.exit_code == 0, verified.output
+
+
+def test_a_url_out_keeps_the_output_folder_rules(drop: Path, tmp_path: Path) -> None:
+    mapped = tmp_path / "shards"
+    url = fakefs.url(mapped)
+    beam = ("--engine", "beam", "--beam-options", IN_PROCESS)
+    assert _cli_build(str(drop), "--out", url, *beam).exit_code == 0
+    (mapped / "notes.txt").write_text("a user's own file")
+    again = _cli_build(str(drop), "--out", url, *beam)
+    assert again.exit_code == 1 and "already holds a finished build" in again.output
+    old_shards = {s.file for s in Manifest.load(mapped).shards}
+    done = _cli_build(str(drop), "--out", url, "--overwrite", "--shard-size", "4", *beam)
+    assert done.exit_code == 0, done.output
+    assert (mapped / "notes.txt").read_text() == "a user's own file"  # not the build's: kept
+    listed = {s.file for s in Manifest.load(mapped).shards}
+    assert {p.name for p in mapped.glob("*.tfrecord")} == listed  # the older plan's shards went
+    assert old_shards - listed  # another shard size: the older plan had other names
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "manifest.json").write_text("not a build's manifest")
+    refused = _cli_build(str(drop), "--out", fakefs.url(foreign), *beam)
+    assert refused.exit_code == 1 and "fusion-build did not write" in refused.output
+    assert (foreign / "manifest.json").read_text() == "not a build's manifest"
+
+
+def test_a_failed_build_to_a_url_leaves_no_manifest(drop: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    def killed(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("killed before the manifest")
+
+    mapped = tmp_path / "shards"
+    monkeypatch.setattr(records, "_manifest", killed)
+    with pytest.raises(records.BuildError, match="No manifest"):
+        beam_engine.build(drop, fakefs.url(mapped), workers=1, progress=False, beam_options=IN_PROCESS)
+    assert not (mapped / "manifest.json").exists() and list(mapped.glob("*.tfrecord"))
+    monkeypatch.undo()
+    again = _cli_build(str(drop), "--out", fakefs.url(mapped), "--engine", "beam",
+                       "--beam-options", IN_PROCESS)
+    assert again.exit_code == 1 and "an unfinished build" in again.output
+
+
+@pytest.mark.parametrize(("engine", "says"), [
+    ("local", "is a URL; --engine local writes to a local folder only"),
+    ("beam", "this Beam install has no filesystem for nosuch://"),
+])
+def test_an_out_url_no_engine_can_write_is_a_one_line_usage_error(
+        drop: Path, engine: str, says: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = "fakefs:///nowhere/shards" if engine == "local" else "nosuch://bucket/shards"
+    monkeypatch.chdir(tmp_path)
+    result = _cli_build(str(drop), "--out", url, "--engine", engine)
+    assert not list(tmp_path.iterdir())  # no "fakefs:" folder made of the URL
+    assert result.exit_code == 2 and says in result.output and "Traceback" not in result.output
+    assert len([line for line in result.output.splitlines() if line.startswith("Error")]) == 1
+    assert not Path("/nowhere").exists()
+
+
+# --- inputs by URL: the converter reads the JPEGs and DICOMs through FileSystems ---------------
+
+
+def _as_urls(case: object) -> object:
+    """The case with every input path as its fakefs:// URL."""
+    import dataclasses
+
+    return dataclasses.replace(
+        case, render_paths={w: fakefs.url(p) for w, p in case.render_paths.items()},
+        dicom_path=fakefs.url(case.dicom_path) if case.dicom_path else None)
+
+
+@pytest.fixture(scope="module")
+def dicom_drop(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A drop with renders and DICOMs (and the writer's broken inputs, a corrupt DICOM among them)."""
+    root = tmp_path_factory.mktemp("beam-dicom") / "drop"
+    synth.write_synthetic_drop(root, n_patients=4, slices_per_patient=2, size=32, seed=5)
+    return root
+
+
+@pytest.mark.parametrize("source", ["render", "dicom"])
+def test_make_example_reads_url_inputs_to_the_same_bytes(dicom_drop: Path, source: str) -> None:
+    from data_build import convert
+    from data_build.drop import discover
+
+    found = discover(dicom_drop, source=source)
+    options = convert.ConvertOptions(source=source)
+    outcomes = set()
+    for case in found.cases:
+        here, there = convert.make_example(case, options), convert.make_example(_as_urls(case), options)
+        outcomes.add(type(here).__name__)
+        if isinstance(here, convert.Converted):
+            assert isinstance(there, convert.Converted) and there.serialized == here.serialized
+        else:  # the same skip, naming the URL it could not use
+            assert (there.id, there.reason) == (here.id, here.reason)
+    assert "Converted" in outcomes
+
+
+def test_a_missing_url_input_is_a_counted_skip(dicom_drop: Path, tmp_path: Path) -> None:
+    import dataclasses
+
+    from data_build import convert
+    from data_build.drop import discover
+
+    case = next(c for c in discover(dicom_drop, source="render").cases if len(c.render_paths) == 4)
+    gone = dict(_as_urls(case).render_paths, brain_window=fakefs.url(tmp_path / "gone.jpg"))
+    skip = convert.make_example(dataclasses.replace(case, render_paths=gone))
+    assert skip.reason == "missing-image" and skip.path == fakefs.url(tmp_path / "gone.jpg")
+    dicom_case = dataclasses.replace(case, source="dicom", dicom_path=fakefs.url(tmp_path / "gone.dcm"))
+    skip = convert.make_example(dicom_case, convert.ConvertOptions(source="dicom"))
+    assert skip.reason == "corrupt-dicom" and "no such file" in skip.detail
+
+
+def test_beam_workers_read_url_inputs_to_the_local_engines_shards(both: tuple, drop: Path,
+                                                                  tmp_path: Path) -> None:
+    """The plan's cases carry URLs; multi-processing workers open them through FileSystems.
+    (Discovery itself still walks a local folder: the URLs are put in here.)"""
+    import dataclasses
+
+    from data_build.drop import discover
+
+    local, _, _ = both
+    found = discover(drop, source="render")
+    by_url = dataclasses.replace(found, cases=[_as_urls(c) for c in found.cases])
+    out = tmp_path / "out"
+    beam_engine._build_drop(by_url, fakefs.url(out), 2, 4, False, None, (0.8, 0.1, 0.1),
+                            records.splits.DEFAULT_SALT, records.splits.DEFAULT_METHOD,
+                            beam_engine.pipeline_options("", 2), "")
+    assert _shards(out) == _shards(local)
+
+
+# --- a drop given as a URL: discovery lists and reads it through FileSystems -------------------
+
+
+def _mapped(text: str, root: Path) -> str:
+    return text.replace(fakefs.url(root), str(root))
+
+
+def test_discovery_of_a_url_drop_equals_the_local_one(dicom_drop: Path) -> None:
+    """Same cases (paths as URLs), skips, warnings and stats, for either source."""
+    from data_build.drop import discover
+
+    for source in ("render", "dicom"):
+        here, there = discover(dicom_drop, source=source), discover(fakefs.url(dicom_drop), source=source)
+        assert [_as_urls(c) for c in here.cases] == there.cases and here.cases
+        assert [(s.id, s.reason, s.detail, s.path) for s in here.skips] == [
+            (s.id, s.reason, _mapped(s.detail, dicom_drop), _mapped(s.path, dicom_drop))
+            for s in there.skips]
+        assert here.warnings == [_mapped(w, dicom_drop) for w in there.warnings]
+        assert here.stats == there.stats and here.window_set == there.window_set
+        assert str(there.root) == fakefs.url(dicom_drop)
+
+
+def test_a_url_drop_builds_the_local_engines_shards(both: tuple, drop: Path, tmp_path: Path) -> None:
+    """ROOT and --out as URLs, multi-processing workers: nothing read or written by local path."""
+    local, _, _ = both
+    mapped = tmp_path / "shards"
+    result = _cli_build(fakefs.url(drop), "--out", fakefs.url(mapped), "--engine", "beam",
+                        "--workers", "2", "--shard-size", "4")
+    assert result.exit_code == 0, result.output
+    assert _shards(mapped) == _shards(local)
+    ours, theirs = Manifest.load(mapped), Manifest.load(local)
+    assert ours.shards == theirs.shards and ours.counts == theirs.counts
+    assert [(s.id, s.reason) for s in ours.skipped] == [(s.id, s.reason) for s in theirs.skipped]
+    assert ours.drop["root"] == fakefs.url(drop)
+    assert CliRunner().invoke(cli.verify, [str(mapped)]).exit_code == 0
+
+
+def test_a_url_dicom_drop_builds_the_local_engines_hu_shards(dicom_drop: Path, tmp_path: Path) -> None:
+    records.build(dicom_drop, tmp_path / "local", workers=1, source="dicom", progress=False)
+    beam_engine.build(fakefs.url(dicom_drop), fakefs.url(tmp_path / "beam"), workers=1, source="dicom",
+                      progress=False, beam_options=IN_PROCESS)
+    assert _shards(tmp_path / "beam") == _shards(tmp_path / "local") != {}
+
+
+@pytest.mark.parametrize(("make", "says"), [
+    ("nothing", "does not exist or is not a folder"),
+    ("no-labels", "labels file"),
+])
+def test_an_unusable_url_drop_is_a_one_line_error(tmp_path: Path, make: str, says: str) -> None:
+    root = tmp_path / "drop"
+    if make == "no-labels":
+        synth.write_synthetic_drop(root, n_patients=2, slices_per_patient=1, size=32, seed=1,
+                                   dicoms=False)
+        (root / "hemorrhage-labels.csv").unlink()
+    result = _cli_build(fakefs.url(root), "--out", fakefs.url(tmp_path / "out"), "--engine", "beam",
+                        "--beam-options", IN_PROCESS)
+    assert result.exit_code == 2 and says in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_header_reading_processes_open_url_dicoms(dicom_drop: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Spawned header readers import the driver's filesystems (fakefs:// is a plugin here)."""
+    from data_build import drop as drop_module
+
+    paths = sorted(str(p) for p in dicom_drop.rglob("*.dcm"))[:4]
+    monkeypatch.setattr(drop_module, "HEADER_CHUNK", 2)  # two chunks: the process pool runs
+    local = drop_module.read_headers(paths, workers=2)
+    remote = drop_module.read_headers([fakefs.url(p) for p in paths], workers=2)
+    assert [remote[fakefs.url(p)] for p in paths] == [local[p] for p in paths]
+    assert any(isinstance(m, drop_module.dicom.DicomMeta) for m in local.values())

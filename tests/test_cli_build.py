@@ -257,3 +257,17 @@ def test_build_killed_with_sigkill_resumes_to_the_same_shards(
     shard_bytes = lambda d: {p.name: p.read_bytes() for p in d.glob("*.tfrecord")}  # noqa: E731
     assert shard_bytes(out) == shard_bytes(clean)
     assert _run(cli.verify, out).exit_code == 0
+
+
+@pytest.mark.parametrize(("where", "says"), [
+    ("out", "--out gs://bucket/shards is a URL; --engine local writes to a local folder only"),
+    ("root", "ROOT gs://bucket/drop is a URL; --engine local reads a local folder (or a mount) only"),
+])
+def test_urls_the_local_build_cannot_use_are_one_line_usage_errors(
+        drop: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str, says: str) -> None:
+    """Without Apache Beam too: a URL must not become a local folder named "gs:"."""
+    root = "gs://bucket/drop" if where == "root" else str(drop[0])
+    monkeypatch.chdir(tmp_path)
+    result = _run(cli.build, root, "--out", "gs://bucket/shards", "--no-progress")
+    assert result.exit_code == 2 and says in " ".join(result.output.split())
+    assert "Traceback" not in result.output and not list(tmp_path.iterdir())
