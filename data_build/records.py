@@ -501,7 +501,9 @@ def _write_shard(
 
     Records are framed by `data_build.tfrecord` (byte-identical to TensorFlow's writer), so a
     build never imports TensorFlow. The sha256 is computed from the bytes as they are written
-    (no second read of the shard). The shard is written to a temporary name and renamed.
+    (no second read of the shard). The shard is left under its temporary name
+    (`_shard_tmp`): the main process renames it when it logs the entry (`_publish`), in plan
+    order, so a stopped pool build never leaves a finished shard that no log lists.
 
     Returns:
       The progress entry, or, for a strict build, the first bad input's `Skip` (nothing is
@@ -511,7 +513,8 @@ def _write_shard(
     skips: list[Skip] = []
     digest = hashlib.sha256()
     size = 0
-    path, tmp = out / plan.file, _shard_tmp(out, plan)
+    tmp = _shard_tmp(out, plan)
+    written = False
     try:
         with open(tmp, "wb") as writer:
             for case in plan.cases:
@@ -528,12 +531,12 @@ def _write_shard(
                 digest.update(framed)
                 size += len(framed)
                 _count(counts, result)
-        os.replace(tmp, path)
+        written = True
     except OSError as err:  # e.g. a full disk
         raise BuildError(f"writing {tmp} failed: {err.strerror or err}. Free disk space or pick "
                          "another --out, then rerun with --resume.") from None
     finally:
-        if tmp.exists():
+        if not written and tmp.exists():
             tmp.unlink()
     return {
         "kind": "shard",
@@ -817,13 +820,23 @@ def _convert_and_write(
         for plan, entry in zip(todo, results):
             if isinstance(entry, Skip):
                 raise StrictStop(entry)
+            _publish(out, plan)
             _append_progress(out, entry)
             entries[plan.file] = entry
     finally:
         results.close()  # stops and joins the pool on errors too
         bar.close()
-        for plan in todo:  # shards the stopped workers were writing
+        for plan in todo:  # shards the stopped workers were writing, or wrote but never logged
             _shard_tmp(out, plan).unlink(missing_ok=True)
+
+
+def _publish(out: Path, plan: _ShardPlan) -> None:
+    """Rename a worker's finished shard to its name (just before its progress line)."""
+    try:
+        os.replace(_shard_tmp(out, plan), out / plan.file)
+    except OSError as err:
+        raise BuildError(f"renaming the finished shard {plan.file} in {out} failed: "
+                         f"{err.strerror or err}; rerun with --resume") from None
 
 
 def _manifest(drop: Any, ordered: Sequence[Mapping[str, Any]], config: dict[str, Any]) -> Manifest:

@@ -81,6 +81,9 @@ def test_strict_stop_in_workers_is_the_serial_one(render_drop: FakeDrop, tmp_pat
             _write(drop, out, strict=True, workers=workers)
         stops.append(stop.value.skip)
         assert not list(out.glob(".*.tmp")) and not (out / "manifest.json").exists()
+        # A shard another worker finished after the stopping one is not left unlisted on disk.
+        logged = set(records._read_progress(out)[1])
+        assert {p.name for p in out.glob("*.tfrecord")} <= logged
     assert stops[0] == stops[1] and stops[0].reason == "corrupt-image"
     # Fixed, the stopped pool build resumes: its logged shards are kept, the rest rewritten.
     for case in bad:
