@@ -67,14 +67,28 @@ def is_savedmodel(path: Path) -> bool:
     return (path / "saved_model.pb").is_file() or latest_version(path) is not None
 
 
-def presets_from_export(info: Mapping[str, Any]) -> tuple[windows.Window, ...]:
-    """Window presets of a ``fusion_export.json`` (``{name: [level, width]}``), `WINDOW_NAMES`
-    order; the standard presets when it names none or they are malformed."""
+def presets_from_export(info: Mapping[str, Any]) -> tuple[windows.Window, ...] | None:
+    """Window presets of a ``fusion_export.json`` or ``RUN/windows.json``
+    (``{"presets": {name: [level, width]}}``), `WINDOW_NAMES` order; None when it names none
+    or they are malformed."""
     table = info.get("presets")
     try:
         return tuple(windows.Window(float(table[n][0]), float(table[n][1])) for n in windows.WINDOW_NAMES)
     except (TypeError, KeyError, IndexError, ValueError):
-        return tuple(windows.PRESETS[n] for n in windows.WINDOW_NAMES)
+        return None
+
+
+def run_presets(model_path: Path, export_info: Mapping[str, Any]) -> tuple[windows.Window, ...]:
+    """The presets HU inputs are windowed with: the export's, else ``RUN/windows.json``, else
+    the standard ones, with a warning (shards built with other presets would be mis-windowed)."""
+    for found in (presets_from_export(export_info), presets_from_export(read_json_dict(
+            model_path.parent / WINDOWS_FILE))):
+        if found is not None:
+            return found
+    log.warning("no window presets found beside %s (no export, no %s): DICOM/HU inputs are windowed "
+                "with the standard presets; if the shards were built with --window, keep the model in "
+                "its run folder", model_path, WINDOWS_FILE)
+    return tuple(windows.PRESETS[n] for n in windows.WINDOW_NAMES)
 
 
 def resize(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -152,7 +166,7 @@ def load_keras_predictor(path: str | os.PathLike[str]) -> KerasPredictor:
     predictor = KerasPredictor(
         path=model_path, run_dir=run_dir, thresholds=thresholds, input_size=None,
         config=read_run_config(folder), export_info=export_info, threshold_notes=notes,
-        presets=presets_from_export(export_info or read_json_dict(folder / WINDOWS_FILE)),
+        presets=run_presets(model_path, export_info),
         _model=_load_keras(model_path),
     )
     if predictor.image_size is None:  # the model itself accepts any size

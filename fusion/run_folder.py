@@ -97,11 +97,16 @@ def window_table(presets: Sequence[windows.Window]) -> dict[str, Any]:
     return {"presets": {n: [p.level, p.width] for n, p in zip(windows.WINDOW_NAMES, presets, strict=True)}}
 
 
-def save_without_export(model: keras.Model, run_dir: Path, shards_dir: Path, backend: str,
-                        presets: Sequence[windows.Window]) -> str:
-    """Save RUN/model.keras, RUN/windows.json (the shards' window presets, which HU inputs are
-    windowed with until the run is exported) and RUN/EXPORT_LATER.txt. Returns the note's text."""
-    atomic_write_text(run_dir / WINDOWS_FILE, json.dumps(window_table(presets), indent=2) + "\n")
+def write_windows(run_dir: Path, presets: Sequence[windows.Window]) -> Path:
+    """Write RUN/windows.json: the shards' window presets, which `fusion.keras_predictor`
+    windows HU inputs with when the run has no export (or a .keras file is run instead)."""
+    path = Path(run_dir) / WINDOWS_FILE
+    atomic_write_text(path, json.dumps(window_table(presets), indent=2) + "\n")
+    return path
+
+
+def save_without_export(model: keras.Model, run_dir: Path, shards_dir: Path, backend: str) -> str:
+    """Save RUN/model.keras and write RUN/EXPORT_LATER.txt. Returns the note's text."""
     save_keras(model, run_dir / "model.keras")
     note = export_later_note(run_dir, shards_dir, backend)
     atomic_write_text(run_dir / EXPORT_NOTE, note)

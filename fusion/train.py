@@ -43,7 +43,7 @@ from fusion.config import RunConfig
 from fusion.errors import TrainError
 from fusion.model import build_model
 from fusion.optim import compile_model
-from fusion.run_folder import EXPORT_NOTE, prepare_run_dir, save_without_export, write_metrics
+from fusion.run_folder import EXPORT_NOTE, prepare_run_dir, save_without_export, write_metrics, write_windows
 from fusion.thresholds import Thresholds
 from fusion.train_data import make_run_data
 
@@ -288,9 +288,9 @@ def finish_run(
         log.warning("%s", note)
         result["notes"] = [note, *result.get("notes", [])]
     write_metrics(run_dir, result)
+    write_windows(run_dir, manifest.presets)  # every run: model.keras / best.keras need them too
     if export and not backend.uses_tensorflow():
-        save_without_export(model, run_dir, Path(shards_dir or "SHARDS"), backend.current_backend(),
-                            manifest.presets)
+        save_without_export(model, run_dir, Path(shards_dir or "SHARDS"), backend.current_backend())
         log.warning("no SavedModel on the %s backend: %s says how to export later",
                     backend.current_backend(), run_dir / EXPORT_NOTE)
     elif export:

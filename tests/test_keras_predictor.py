@@ -323,12 +323,27 @@ def test_an_unexported_run_windows_hu_with_its_own_presets(run: Path, tmp_path: 
 
 
 def test_presets_come_from_the_export() -> None:
-    from data_build.windows import PRESETS, Window
+    from data_build.windows import Window
     from fusion.keras_predictor import presets_from_export
 
     table = {name: [10.0 * i, 100.0 + i] for i, name in enumerate(WINDOW_NAMES)}
     assert presets_from_export({"presets": table}) == tuple(
         Window(10.0 * i, 100.0 + i) for i in range(len(WINDOW_NAMES)))
-    standard = tuple(PRESETS[n] for n in WINDOW_NAMES)
-    assert presets_from_export({}) == standard
-    assert presets_from_export({"presets": {"brain": "wide"}}) == standard
+    assert presets_from_export({}) is None
+    assert presets_from_export({"presets": {"brain": "wide"}}) is None
+
+
+def test_a_model_without_presets_beside_it_gets_the_standard_ones_and_a_warning(
+        run: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import shutil
+
+    from data_build.windows import PRESETS
+    from fusion.keras_predictor import open_model
+
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(run / "model.keras", alone / "model.keras")
+    with caplog.at_level("WARNING"):
+        predictor = open_model(alone / "model.keras", "tensorflow")
+    assert predictor.presets == tuple(PRESETS[n] for n in WINDOW_NAMES)
+    assert "no window presets found" in caplog.text
