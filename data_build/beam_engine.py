@@ -39,6 +39,7 @@ that the workers can open it too.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shlex
 import shutil
@@ -48,6 +49,8 @@ from typing import Any, Mapping, Sequence
 
 from data_build import build_plan, convert, locations, records, splits
 from data_build.choices import DEFAULT_SHARD_SIZE
+
+log = logging.getLogger(__name__)
 
 #: Folder in OUT for the plan, the driver's facts, spill files and the skips' JSON lines; only
 #: the skips' lines (``skipped-*.jsonl``) stay after a build.
@@ -264,6 +267,22 @@ def _run(beam_options: Any, out: Path | str, staging: Path | str,
     return _counters(result)
 
 
+def _absolute(location: str | Path) -> str | Path:
+    """A local path made absolute (workers may not share the driver's working folder); URLs as given."""
+    return location.resolve() if isinstance(location, Path) else location
+
+
+def _warn_local_paths_off_direct(options: Any, root: str | Path, out: str | Path) -> None:
+    """Warn when a cluster runner gets local paths: its workers read and write their own disks."""
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    runner = str(options.view_as(StandardOptions).runner)
+    local = [f"{what} {p}" for what, p in (("ROOT", root), ("--out", out)) if isinstance(p, Path)]
+    if local and runner != "DirectRunner":
+        log.warning("%s with %s: every worker must see these at the same absolute path (a shared "
+                    "mount); otherwise give URLs (gs://, s3://, hdfs://)", " and ".join(local), runner)
+
+
 def build(
     root: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -294,9 +313,10 @@ def build(
 
     workers = max(1, int(workers or records._available_cores()))
     beam_opts = pipeline_options(beam_options, workers)  # bad options fail before the long scan
-    root, out = locations.path_or_url(root), locations.path_or_url(out)
+    root, out = _absolute(locations.path_or_url(root)), _absolute(locations.path_or_url(out))
     check_location(root, "ROOT")
     check_location(out, "--out")
+    _warn_local_paths_off_direct(beam_opts, root, out)
     records._check_options(shard_size, False, overwrite)
     if isinstance(out, str):  # a URL: the same rules through FileSystems
         from data_build import beam_out

@@ -379,3 +379,25 @@ def test_header_reading_processes_open_url_dicoms(dicom_drop: Path, monkeypatch:
     remote = drop_module.read_headers([fakefs.url(p) for p in paths], workers=2)
     assert [remote[fakefs.url(p)] for p in paths] == [local[p] for p in paths]
     assert any(isinstance(m, drop_module.dicom.DicomMeta) for m in local.values())
+
+
+# --- local paths: absolute for the workers, a warning off DirectRunner ------------------------
+
+
+def test_local_paths_reach_the_workers_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert beam_engine._absolute(Path("tfrecords")) == tmp_path / "tfrecords"
+    assert beam_engine._absolute("gs://bucket/tfrecords") == "gs://bucket/tfrecords"
+
+
+def test_local_paths_on_a_cluster_runner_warn(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    flink = beam_engine.pipeline_options("--runner=FlinkRunner", 2)
+    with caplog.at_level("WARNING", logger="data_build.beam_engine"):
+        beam_engine._warn_local_paths_off_direct(flink, tmp_path / "drop", "s3://bucket/out")
+    assert "ROOT" in caplog.text and "shared mount" in caplog.text and "--out" not in caplog.text
+    caplog.clear()
+    direct = beam_engine.pipeline_options("", 2)
+    with caplog.at_level("WARNING", logger="data_build.beam_engine"):
+        beam_engine._warn_local_paths_off_direct(direct, tmp_path / "drop", tmp_path / "out")
+        beam_engine._warn_local_paths_off_direct(flink, "s3://bucket/drop", "s3://bucket/out")
+    assert not caplog.text
