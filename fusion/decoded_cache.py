@@ -152,6 +152,12 @@ class DecodedSplit:
 
     def _open(self) -> dict[str, Any]:
         if self._arrays is None:
+            # Checked again in each process that maps it: another run sharing DIR may have
+            # rebuilt the folder for other shards since this run's check.
+            reason = stale_reason(self.folder, self.spec)
+            if reason is not None:
+                raise CacheError(f"the decoded cache {self.folder} changed under this run: {reason}; "
+                                 "give each concurrent run its own --cache DIR, then rerun with --resume")
             rows = np.load(self.folder / "rows.npz")
             arrays = {k: rows[k] for k in rows.files}
             arrays["codes"] = np.load(self.folder / "codes.npy", mmap_mode="r")

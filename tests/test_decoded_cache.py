@@ -127,6 +127,19 @@ def test_reused_when_current_rebuilt_when_stale(shards: Path, other_shards: Path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train-16px"]  # no partial, no old copy
 
 
+def test_a_cache_rebuilt_for_other_shards_under_an_open_one_is_refused(shards: Path, other_shards: Path,
+                                                                         tmp_path: Path) -> None:
+    # Two runs sharing one DIR: the second rebuilds the folder for its shards before the
+    # first's (spawned) readers map it; they must not read the other run's slices.
+    import pickle
+
+    mine = decoded_cache.open_caches(tmp_path, shards, ("train",), 16)["train"]
+    in_worker = pickle.loads(pickle.dumps(mine))  # what a spawned worker gets: the folder only
+    decoded_cache.open_caches(tmp_path, other_shards, ("train",), 16)
+    with pytest.raises(decoded_cache.CacheError, match="changed under this run: it was made from other data"):
+        in_worker.read_batch([0])
+
+
 def test_a_folder_in_the_way_is_not_removed(shards: Path, tmp_path: Path) -> None:
     (tmp_path / "train-16px").mkdir()
     (tmp_path / "train-16px" / "notes.txt").write_text("mine")
