@@ -57,7 +57,16 @@ class ConvertFn(beam.DoFn):
         self._offset = 0
 
     def start_bundle(self) -> None:
-        self._handle, self._offset = None, 0
+        self._close_spill()  # a failed bundle's file is never finished (a retry writes anew)
+        self._offset = 0
+
+    def teardown(self) -> None:
+        self._close_spill()
+
+    def _close_spill(self) -> None:
+        if self._handle is not None:
+            handle, self._handle = self._handle, None
+            handle.close()
 
     def _spill(self, data: bytes) -> tuple[str, int, int]:
         if self._handle is None:  # one file per bundle, unique: a retried bundle writes anew
@@ -82,9 +91,7 @@ class ConvertFn(beam.DoFn):
             yield planned.shard, (planned.index, dataclasses.replace(result, serialized=b""), where)
 
     def finish_bundle(self) -> None:
-        if self._handle is not None:  # closed before the bundle commits: readers see it whole
-            self._handle.close()
-            self._handle = None
+        self._close_spill()  # closed before the bundle commits: readers see it whole
 
 
 class _SpillReader:

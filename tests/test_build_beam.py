@@ -155,6 +155,23 @@ def test_record_bytes_bypass_the_shuffle(drop: Path, tmp_path: Path) -> None:
     reader.close()
 
 
+def test_a_failed_bundle_leaves_no_spill_file_open(tmp_path: Path) -> None:
+    # A bundle that fails before finish_bundle: the next bundle (or teardown) closes its file.
+    from data_build import beam_steps, convert
+
+    (tmp_path / "spill").mkdir()
+    fn = beam_steps.ConvertFn(convert.ConvertOptions(), str(tmp_path / "spill"))
+    fn.start_bundle()
+    fn._spill(b"record")
+    handle = fn._handle
+    fn.start_bundle()  # no finish_bundle: the first bundle failed
+    assert handle.closed and fn._handle is None
+    fn._spill(b"again")
+    handle = fn._handle
+    fn.teardown()
+    assert handle.closed
+
+
 # --- --out as a URL: everything through FileSystems (tests/fakefs.py: fakefs:// over a folder) ---
 
 from tests import fakefs  # noqa: E402  (registers the fakefs:// filesystem; needs Beam)
