@@ -19,34 +19,14 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from proc_memory import wait_with_peak_rss  # noqa: E402
 from real_drop import REAL, make_drop  # noqa: E402
 
 ENGINES = ("local", "beam")
-
-
-def tree_rss(pid: int) -> int:
-    """Resident bytes of `pid` and all its descendants.
-
-    Children are read from every thread's ``/proc/PID/task/TID/children``: DirectRunner starts
-    its worker processes from threads other than the main one, which a walk of the main
-    thread's list alone (``/proc/PID/task/PID/children``) misses.
-    """
-    total, stack = 0, [pid]
-    while stack:
-        p = stack.pop()
-        try:
-            with open(f"/proc/{p}/status") as fh:
-                total += next((int(line.split()[1]) * 1024 for line in fh if line.startswith("VmRSS:")), 0)
-            for task in Path(f"/proc/{p}/task").iterdir():
-                stack.extend(int(c) for c in (task / "children").read_text().split())
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-    return total
 
 
 def run_build(root: Path, out: Path, engine: str, workers: int) -> tuple[float, float]:
@@ -55,19 +35,7 @@ def run_build(root: Path, out: Path, engine: str, workers: int) -> tuple[float, 
            "--workers", str(workers), "--engine", engine, "--overwrite", "--no-progress"]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    peak, stop = 0, threading.Event()
-
-    def poll() -> None:
-        nonlocal peak
-        while not stop.is_set():
-            peak = max(peak, tree_rss(proc.pid))
-            time.sleep(0.1)
-
-    thread = threading.Thread(target=poll, daemon=True)
-    thread.start()
-    _, err = proc.communicate()
-    stop.set()
-    thread.join()
+    peak, err = wait_with_peak_rss(proc)
     if proc.returncode != 0:
         raise SystemExit(f"fusion-build --engine {engine} failed: {err.decode()[-2000:]}")
     return peak / 2**20, time.perf_counter() - start

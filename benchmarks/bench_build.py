@@ -19,7 +19,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from proc_memory import wait_with_peak_rss  # noqa: E402
 from real_drop import make_drop  # noqa: E402
 
 from data_build import drop as drop_mod  # noqa: E402
@@ -214,22 +214,6 @@ def folder_bytes(path: Path) -> int:
 # --- peak memory of a whole build (main process + workers) -------------------------------------
 
 
-def _tree_rss(pid: int) -> int:
-    total, stack = 0, [pid]
-    while stack:
-        p = stack.pop()
-        try:
-            with open(f"/proc/{p}/status") as fh:
-                for line in fh:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1]) * 1024
-            with open(f"/proc/{p}/task/{p}/children") as fh:
-                stack.extend(int(c) for c in fh.read().split())
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-    return total
-
-
 def peak_build_memory(root: Path, out: Path, workers: int) -> tuple[float, float]:
     """Run `fusion-build` in a subprocess; return (peak RSS of its process tree in MiB, seconds)."""
     cmd = [
@@ -238,20 +222,7 @@ def peak_build_memory(root: Path, out: Path, workers: int) -> tuple[float, float
     ]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    peak = 0
-    stop = threading.Event()
-
-    def poll() -> None:
-        nonlocal peak
-        while not stop.is_set():
-            peak = max(peak, _tree_rss(proc.pid))
-            time.sleep(0.1)
-
-    thread = threading.Thread(target=poll, daemon=True)
-    thread.start()
-    _, err = proc.communicate()
-    stop.set()
-    thread.join()
+    peak, err = wait_with_peak_rss(proc)
     if proc.returncode != 0:
         raise SystemExit(f"fusion-build failed: {err.decode()[-2000:]}")
     return peak / 2**20, time.perf_counter() - start

@@ -22,12 +22,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_build import _tree_rss  # noqa: E402
+from proc_memory import wait_with_peak_rss  # noqa: E402
 from real_drop import REAL, make_drop  # noqa: E402
 
 THIS_TREE = Path(__file__).resolve().parents[1]
@@ -57,19 +55,7 @@ def run_build(tree: Path, root: Path, out: Path, workers: int, shard_size: int) 
     # `python -c` puts the working folder first on sys.path: run in `tree`, or another
     # checkout's data_build there would shadow the one being measured.
     proc = subprocess.Popen(cmd, env=env, cwd=tree, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    peak, stop = 0, threading.Event()
-
-    def poll() -> None:
-        nonlocal peak
-        while not stop.is_set():
-            peak = max(peak, _tree_rss(proc.pid))
-            time.sleep(0.1)
-
-    thread = threading.Thread(target=poll, daemon=True)
-    thread.start()
-    _, err = proc.communicate()
-    stop.set()
-    thread.join()
+    peak, err = wait_with_peak_rss(proc)
     if proc.returncode != 0:
         raise SystemExit(f"fusion-build ({tree}) failed: {err.decode()[-2000:]}")
     result = json.loads(report.read_text())
