@@ -684,7 +684,8 @@ def run_cell(out: Path, preset: str, seed: int, fold: int, shards: tuple[Path, P
     if (cell / RESULT_FILE).exists():
         return json.loads((cell / RESULT_FILE).read_text(encoding="utf-8"))
     train_seconds = run_command(
-        ["fusion-train", str(shards[0]), "--out", str(cell / "run"), "--preset", preset,
+        ["fusion-train", str(shards[0]), "--out", str(cell / "run"),
+         *(["--config", str(args.configs[preset])] if preset in args.configs else ["--preset", preset]),
          "--image-size", str(args.image_size), "--epochs", str(args.epochs), "--seed", str(seed),
          "--overwrite", "--quiet", *shlex.split(args.extra_train_args)],
         cell / "train.log")
@@ -767,7 +768,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--folds", type=int, default=4, help="Folds by patient [4].")
     p.add_argument("--only-fold", type=int, default=None, help="Run this fold only (0-based).")
     p.add_argument("--presets", default=",".join(DEFAULT_PRESETS),
-                   help=f"Comma-separated fusion-train presets [{','.join(DEFAULT_PRESETS)}].")
+                   help=f"Comma-separated fusion-train presets [{','.join(DEFAULT_PRESETS)}]; an entry "
+                        "NAME=FILE trains a candidate from a run config JSON (fusion-train --config "
+                        "FILE, e.g. a preset's RUN/config.json edited) under the name NAME.")
     p.add_argument("--seeds", default=",".join(map(str, DEFAULT_SEEDS)),
                    help="Comma-separated training seeds [0,1].")
     p.add_argument("--image-size", type=int, default=None,
@@ -790,7 +793,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.epochs = args.epochs or base["epochs"]
     if args.only_fold is None and args.quick:
         args.only_fold = QUICK["only_fold"]
-    args.preset_list = _split_list(args.presets, str, "--presets")
+    entries = _split_list(args.presets, str, "--presets")
+    args.configs = {e.split("=", 1)[0]: Path(e.split("=", 1)[1]) for e in entries if "=" in e}
+    args.preset_list = [e.split("=", 1)[0] for e in entries]
     args.seed_list = _split_list(args.seeds, int, "--seeds")
     return args
 
@@ -801,12 +806,20 @@ def check_args(args: argparse.Namespace) -> None:
     Raises:
       ProxyError: the message names the option and what it accepts.
     """
-    from fusion.config import PRESETS
+    from fusion.config import PRESETS, ConfigError, RunConfig
 
-    unknown = [p for p in args.preset_list if p not in PRESETS]
+    unknown = [p for p in args.preset_list if p not in PRESETS and p not in args.configs]
     if unknown:
         raise ProxyError(f"unknown preset(s) {', '.join(unknown)} in --presets; known: "
-                         f"{', '.join(PRESETS)}")
+                         f"{', '.join(PRESETS)}, or NAME=CONFIG.json")
+    for name, path in args.configs.items():
+        if name in PRESETS or not name.replace("-", "").replace("_", "").isalnum():
+            raise ProxyError(f"--presets {name}={path}: name a candidate with letters, digits, - and _, "
+                             f"and not like a preset ({', '.join(PRESETS)})")
+        try:
+            RunConfig.load(path)
+        except ConfigError as err:
+            raise ProxyError(f"--presets {name}={path}: {err}") from None
     if args.folds < 2:
         raise ProxyError(f"--folds must be at least 2, got {args.folds}")
     if args.only_fold is not None and not 0 <= args.only_fold < args.folds:

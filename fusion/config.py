@@ -10,6 +10,9 @@ Presets (`PRESETS`, `preset(name)`):
 - ``peer-unet``  the peer's model: early fusion (stacked channels) U-Net trained only on slices
                  with a mask, all task weights equal.
 - ``peer-cls``   the peer's classification-only CNN (early fusion, no decoder).
+- ``plain-unet`` issue 10's baseline: a plain U-Net (stacked windows, conv-BatchNorm-ReLU
+                 blocks) trained the peer's way (BCE + Dice, Adam 1e-3 constant, batch 8, no
+                 augmentation, slices with a mask only).
 - ``demo``       small and fast (128 px, narrow): for ``make demo`` on two CPU cores.
 """
 from __future__ import annotations
@@ -27,6 +30,11 @@ from fusion.errors import FusionError
 #: Model heads, in the order of the model's outputs.
 HEADS: tuple[str, ...] = ("class", "area", "mask")
 FUSIONS: tuple[str, ...] = ("early", "attention")
+#: Normalisation layers: GroupNormalization, or BatchNormalization (issue 10's candidate).
+NORMS: tuple[str, ...] = ("group", "batch")
+#: Encoder/decoder blocks: pre-activation residual (ours) or the plain U-Net's two
+#: conv-norm-ReLU (the peer-shaped baseline).
+BLOCKS: tuple[str, ...] = ("residual", "plain")
 CLASS_POOLINGS: tuple[str, ...] = ("global", "attention")
 #: Optional keras.applications backbones and their total stride.
 BACKBONES: Mapping[str, int] = {"resnet50": 32, "efficientnetb0": 32}
@@ -57,6 +65,10 @@ class ModelConfig:
       depth: number of stride-2 encoder stages; the encoder stride is 2**depth.
       blocks: residual blocks per stage.
       groups: GroupNormalization groups (reduced to a divisor of the channel count).
+      norm: "group" (GroupNormalization, independent of the batch) or "batch"
+        (BatchNormalization: cheaper on CPU; statistics of the batch in training).
+      block: "residual" (pre-activation residual blocks, SiLU) or "plain" (two
+        conv3x3-norm-ReLU per stage, max-pool down: the plain U-Net).
       fusion_width: channels of each per-window stem in attention fusion.
       backbone: None for the built-in residual encoder, or a keras.applications name
         ("resnet50", "efficientnetb0"); its stride is 32.
@@ -75,6 +87,8 @@ class ModelConfig:
     depth: int = 4
     blocks: int = 1
     groups: int = 8
+    norm: str = "group"
+    block: str = "residual"
     fusion_width: int = 8
     backbone: str | None = None
     backbone_weights: str | None = None
@@ -90,6 +104,8 @@ class ModelConfig:
         _check(1 <= self.depth <= 6, f"model.depth must be in 1..6, got {self.depth}")
         _check(self.blocks >= 1, f"model.blocks must be >= 1, got {self.blocks}")
         _check(self.groups >= 1, f"model.groups must be >= 1, got {self.groups}")
+        _check(self.norm in NORMS, f"model.norm must be one of {NORMS}, got {self.norm!r}")
+        _check(self.block in BLOCKS, f"model.block must be one of {BLOCKS}, got {self.block!r}")
         _check(self.fusion_width >= 1, f"model.fusion_width must be >= 1, got {self.fusion_width}")
         _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
         _check(self.class_pooling in CLASS_POOLINGS,
@@ -358,6 +374,19 @@ def _presets() -> dict[str, RunConfig]:
         model=ModelConfig(fusion="early", heads=("class",)),
         loss=LossConfig(class_loss="bce", area_weight=0.0, mask_weight=0.0),
     )
+    # The baseline issue 10 measured on real slices (Dice 0.450): stacked windows, BCE + Dice,
+    # Adam (AdamW without decay) at a constant 1e-3, batch 8, no augmentation.
+    plain_unet = RunConfig(
+        preset="plain-unet",
+        model=ModelConfig(fusion="early", norm="batch", block="plain"),
+        loss=LossConfig(
+            class_weight=1.0, area_weight=1.0, mask_weight=1.0, class_loss="bce",
+            mask_batch_dice_weight=0.0, mask_pos_weight=1.0,
+        ),
+        augment=AugmentConfig(enabled=False),
+        train=TrainConfig(batch_size=8, learning_rate=1e-3, weight_decay=0.0, schedule="constant",
+                          warmup_epochs=0, clipnorm=None, masked_only=True),
+    )
     demo = RunConfig(
         preset="demo",
         model=ModelConfig(image_size=128, fusion="attention", width=8, depth=4, fusion_width=4,
@@ -366,7 +395,7 @@ def _presets() -> dict[str, RunConfig]:
         augment=AugmentConfig(rotation_deg=8.0, scale=0.08),
         train=TrainConfig(epochs=30, batch_size=8, learning_rate=3e-3, patience=8, warmup_epochs=1),
     )
-    return {c.preset: c for c in (fusion, peer_unet, peer_cls, demo)}
+    return {c.preset: c for c in (fusion, peer_unet, peer_cls, plain_unet, demo)}
 
 
 PRESETS: Mapping[str, RunConfig] = _presets()

@@ -36,6 +36,7 @@ class WindowAttentionFusion(keras.layers.Layer):
       key_dim: size of the attention query/key vectors.
       groups: GroupNormalization groups of the stems.
       num_windows: N, the channels of the input image.
+      norm: "group" (GroupNormalization) or "batch" (BatchNormalization) in the stems.
     """
 
     def __init__(
@@ -44,6 +45,7 @@ class WindowAttentionFusion(keras.layers.Layer):
         key_dim: int = 8,
         groups: int = 4,
         num_windows: int = 4,
+        norm: str = "group",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -54,7 +56,10 @@ class WindowAttentionFusion(keras.layers.Layer):
         self.filters = filters
         self.key_dim = key_dim
         self.groups = groups
+        if norm not in ("group", "batch"):
+            raise ValueError(f"norm must be 'group' or 'batch', got {norm!r}")
         self.num_windows = num_windows
+        self.norm = norm
         g = group_count(filters, groups)
         # One stem per window: each window's intensities mean different tissues, so the first
         # filters are not shared.
@@ -63,7 +68,8 @@ class WindowAttentionFusion(keras.layers.Layer):
             for i in range(num_windows)
         ]
         self.norms = [
-            keras.layers.GroupNormalization(groups=g, name=f"stem_norm_{i}")
+            keras.layers.BatchNormalization(name=f"stem_norm_{i}") if norm == "batch"
+            else keras.layers.GroupNormalization(groups=g, name=f"stem_norm_{i}")
             for i in range(num_windows)
         ]
         self.query = keras.layers.Conv2D(key_dim, 1, name="query")
@@ -108,6 +114,7 @@ class WindowAttentionFusion(keras.layers.Layer):
             key_dim=self.key_dim,
             groups=self.groups,
             num_windows=self.num_windows,
+            norm=self.norm,
         )
         return config
 

@@ -42,18 +42,25 @@ _BACKBONE_SKIPS: dict[str, tuple[str, tuple[str, ...]]] = {
 _MAX_WIDTH_MULTIPLIER = 8
 
 
-def _norm_act(x: Any, groups: int, name: str) -> Any:
-    x = keras.layers.GroupNormalization(groups=group_count(x.shape[-1], groups), name=f"{name}_gn")(x)
-    return keras.layers.Activation("silu", name=f"{name}_act")(x)
+def normalization(channels: int, cfg: ModelConfig, name: str) -> keras.layers.Layer:
+    """The configured normalisation layer (``cfg.norm``) for `channels` features."""
+    if cfg.norm == "batch":
+        return keras.layers.BatchNormalization(name=f"{name}_bn")
+    return keras.layers.GroupNormalization(groups=group_count(channels, cfg.groups), name=f"{name}_gn")
 
 
-def residual_block(x: Any, filters: int, groups: int, name: str, stride: int = 1) -> Any:
-    """Pre-activation residual block: (GN, SiLU, conv3x3) x 2 + shortcut.
+def _norm_act(x: Any, cfg: ModelConfig, name: str, activation: str = "silu") -> Any:
+    x = normalization(x.shape[-1], cfg, name)(x)
+    return keras.layers.Activation(activation, name=f"{name}_act")(x)
+
+
+def residual_block(x: Any, filters: int, cfg: ModelConfig, name: str, stride: int = 1) -> Any:
+    """Pre-activation residual block: (norm, SiLU, conv3x3) x 2 + shortcut.
 
     Args:
       x: [B, H, W, C] features.
       filters: output channels.
-      groups: GroupNormalization groups (reduced to a divisor of the channels).
+      cfg: the model config (``norm``, ``groups``).
       name: layer-name prefix.
       stride: 2 halves H and W.
 
@@ -61,9 +68,9 @@ def residual_block(x: Any, filters: int, groups: int, name: str, stride: int = 1
       [B, H / stride, W / stride, filters].
     """
     shortcut = x
-    y = _norm_act(x, groups, f"{name}_a")
+    y = _norm_act(x, cfg, f"{name}_a")
     y = keras.layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv_a")(y)
-    y = _norm_act(y, groups, f"{name}_b")
+    y = _norm_act(y, cfg, f"{name}_b")
     y = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv_b")(y)
     if stride != 1:
         # Average-pool then 1x1 conv (ResNet-D shortcut) rather than a strided 1x1 conv: it keeps
@@ -75,12 +82,31 @@ def residual_block(x: Any, filters: int, groups: int, name: str, stride: int = 1
     return keras.layers.Add(name=f"{name}_add")([shortcut, y])
 
 
+def plain_block(x: Any, filters: int, cfg: ModelConfig, name: str, stride: int = 1) -> Any:
+    """The plain U-Net's block: (conv3x3, norm, ReLU) x 2, after a 2x2 max-pool if `stride` is 2.
+
+    Same arguments and shapes as `residual_block`.
+    """
+    if stride != 1:
+        x = keras.layers.MaxPooling2D(stride, name=f"{name}_pool")(x)
+    for part in ("a", "b"):
+        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv_{part}")(x)
+        x = _norm_act(x, cfg, f"{name}_{part}", activation="relu")
+    return x
+
+
+def block(x: Any, filters: int, cfg: ModelConfig, name: str, stride: int = 1) -> Any:
+    """The configured block (``cfg.block``): `residual_block` or `plain_block`."""
+    make = plain_block if cfg.block == "plain" else residual_block
+    return make(x, filters, cfg, name, stride=stride)
+
+
 def build_fusion(image: Any, cfg: ModelConfig) -> Any:
     """Window fusion: [B, H, W, 4] -> [B, H, W, width] features."""
     if cfg.fusion == "attention":
         fused, _ = WindowAttentionFusion(
             cfg.fusion_width, key_dim=8, groups=cfg.groups, num_windows=len(WINDOW_NAMES),
-            name=FUSION_LAYER,
+            norm=cfg.norm, name=FUSION_LAYER,
         )(image)
         return keras.layers.Conv2D(cfg.width, 3, padding="same", name="fusion_proj")(fused)
     # Early fusion: the windows are just the input channels of the first convolution.
@@ -88,7 +114,7 @@ def build_fusion(image: Any, cfg: ModelConfig) -> Any:
 
 
 def build_encoder(x: Any, cfg: ModelConfig) -> list[Any]:
-    """Shared residual encoder.
+    """Shared encoder (``cfg.block`` blocks).
 
     Args:
       x: [B, H, W, width] fused features.
@@ -98,13 +124,13 @@ def build_encoder(x: Any, cfg: ModelConfig) -> list[Any]:
     """
     features = []
     for b in range(cfg.blocks):
-        x = residual_block(x, cfg.width, cfg.groups, f"enc0_{b}")
+        x = block(x, cfg.width, cfg, f"enc0_{b}")
     features.append(x)
     for stage in range(1, cfg.depth + 1):
         filters = cfg.width * min(2**stage, _MAX_WIDTH_MULTIPLIER)
-        x = residual_block(x, filters, cfg.groups, f"enc{stage}_0", stride=2)
+        x = block(x, filters, cfg, f"enc{stage}_0", stride=2)
         for b in range(1, cfg.blocks):
-            x = residual_block(x, filters, cfg.groups, f"enc{stage}_{b}")
+            x = block(x, filters, cfg, f"enc{stage}_{b}")
         features.append(x)
     return features
 
@@ -123,7 +149,7 @@ def build_backbone_encoder(x: Any, cfg: ModelConfig) -> list[Any]:
 
 
 def build_decoder(features: list[Any], cfg: ModelConfig) -> Any:
-    """U-Net decoder: upsample x2, concatenate the skip, residual block; back to stride 1.
+    """U-Net decoder: upsample x2, concatenate the skip, one block; back to stride 1.
 
     Returns:
       [B, H, W, width] features at full resolution.
@@ -136,8 +162,10 @@ def build_decoder(features: list[Any], cfg: ModelConfig) -> Any:
         x = keras.layers.UpSampling2D(2, interpolation="nearest", name=f"dec{level}_up")(x)
         x = keras.layers.Concatenate(name=f"dec{level}_cat")([x, skip])
         x = keras.layers.Conv2D(filters, 1, use_bias=False, name=f"dec{level}_reduce")(x)
-        x = residual_block(x, filters, cfg.groups, f"dec{level}")
-    return _norm_act(x, cfg.groups, "dec_out")
+        x = block(x, filters, cfg, f"dec{level}")
+    if cfg.block == "plain":
+        return x  # already normalised and activated
+    return _norm_act(x, cfg, "dec_out")
 
 
 def _validate(cfg: ModelConfig) -> None:

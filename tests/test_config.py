@@ -89,8 +89,21 @@ def test_presets_encode_the_documented_choices() -> None:
     assert peer.model.fusion == "early" and peer.train.masked_only
     assert peer.loss.class_weight == peer.loss.area_weight == peer.loss.mask_weight
     assert preset("peer-cls").model.heads == ("class",)
+    # Issue 10's baseline: stacked windows, plain BatchNorm blocks, Adam 1e-3 constant, batch 8,
+    # BCE + Dice, no augmentation.
+    plain = preset("plain-unet")
+    assert (plain.model.fusion, plain.model.norm, plain.model.block) == ("early", "batch", "plain")
+    assert (plain.train.batch_size, plain.train.learning_rate, plain.train.schedule) == (8, 1e-3, "constant")
+    assert plain.train.weight_decay == 0.0 and not plain.augment.enabled
+    assert plain.loss.mask_batch_dice_weight == 0.0 and plain.loss.class_loss == "bce"
     demo = preset("demo")
     assert demo.model.image_size <= 128 and demo.model.width <= 16
+
+
+@pytest.mark.parametrize("field, value", [("norm", "layer"), ("block", "dense")])
+def test_unknown_norm_or_block_is_refused(field: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=f"model.{field} must be one of"):
+        ModelConfig(**{field: value})
 
 
 def test_configs_are_frozen() -> None:

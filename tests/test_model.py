@@ -39,6 +39,27 @@ def test_heads_have_documented_shapes(fusion: str) -> None:
     assert (FUSION_LAYER in [layer.name for layer in model.layers]) == (fusion == "attention")
 
 
+@pytest.mark.parametrize("norm, block, fusion", [("batch", "residual", "attention"), ("batch", "plain", "early"),
+                                                  ("group", "plain", "attention")])
+def test_norm_and_block_options_build_and_round_trip(tmp_path: Path, norm: str, block: str, fusion: str) -> None:
+    model = build_model(tiny(norm=norm, block=block, fusion=fusion))
+    kinds = {type(layer).__name__ for layer in model._flatten_layers(include_self=False)}
+    assert ("BatchNormalization" in kinds, "GroupNormalization" in kinds) == (norm == "batch", norm == "group")
+    assert ("MaxPooling2D" in kinds) == (block == "plain")
+    x = images(2)
+    out = model(x, training=False)
+    assert tuple(out["mask"].shape) == (2, SIZE, SIZE, 1)
+    if norm == "batch":  # training updates the moving statistics; inference reads them
+        before = [np.asarray(v).copy() for v in model.non_trainable_weights]
+        model(x, training=True)
+        assert any(not np.allclose(a, np.asarray(b)) for a, b in zip(before, model.non_trainable_weights))
+    path = tmp_path / "m.keras"
+    model.save(path)
+    again = keras.saving.load_model(path)
+    np.testing.assert_allclose(np.asarray(again(x, training=False)["mask"]),
+                               np.asarray(model(x, training=False)["mask"]), atol=1e-6)
+
+
 def test_other_sizes_divisible_by_stride_are_accepted() -> None:
     model = build_model(tiny())
     out = model(images(1, size=48), training=False)  # 48 = 12 x stride 4
@@ -89,6 +110,10 @@ def test_fusion_layer_config_round_trip() -> None:
     layer = WindowAttentionFusion(6, key_dim=4, groups=3, name="f")
     clone = WindowAttentionFusion.from_config(layer.get_config())
     assert (clone.filters, clone.key_dim, clone.groups, clone.num_windows) == (6, 4, 3, 4)
+    assert clone.norm == "group"  # the default, also for layers saved before the option
+    assert WindowAttentionFusion.from_config({**layer.get_config(), "norm": "batch"}).norm == "batch"
+    with pytest.raises(ValueError, match="norm must be"):
+        WindowAttentionFusion(6, norm="layer")
     with pytest.raises(ValueError, match="4 channels"):
         clone.build((None, 8, 8, 3))
 

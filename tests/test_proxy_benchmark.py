@@ -242,6 +242,31 @@ def test_bad_options_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureF
     assert "--only-fold 4 is not a fold of 0..3" in capsys.readouterr().err
     assert PB.main(["--out", str(tmp_path), "--seeds", "0,x"]) == 1
     assert "expected a comma-separated list" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"model": {"norm": "layer"}}')
+    assert PB.main(["--out", str(tmp_path), "--presets", f"fusion,bn={bad}"]) == 1
+    assert "--presets bn=" in (err := capsys.readouterr().err) and "model.norm must be one of" in err
+    assert PB.main(["--out", str(tmp_path), "--presets", f"fusion={bad}"]) == 1
+    assert "not like a preset" in capsys.readouterr().err
+
+
+def test_a_candidate_config_trains_with_fusion_train_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fusion.config import preset
+
+    path = tmp_path / "bn.json"
+    preset("fusion").replace(model={"norm": "batch"}).save(path)
+    args = PB.parse_args(["--out", str(tmp_path), "--presets", f"fusion,fusion-bn={path}"])
+    PB.check_args(args)
+    assert args.preset_list == ["fusion", "fusion-bn"] and args.configs == {"fusion-bn": path}
+    commands: list[list[str]] = []
+    monkeypatch.setattr(PB, "run_command", lambda cmd, log: commands.append(cmd) or 1.0)
+    monkeypatch.setattr(PB, "read_evaluation", lambda folder: (_ for _ in ()).throw(RuntimeError("stop")))
+    for name in ("fusion", "fusion-bn"):
+        with pytest.raises(RuntimeError, match="stop"):
+            PB.run_cell(tmp_path, name, 0, 0, (tmp_path / "a", tmp_path / "b"), 23, args)
+    assert commands[0][commands[0].index("--preset") + 1] == "fusion" and "--config" not in commands[0]
+    assert ["--config", str(path)] == commands[2][commands[2].index("--config"):][:2]
+    assert "--preset" not in commands[2]
 
 
 @pytest.mark.parametrize("supported, asked, expected", [
