@@ -6,7 +6,8 @@ SHARDS is a `fusion-build` output (e.g. the demo's `demo/tfrecords`). Measures, 
 `--repeats` interleaved runs:
 
 - training slices/s: `model.fit` steps of the full training step (augmentation included);
-- input pipeline slices/s: the same training dataset iterated without the model, and its ratio
+- input pipeline slices/s: the same training reader (`fusion.reader`, augmented, in its
+  threads) iterated without the model, and its ratio
   to what training consumes (goal: >= 3x, so training never waits for data);
 - SavedModel latency per slice on `serving_default`, batch 1 and 8, at 256 and 512 px inputs
   (the export resizes to the training size in-graph and returns the mask at the input size).
@@ -20,6 +21,7 @@ import os
 import statistics
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -27,9 +29,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 
 from data_build.manifest import Manifest  # noqa: E402
-from fusion import config, data, export, optim, train  # noqa: E402
+from fusion import config, export, optim, train  # noqa: E402
 from fusion.model import build_model  # noqa: E402
 from fusion.thresholds import Thresholds  # noqa: E402
+from fusion.train_data import make_run_data, reader_workers  # noqa: E402
 
 
 def main() -> None:
@@ -47,25 +50,24 @@ def main() -> None:
         train={"batch_size": args.batch_size, "steps_per_epoch": args.steps},
     )
     manifest = Manifest.load(args.shards)
-    train_ds, _ = data.make_datasets(args.shards, cfg, manifest)
+    train_seq = make_run_data(args.shards, cfg).train  # what fusion-train reads: fusion.reader
     model = optim.compile_model(
         build_model(cfg.model), train.resolve_loss_config(cfg, manifest), args.steps
     )
     batch = args.batch_size
-    model.fit(train_ds, epochs=1, steps_per_epoch=3, verbose=0)  # trace and warm up
-    batches = iter(train_ds)
-    for _ in range(3):
-        next(batches)
+    model.fit(train_seq, epochs=1, steps_per_epoch=3, verbose=0)  # trace and warm up
+    pool = ThreadPoolExecutor(reader_workers())  # the reader's threads, as in fit
 
     fit_rates, pipe_rates = [], []
     for _ in range(args.repeats):
         start = time.perf_counter()
-        model.fit(train_ds, epochs=1, steps_per_epoch=args.steps, verbose=0)
+        model.fit(train_seq, epochs=1, steps_per_epoch=args.steps, verbose=0)
         fit_rates.append(args.steps * batch / (time.perf_counter() - start))
         start = time.perf_counter()
-        for _ in range(args.steps * 3):
-            next(batches)
-        pipe_rates.append(args.steps * 3 * batch / (time.perf_counter() - start))
+        n = args.steps * 3
+        for _ in pool.map(train_seq.__getitem__, (i % len(train_seq) for i in range(n))):
+            pass
+        pipe_rates.append(n * batch / (time.perf_counter() - start))
 
     fit_rate, pipe_rate = statistics.median(fit_rates), statistics.median(pipe_rates)
     params = model.count_params()

@@ -1,7 +1,8 @@
-"""Training-only augmentation in NumPy + OpenCV, for `fusion.reader` (no TensorFlow).
+"""Training-only augmentation in NumPy + OpenCV: the one augmentation, every Keras backend.
 
-The same three steps and `AugmentConfig` parameters as `fusion.augment` (which works on tf.data
-batches), per slice of a batched reader dict:
+`fusion.reader.ShardSequence` applies it to training batches on TensorFlow, JAX and PyTorch
+(the tf.data augmentation it replaced was removed in issue 11). Three steps, with the
+`AugmentConfig` parameters, per slice of a batched reader dict:
 
 1. window jitter (HU records only, ``is_hu`` = 1): each window's level moves by up to
    ``level_jitter_hu`` HU and its width by up to ``width_jitter`` (relative), re-windowed from
@@ -13,8 +14,7 @@ batches), per slice of a batched reader dict:
 3. Gaussian noise on the image, clipped back to [0, 1].
 
 The draws come from a NumPy generator the caller seeds (`fusion.reader.ShardSequence` seeds it
-from (seed, epoch, batch)), so they do not repeat `fusion.augment`'s TensorFlow stateless
-draws: the two agree in distribution, not value by value.
+from (seed, epoch, batch)), so a run's augmentation is the same whatever the backend.
 """
 from __future__ import annotations
 

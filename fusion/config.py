@@ -188,7 +188,7 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Training-only augmentation (`fusion.augment`), applied alike to image, HU and mask.
+    """Training-only augmentation (`fusion.augment_numpy`), applied alike to image, HU and mask.
 
     Attributes:
       enabled: master switch.

@@ -10,7 +10,12 @@ Three steps, as in TF Model Garden's parsers:
   when it is not that size already. DICOM records hold HU: they are resized,
   then windowed with `windows.apply_windows` and the manifest's presets. Masks are resized and
   thresholded at 0.5.
-- `augment`: a callable on the per-example dict (e.g. from `fusion.augment`), before batching.
+- `augment`: an optional callable on the per-example dict, before batching.
+
+Training reads shards through `fusion.reader` on every backend (faster than this reader, less
+CPU per slice: docs/benchmarks.md), with its one augmentation (`fusion.augment_numpy`); this
+module is the tf.data form of the same decode for TensorFlow pipelines (serving checks, users'
+own `tf.data` code) and shares the reader's colour-map tables.
 
 `make_dataset` reads render shards on a faster path with the same output: `render_codes` keeps
 each window's decoded luma as uint8 through batching and `grey_from_codes` inverts the colour
@@ -21,7 +26,6 @@ The output dict is documented in docs/design.md, "Reader output".
 """
 from __future__ import annotations
 
-import math
 import os
 from typing import Callable, Mapping, Sequence
 
@@ -32,8 +36,6 @@ from data_build import renders, schema, windows
 
 # One manifest for build, verify and training (schema-version check, resume hint).
 from data_build.manifest import Manifest, ManifestError  # noqa: F401 (callers use data.ManifestError)
-from fusion.augment import augment_dataset
-from fusion.config import RunConfig
 
 # The TensorFlow-free reader owns what both readers share (one copy of each).
 from fusion.reader import SPLITS, EmptySplitError, shard_files  # noqa: F401
@@ -284,7 +286,7 @@ def make_dataset(
       seed: shuffle seed.
       repeat: repeat forever (for `fit` with steps_per_epoch).
       augment: per-example dict -> dict, applied after `preprocess`, before batching (this
-        takes render shards off the uint8 fast path; `fusion.augment` works on batches instead).
+        takes render shards off the uint8 fast path).
       drop_remainder: drop the last, smaller batch.
 
     Returns:
@@ -340,9 +342,6 @@ def make_dataset(
     return dataset.prefetch(autotune)
 
 
-# --- training and validation datasets --------------------------------------------------------
-
-
 def to_model_io(batch: Mapping[str, tf.Tensor], heads: Sequence[str]) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
     """Reader dict -> (image, packed targets), `fusion.targets.pack_targets` on tf tensors.
 
@@ -350,41 +349,3 @@ def to_model_io(batch: Mapping[str, tf.Tensor], heads: Sequence[str]) -> tuple[t
       image [B, S, S, 4]; targets: class [B, 7], area [B, 2], mask [B, S, S, 2] (only `heads`).
     """
     return pack_targets(batch, heads, xp=tnp)
-
-
-def _masked_only(dataset: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
-    return dataset.unbatch().filter(lambda ex: ex["has_mask"] > 0.5).batch(batch_size)
-
-
-def make_datasets(
-    shards_dir: str | os.PathLike[str], cfg: RunConfig, manifest: Manifest
-) -> tuple[tf.data.Dataset, tf.data.Dataset]:
-    """Train (shuffled, augmented, (image, targets)) and val (reader dicts) datasets of a run."""
-    t, size = cfg.train, cfg.model.image_size
-    train_ds = make_dataset(
-        shards_dir, "train", image_size=size, batch_size=t.batch_size, shuffle=True,
-        seed=t.seed, repeat=t.steps_per_epoch is not None, augment=None,
-    )
-    if t.masked_only:
-        train_ds = _masked_only(train_ds, t.batch_size)
-    if t.steps_per_epoch is None:
-        train_ds = _with_batch_count(train_ds, manifest.split_count("train", t.masked_only), t.batch_size)
-    train_ds = augment_dataset(train_ds, cfg.augment, t.seed, manifest.presets)
-    heads = cfg.model.heads
-    train_ds = train_ds.map(lambda b: to_model_io(b, heads), num_parallel_calls=tf.data.AUTOTUNE)
-    val_ds = make_dataset(
-        shards_dir, "val", image_size=size, batch_size=t.batch_size, shuffle=False, seed=t.seed,
-        repeat=False, augment=None,
-    )
-    val_ds = _with_batch_count(val_ds, manifest.split_count("val"), t.batch_size)
-    return train_ds.prefetch(tf.data.AUTOTUNE), val_ds
-
-
-def _with_batch_count(dataset: tf.data.Dataset, examples: int, batch_size: int) -> tf.data.Dataset:
-    """Declare a finite split's batch count from the manifest's exact counts.
-
-    Keras otherwise learns an epoch's length by running off its end on the first epoch, with a
-    "Your input ran out of data" warning that reads like a failure.
-    """
-    batches = math.ceil(int(examples) / batch_size)
-    return dataset.apply(tf.data.experimental.assert_cardinality(batches))

@@ -1,7 +1,7 @@
 """Held-out evaluation: run an exported model over a split of shards, write metrics.json and a
 self-contained report.html.
 
-``evaluate(model, shards, split, out)`` streams the split through `fusion.data.make_dataset`,
+``evaluate(model, shards, split, out)`` streams the split through `fusion.reader.ShardSequence`,
 keeps per-slice predictions (never the full masks: Dice/IoU are computed per batch), and
 writes::
 

@@ -9,7 +9,6 @@ slices and plain images (``serve_hu``), the four grey windows for renders (``ser
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -118,15 +117,6 @@ def discover(
 group_series = series_geometry.group_series
 
 
-def _on_tensorflow() -> bool:
-    """Decode with TensorFlow only where Keras runs on it: on JAX or PyTorch the reader's
-    OpenCV decoding (`fusion.reader`, within 0.5/255 of tf.data) is used and TensorFlow, even
-    when installed, is never imported."""
-    from fusion.backend import uses_tensorflow
-
-    return uses_tensorflow()
-
-
 def _decode_cv2(data: bytes) -> np.ndarray:
     """PNG/JPEG bytes -> [H, W, C] uint8/uint16 in RGB(A) channel order, as `_decode` gives them
     (OpenCV, no TensorFlow)."""
@@ -142,24 +132,12 @@ def _decode_cv2(data: bytes) -> np.ndarray:
 
 
 def _decode(path: Path) -> np.ndarray:
-    """PNG/JPEG pixels [H, W, C] (uint8 or uint16) decoded as the training reader does
-    (`fusion.data` on TensorFlow, OpenCV elsewhere), so a render gives the model the values it
-    was trained on."""
+    """PNG/JPEG pixels [H, W, C] (uint8 or uint16) decoded as the training reader does (OpenCV,
+    `fusion.reader`, on every backend), so a render gives the model the values it was trained on."""
     data = path.read_bytes()
     if not data:
         raise ValueError("empty file")
-    if not _on_tensorflow():
-        return _decode_cv2(data)
-    import tensorflow as tf
-
-    try:
-        img = tf.io.decode_image(data, channels=0, expand_animations=False).numpy()
-    except (tf.errors.InvalidArgumentError, ValueError) as err:
-        text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", getattr(err, "message", str(err)))
-        raise ValueError(f"not a readable PNG/JPEG ({text.splitlines()[0][:120]})") from None
-    if img.ndim != 3:
-        raise ValueError(f"expected a 2-D image, got shape {img.shape}")
-    return img
+    return _decode_cv2(data)
 
 
 def _scale(img: np.ndarray) -> np.ndarray:
@@ -167,36 +145,13 @@ def _scale(img: np.ndarray) -> np.ndarray:
 
 
 def read_render_grey(path: Path) -> np.ndarray:
-    """One window render -> [H, W] float32 in [0, 1], exactly as `fusion.data` reads renders.
+    """One window render -> [H, W] float32 in [0, 1], exactly as the training reader reads renders.
 
-    JPEGs go through `fusion.data.decode_render` at their own size (one-channel luma decode,
-    the drop's bone colour map inverted for colour JPEGs), so the model sees the values it was
-    trained on (off TensorFlow: `fusion.reader.decode_window`, the JAX/PyTorch reader's). Other
-    formats: colour = bone-mapped (`renders.rgb_to_grey`), grey as it is.
+    Square JPEGs go through `fusion.reader.decode_window` at their own size (one-channel luma
+    decode, the drop's bone colour map inverted for colour JPEGs), so the model sees the values
+    it was trained on, on every backend. Other formats: colour = bone-mapped
+    (`renders.rgb_to_grey`), grey as it is.
     """
-    if not _on_tensorflow():
-        return _read_render_grey_cv2(path)
-    import tensorflow as tf
-
-    from data_build.renders import rgb_to_grey
-    from fusion.data import decode_render
-
-    data = path.read_bytes()
-    if data[:3] == b"\xff\xd8\xff":
-        try:
-            height, width, _ = (int(v) for v in tf.image.extract_jpeg_shape(data).numpy())
-            if height == width:
-                return decode_render(tf.constant(data), height).numpy()[..., 0]
-        except tf.errors.InvalidArgumentError as err:
-            raise ValueError(f"not a readable JPEG ({str(err).splitlines()[0][:120]})") from None
-    img = _decode(path)
-    if img.shape[-1] >= 3:
-        return np.asarray(rgb_to_grey(img[..., :3]), dtype=np.float32)
-    return _scale(img[..., 0])
-
-
-def _read_render_grey_cv2(path: Path) -> np.ndarray:
-    """`read_render_grey` without TensorFlow: square JPEGs through the reader's own decode."""
     from data_build.renders import rgb_to_grey
     from fusion.reader import ReaderError, codes_to_grey, decode_window
 

@@ -223,7 +223,7 @@ def train(
     keras.mixed_precision.set_global_policy(policy)
     log.info("backend %s, precision policy %s, strategy %s", backend.current_backend(), policy, strategy)
     try:
-        run_data = make_run_data(shards_dir, cfg, manifest, None if cache_dir is None else Path(cache_dir))
+        run_data = make_run_data(shards_dir, cfg, None if cache_dir is None else Path(cache_dir))
         n_train = manifest.split_count("train", cfg.train.masked_only)
         steps = cfg.train.steps_per_epoch or max(1, math.ceil(n_train / cfg.train.batch_size))
         with dist.scope():

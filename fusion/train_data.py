@@ -1,16 +1,14 @@
-"""The data of a training run, one of two input paths chosen by the Keras backend.
+"""The data of a training run: one reader and one augmentation for every Keras backend.
 
-- TensorFlow: `fusion.data.make_datasets` (tf.data; its render fast path and `fusion.augment`).
-- JAX and PyTorch: `fusion.reader.ShardSequence` (NumPy + OpenCV, no TensorFlow import), with
-  `fusion.augment_numpy`, in reader threads. Both readers share their decode functions
-  (`fusion.reader`). ``train.masked_only`` keeps the records whose slice has a mask
-  (`SubsetSequence`).
-- ``--cache DIR`` (any backend): `fusion.reader` from `fusion.decoded_cache`, the records
-  decoded once before the first epoch; augmentation still applies per epoch on top.
+`fusion.reader.ShardSequence` (NumPy + OpenCV, no TensorFlow import) with
+`fusion.augment_numpy`, in reader threads, feeds `model.fit` on TensorFlow, JAX and PyTorch
+alike: it costs less CPU per slice than the tf.data reader (`fusion.data`) did on TensorFlow
+(docs/benchmarks.md, "Reading without TensorFlow"), so by issue 11's rule it serves all
+three. ``train.masked_only`` keeps the records whose slice has a mask (`SubsetSequence`).
+``--cache DIR``: the same reader from `fusion.decoded_cache`, the records decoded once before
+the first epoch; augmentation still applies per epoch on top.
 
 Importing this module imports keras: select the backend first (`fusion.backend`).
-
-Either way a run gets the same three streams (`RunData`), so `fusion.train` does not branch.
 """
 from __future__ import annotations
 
@@ -25,7 +23,6 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from data_build.examples import parse_example
-from data_build.manifest import Manifest
 from fusion import backend
 from fusion.config import RunConfig
 from fusion.errors import TrainError
@@ -54,29 +51,14 @@ class RunData:
     val_batches: Iterable[Mapping[str, Any]]
 
 
-def make_run_data(shards_dir: Path, cfg: RunConfig, manifest: Manifest, cache_dir: Path | None = None) -> RunData:
-    """The run's inputs on the current backend (see the module docstring).
+def make_run_data(shards_dir: Path, cfg: RunConfig, cache_dir: Path | None = None) -> RunData:
+    """The run's inputs, on any backend (see the module docstring).
 
     Args:
       cache_dir: ``--cache``: read train and val through `fusion.decoded_cache` (built first
-        when missing or stale), on every backend: with it TensorFlow reads through
-        `fusion.reader` too.
+        when missing or stale).
     """
-    if cache_dir is not None:
-        if backend.uses_tensorflow():
-            log.info("--cache: the tensorflow backend reads through fusion.reader (from the cache), not tf.data")
-        return _reader_data(shards_dir, cfg, cache_dir)
-    if backend.uses_tensorflow():
-        return _tf_data(shards_dir, cfg, manifest)
-    return _reader_data(shards_dir, cfg)
-
-
-def _tf_data(shards_dir: Path, cfg: RunConfig, manifest: Manifest) -> RunData:
-    from fusion import data  # tf.data: only on the TensorFlow backend
-
-    train_ds, val_ds = data.make_datasets(shards_dir, cfg, manifest)
-    heads = cfg.model.heads
-    return RunData(train=train_ds, val_fit=val_ds.map(lambda b: data.to_model_io(b, heads)), val_batches=val_ds)
+    return _reader_data(shards_dir, cfg, cache_dir)
 
 
 def reader_workers() -> int:

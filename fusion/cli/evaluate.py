@@ -83,19 +83,11 @@ def _manifest(shards: Path) -> Manifest | None:
 
 
 def _load_batches(shards: Path, split: str, image_size: int, batch_size: int) -> Iterable[Any]:
-    """Reader batches of one split, no shuffle, no augmentation: `fusion.data.make_dataset` on
-    TensorFlow, `fusion.reader.ShardSequence` dicts on other backends (the same decode functions)."""
-    from fusion.backend import uses_tensorflow
+    """Reader batches of one split, no shuffle, no augmentation: `fusion.reader.ShardSequence`
+    dicts, the reader training uses, on every backend."""
+    from fusion.reader import ShardSequence
 
-    if not uses_tensorflow():
-        from fusion.reader import ShardSequence
-
-        return ShardSequence(shards, split, image_size=image_size, batch_size=batch_size, as_dicts=True)
-    from fusion.data import make_dataset
-
-    return make_dataset(
-        str(shards), split, image_size=image_size, batch_size=batch_size, shuffle=False
-    )
+    return ShardSequence(shards, split, image_size=image_size, batch_size=batch_size, as_dicts=True)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
