@@ -21,6 +21,7 @@ from fusion.config import (
     CLASS_POOLINGS,
     DEFAULT_PRESET,
     FUSIONS,
+    NORMS,
     PRESETS,
     STRATEGIES,
     ConfigError,
@@ -60,6 +61,7 @@ def build_config(
     width: int | None,
     fusion: str | None,
     class_pooling: str | None = None,
+    norm: str | None = None,
 ) -> RunConfig:
     """Preset < config file < command-line options.
 
@@ -71,7 +73,7 @@ def build_config(
         cfg = RunConfig.load(config_file)
     # Only the options given on the command line override the preset or config file.
     model = {k: v for k, v in {"image_size": image_size, "width": width, "fusion": fusion,
-                               "class_pooling": class_pooling}.items() if v is not None}
+                               "class_pooling": class_pooling, "norm": norm}.items() if v is not None}
     train = {k: v for k, v in {"epochs": epochs, "batch_size": batch_size, "seed": seed,
                                "learning_rate": learning_rate}.items() if v is not None}
     return cfg.replace(model=model, train=train)
@@ -94,6 +96,9 @@ def build_config(
 @click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), help="Peak AdamW learning rate.")
 @click.option("--width", type=click.IntRange(min=1), help="Encoder width (channels of the first stage).")
 @click.option("--fusion", type=click.Choice(FUSIONS), help="Window fusion.")
+@click.option("--norm", type=click.Choice(NORMS),
+              help="Normalisation layers: group (GroupNorm, the fusion preset's) or batch (BatchNorm, "
+                   "cheaper per step; docs/benchmarks.md compares them).")
 @click.option("--class-pooling", type=click.Choice(CLASS_POOLINGS),
               help="How the class head pools: global, or also one attention map per label "
                    "(docs/benchmarks.md: no gain on the synthetic demo).")
@@ -128,6 +133,7 @@ def main(
     learning_rate: float | None,
     width: int | None,
     fusion: str | None,
+    norm: str | None,
     class_pooling: str | None,
     backend: str | None,
     cache_dir: Path | None,
@@ -151,7 +157,7 @@ def main(
                       f"on a machine with TensorFlow (this run asked for {backend})")
     try:
         cfg = build_config(preset_name, config_file, epochs, image_size, batch_size, seed,
-                           learning_rate, width, fusion, class_pooling)
+                           learning_rate, width, fusion, class_pooling, norm)
     except ConfigError as err:
         raise click.UsageError(str(err)) from None
 
