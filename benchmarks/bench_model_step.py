@@ -36,7 +36,7 @@ VARIANTS: tuple[tuple[str, str, dict[str, dict[str, Any]]], ...] = (
     ("fusion + BN + early", "fusion", {"model": {"norm": "batch", "fusion": "early"}}),
     ("fusion + XLA", "fusion", {"train": {"jit_compile": True}}),
     ("plain-unet", "plain-unet", {}),
-    ("demo (128 px widths)", "demo", {}),
+    ("demo (width 8)", "demo", {}),
     ("demo + BatchNorm", "demo", {"model": {"norm": "batch"}}),
     ("demo + XLA", "demo", {"train": {"jit_compile": True}}),
 )
