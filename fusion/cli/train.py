@@ -97,8 +97,9 @@ def build_config(
 @click.option("--width", type=click.IntRange(min=1), help="Encoder width (channels of the first stage).")
 @click.option("--fusion", type=click.Choice(FUSIONS), help="Window fusion.")
 @click.option("--norm", type=click.Choice(NORMS),
-              help="Normalisation layers: group (GroupNorm, the fusion preset's) or batch (BatchNorm, "
-                   "cheaper per step; docs/benchmarks.md compares them).")
+              help="Normalisation layers: group (GroupNorm, the fusion preset's) or batch (BatchNorm: "
+                   "cheaper per step, but with the fusion preset's recipe it collapsed to empty masks "
+                   "on the low-data proxy; docs/benchmarks.md).")
 @click.option("--class-pooling", type=click.Choice(CLASS_POOLINGS),
               help="How the class head pools: global, or also one attention map per label "
                    "(docs/benchmarks.md: no gain on the synthetic demo).")
