@@ -388,9 +388,10 @@ def _presets() -> dict[str, RunConfig]:
                           warmup_epochs=0, clipnorm=None, masked_only=True),
     )
     # 96 px: with the realistic phantom the demo trains all 30 epochs, and at 128 px that took
-    # 13 of its 18 minutes; on the demo's shards 96 px gave macro AUC 0.859 / Dice 0.841 where
-    # 128 px gave 0.877 / 0.870, and 12 epochs at 128 px only 0.745 / 0.606 (docs/benchmarks.md,
-    # "The demo's time").
+    # 13 of its 18 minutes. On the demo's shards 96 px gave macro AUC 0.859 / Dice 0.841 where
+    # 128 px gave 0.877 / 0.870; fewer epochs cost more (12 at 128 px: 0.745 / 0.606; 24 at
+    # 96 px: 0.797 / 0.811, 3 of 25 bleeding test slices empty) (docs/benchmarks.md, "The
+    # demo's time").
     demo = RunConfig(
         preset="demo",
         model=ModelConfig(image_size=96, fusion="attention", width=8, depth=4, fusion_width=4,
