@@ -81,7 +81,7 @@ def current_backend() -> str:
 
 
 def uses_tensorflow() -> bool:
-    """True when keras runs on TensorFlow (tf.data input, TensorBoard events, SavedModel)."""
+    """True when keras runs on TensorFlow (TensorBoard events, SavedModel, tf.distribute)."""
     return current_backend() == "tensorflow"
 
 
