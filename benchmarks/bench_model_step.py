@@ -11,8 +11,8 @@ interleave the variants, so load on a shared machine hits them alike.
 
 Variants: the default `fusion` (GroupNorm, attention fusion at full resolution); with
 BatchNorm; with early fusion; both; XLA-compiled (``train.jit_compile``); the `plain-unet`
-baseline; the `demo` preset, with BatchNorm and with XLA. Runs on the current Keras backend
-(KERAS_BACKEND), no TensorFlow import of its own.
+baseline, and with GroupNorm; the `demo` preset, with BatchNorm and with XLA. Runs on the
+current Keras backend (KERAS_BACKEND), no TensorFlow import of its own.
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ VARIANTS: tuple[tuple[str, str, dict[str, dict[str, Any]]], ...] = (
     ("fusion + BN + early", "fusion", {"model": {"norm": "batch", "fusion": "early"}}),
     ("fusion + XLA", "fusion", {"train": {"jit_compile": True}}),
     ("plain-unet", "plain-unet", {}),
+    ("plain-unet + GroupNorm", "plain-unet", {"model": {"norm": "group"}}),
     ("demo (width 8)", "demo", {}),
     ("demo + BatchNorm", "demo", {"model": {"norm": "batch"}}),
     ("demo + XLA", "demo", {"train": {"jit_compile": True}}),
