@@ -793,9 +793,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.epochs = args.epochs or base["epochs"]
     if args.only_fold is None and args.quick:
         args.only_fold = QUICK["only_fold"]
-    entries = _split_list(args.presets, str, "--presets")
-    args.configs = {e.split("=", 1)[0]: Path(e.split("=", 1)[1]) for e in entries if "=" in e}
-    args.preset_list = [e.split("=", 1)[0] for e in entries]
+    entries = [e.partition("=") for e in _split_list(args.presets, str, "--presets")]
+    args.configs = {name: Path(path) for name, eq, path in entries if eq}
+    args.preset_list = [name for name, _, _ in entries]
     args.seed_list = _split_list(args.seeds, int, "--seeds")
     return args
 

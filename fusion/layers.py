@@ -23,6 +23,19 @@ def group_count(channels: int, groups: int) -> int:
     return math.gcd(channels, max(1, groups))
 
 
+def make_norm(norm: str, channels: int, groups: int, name: str) -> keras.layers.Layer:
+    """The normalisation layer `norm` (`fusion.config.NORMS`) for `channels` features.
+
+    Raises:
+      ValueError: `norm` is not "group" or "batch".
+    """
+    if norm == "batch":
+        return keras.layers.BatchNormalization(name=name)
+    if norm == "group":
+        return keras.layers.GroupNormalization(groups=group_count(channels, groups), name=name)
+    raise ValueError(f"norm must be 'group' or 'batch', got {norm!r}")
+
+
 @keras.saving.register_keras_serializable(package="fusion")
 class WindowAttentionFusion(keras.layers.Layer):
     """Per-window stems + attention across windows.
@@ -56,22 +69,15 @@ class WindowAttentionFusion(keras.layers.Layer):
         self.filters = filters
         self.key_dim = key_dim
         self.groups = groups
-        if norm not in ("group", "batch"):
-            raise ValueError(f"norm must be 'group' or 'batch', got {norm!r}")
         self.num_windows = num_windows
         self.norm = norm
-        g = group_count(filters, groups)
         # One stem per window: each window's intensities mean different tissues, so the first
         # filters are not shared.
         self.stems = [
             keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"stem_{i}")
             for i in range(num_windows)
         ]
-        self.norms = [
-            keras.layers.BatchNormalization(name=f"stem_norm_{i}") if norm == "batch"
-            else keras.layers.GroupNormalization(groups=g, name=f"stem_norm_{i}")
-            for i in range(num_windows)
-        ]
+        self.norms = [make_norm(norm, filters, groups, f"stem_norm_{i}") for i in range(num_windows)]
         self.query = keras.layers.Conv2D(key_dim, 1, name="query")
         self.key = keras.layers.Dense(key_dim, name="key")
 

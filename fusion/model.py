@@ -22,7 +22,7 @@ import numpy as np
 from data_build.schema import LABEL_NAMES
 from data_build.windows import WINDOW_NAMES
 from fusion.config import ModelConfig
-from fusion.layers import TypeAttentionPooling, WindowAttentionFusion, group_count
+from fusion.layers import TypeAttentionPooling, WindowAttentionFusion, make_norm
 
 #: Name of the attention-fusion layer (its second output holds the window weights).
 FUSION_LAYER = "window_fusion"
@@ -42,15 +42,9 @@ _BACKBONE_SKIPS: dict[str, tuple[str, tuple[str, ...]]] = {
 _MAX_WIDTH_MULTIPLIER = 8
 
 
-def normalization(channels: int, cfg: ModelConfig, name: str) -> keras.layers.Layer:
-    """The configured normalisation layer (``cfg.norm``) for `channels` features."""
-    if cfg.norm == "batch":
-        return keras.layers.BatchNormalization(name=f"{name}_bn")
-    return keras.layers.GroupNormalization(groups=group_count(channels, cfg.groups), name=f"{name}_gn")
-
-
 def _norm_act(x: Any, cfg: ModelConfig, name: str, activation: str = "silu") -> Any:
-    x = normalization(x.shape[-1], cfg, name)(x)
+    suffix = "bn" if cfg.norm == "batch" else "gn"
+    x = make_norm(cfg.norm, x.shape[-1], cfg.groups, f"{name}_{suffix}")(x)
     return keras.layers.Activation(activation, name=f"{name}_act")(x)
 
 

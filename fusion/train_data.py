@@ -51,23 +51,17 @@ class RunData:
     val_batches: Iterable[Mapping[str, Any]]
 
 
-def make_run_data(shards_dir: Path, cfg: RunConfig, cache_dir: Path | None = None) -> RunData:
-    """The run's inputs, on any backend (see the module docstring).
-
-    Args:
-      cache_dir: ``--cache``: read train and val through `fusion.decoded_cache` (built first
-        when missing or stale).
-    """
-    return _reader_data(shards_dir, cfg, cache_dir)
-
-
 def reader_workers() -> int:
     """Reader threads per dataset: the host's cores, at most `MAX_READER_WORKERS`."""
     return max(1, min(MAX_READER_WORKERS, os.cpu_count() or 1))
 
 
-def _reader_data(shards_dir: Path, cfg: RunConfig, cache_dir: Path | None = None) -> RunData:
-    """`RunData` from `fusion.reader` (no TensorFlow), from the decoded cache in `cache_dir` if set.
+def make_run_data(shards_dir: Path, cfg: RunConfig, cache_dir: Path | None = None) -> RunData:
+    """The run's inputs from `fusion.reader` on any backend (see the module docstring).
+
+    Args:
+      cache_dir: ``--cache``: read train and val through `fusion.decoded_cache` (built first
+        when missing or stale).
 
     Raises:
       TrainError: ``train.steps_per_epoch`` above one pass over the train split.

@@ -252,13 +252,13 @@ def test_masked_only_reads_only_slices_with_a_mask(shards: Path) -> None:
 
 
 def test_reader_path_refuses_steps_beyond_one_pass(shards: Path) -> None:
-    from fusion.train_data import _reader_data
+    from fusion.train_data import make_run_data
 
     cfg = preset("demo").replace(model=TINY, train={"batch_size": 4, "steps_per_epoch": 50})
     with pytest.raises(TrainError, match="more than one pass over the train split"):
-        _reader_data(shards, cfg)
+        make_run_data(shards, cfg)
     n = Manifest.load(shards).counts["train"].slices
-    data = _reader_data(shards, cfg.replace(train={"steps_per_epoch": 1}))
+    data = make_run_data(shards, cfg.replace(train={"steps_per_epoch": 1}))
     assert len(data.train) == -(-n // 4) and len(data.val_fit) == len(data.val_batches)
     image, targets = data.train[0]
     assert image.shape == (min(4, n), 32, 32, 4) and set(targets) == set(cfg.model.heads)
