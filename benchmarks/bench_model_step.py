@@ -10,7 +10,8 @@ random images and targets (batch size of the preset, a bleed on half the slices)
 interleave the variants, so load on a shared machine hits them alike.
 
 Variants: the default `fusion` (GroupNorm, attention fusion at full resolution); with
-BatchNorm; with early fusion; both; XLA-compiled (``train.jit_compile``); the `plain-unet`
+BatchNorm; with early fusion; both; XLA-compiled (``train.jit_compile``); with the attention
+fusion at half and quarter resolution (``model.fusion_stride``); the `plain-unet`
 baseline, and with GroupNorm; the `demo` preset, with BatchNorm and with XLA. Runs on the
 current Keras backend (KERAS_BACKEND), no TensorFlow import of its own.
 """
@@ -35,6 +36,8 @@ VARIANTS: tuple[tuple[str, str, dict[str, dict[str, Any]]], ...] = (
     ("fusion + early fusion", "fusion", {"model": {"fusion": "early"}}),
     ("fusion + BN + early", "fusion", {"model": {"norm": "batch", "fusion": "early"}}),
     ("fusion + XLA", "fusion", {"train": {"jit_compile": True}}),
+    ("fusion + fusion_stride 2", "fusion", {"model": {"fusion_stride": 2}}),
+    ("fusion + fusion_stride 4", "fusion", {"model": {"fusion_stride": 4}}),
     ("plain-unet", "plain-unet", {}),
     ("plain-unet + GroupNorm", "plain-unet", {"model": {"norm": "group"}}),
     ("demo (width 8)", "demo", {}),

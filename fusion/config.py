@@ -36,6 +36,8 @@ NORMS: tuple[str, ...] = ("group", "batch")
 #: conv-norm-ReLU (the peer-shaped baseline).
 BLOCKS: tuple[str, ...] = ("residual", "plain")
 CLASS_POOLINGS: tuple[str, ...] = ("global", "attention")
+#: Resolutions the attention fusion may run at: full (1), half (2) or a quarter (4).
+FUSION_STRIDES: tuple[int, ...] = (1, 2, 4)
 #: Optional keras.applications backbones and their total stride.
 BACKBONES: Mapping[str, int] = {"resnet50": 32, "efficientnetb0": 32}
 CLASS_LOSSES: tuple[str, ...] = ("focal", "bce")
@@ -70,6 +72,10 @@ class ModelConfig:
       block: "residual" (pre-activation residual blocks, SiLU) or "plain" (two
         conv3x3-norm-ReLU per stage, max-pool down: the plain U-Net).
       fusion_width: channels of each per-window stem in attention fusion.
+      fusion_stride: attention fusion runs on the windows average-pooled by this factor (1:
+        full resolution; 2 or 4: a quarter or a sixteenth of the pixels); above 1 a
+        full-resolution stem over the stacked windows is added to the upsampled fused features,
+        so the edges of small and thin bleeds still reach the encoder at full resolution.
       backbone: None for the built-in residual encoder, or a keras.applications name
         ("resnet50", "efficientnetb0"); its stride is 32.
       backbone_weights: None (random init, default) or "imagenet" (downloads weights: needs
@@ -90,6 +96,7 @@ class ModelConfig:
     norm: str = "group"
     block: str = "residual"
     fusion_width: int = 8
+    fusion_stride: int = 1
     backbone: str | None = None
     backbone_weights: str | None = None
     dropout: float = 0.1
@@ -107,6 +114,10 @@ class ModelConfig:
         _check(self.norm in NORMS, f"model.norm must be one of {NORMS}, got {self.norm!r}")
         _check(self.block in BLOCKS, f"model.block must be one of {BLOCKS}, got {self.block!r}")
         _check(self.fusion_width >= 1, f"model.fusion_width must be >= 1, got {self.fusion_width}")
+        _check(self.fusion_stride in FUSION_STRIDES,
+               f"model.fusion_stride must be one of {FUSION_STRIDES}, got {self.fusion_stride!r}")
+        _check(self.fusion_stride == 1 or self.fusion == "attention",
+               "model.fusion_stride above 1 needs fusion 'attention' (early fusion has no fusion layer)")
         _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
         _check(self.class_pooling in CLASS_POOLINGS,
                f"model.class_pooling must be one of {CLASS_POOLINGS}, got {self.class_pooling!r}")

@@ -97,14 +97,24 @@ def block(x: Any, filters: int, cfg: ModelConfig, name: str, stride: int = 1) ->
 
 def build_fusion(image: Any, cfg: ModelConfig) -> Any:
     """Window fusion: [B, H, W, 4] -> [B, H, W, width] features."""
-    if cfg.fusion == "attention":
-        fused, _ = WindowAttentionFusion(
-            cfg.fusion_width, key_dim=8, groups=cfg.groups, num_windows=len(WINDOW_NAMES),
-            norm=cfg.norm, name=FUSION_LAYER,
-        )(image)
-        return keras.layers.Conv2D(cfg.width, 3, padding="same", name="fusion_proj")(fused)
-    # Early fusion: the windows are just the input channels of the first convolution.
-    return keras.layers.Conv2D(cfg.width, 3, padding="same", name="stem")(image)
+    if cfg.fusion == "early":
+        # Early fusion: the windows are just the input channels of the first convolution.
+        return keras.layers.Conv2D(cfg.width, 3, padding="same", name="stem")(image)
+    s = cfg.fusion_stride
+    windows = image if s == 1 else keras.layers.AveragePooling2D(s, name="fusion_pool")(image)
+    fused, _ = WindowAttentionFusion(
+        cfg.fusion_width, key_dim=8, groups=cfg.groups, num_windows=len(WINDOW_NAMES),
+        norm=cfg.norm, name=FUSION_LAYER,
+    )(windows)
+    fused = keras.layers.Conv2D(cfg.width, 3, padding="same", name="fusion_proj")(fused)
+    if s == 1:
+        return fused
+    # The per-pixel attention is a quarter (or more) of a full-resolution step on CPU; run at
+    # stride s it costs 1/s**2 of that. A plain stem over the stacked windows keeps full
+    # resolution, so a bleed a few pixels wide is not averaged away before the encoder sees it.
+    fused = keras.layers.UpSampling2D(s, interpolation="nearest", name="fusion_up")(fused)
+    stem = keras.layers.Conv2D(cfg.width, 3, padding="same", name="stem")(image)
+    return keras.layers.Add(name="fusion_add")([stem, fused])
 
 
 def build_encoder(x: Any, cfg: ModelConfig) -> list[Any]:
@@ -235,7 +245,8 @@ def window_weights(model: keras.Model, images: Any, batch_size: int = 8) -> np.n
       batch_size: prediction batch size.
 
     Returns:
-      [B, H, W, 4] float32 weights in `WINDOW_NAMES` order, summing to 1 at every pixel.
+      [B, H, W, 4] float32 weights in `WINDOW_NAMES` order, summing to 1 at every pixel (with
+      ``fusion_stride`` s > 1, each s x s block of pixels shares its pooled pixel's weights).
 
     Raises:
       ValueError: the model has no attention fusion layer.
@@ -247,4 +258,6 @@ def window_weights(model: keras.Model, images: Any, batch_size: int = 8) -> np.n
             "model has no attention window fusion (built with fusion='early'?): no window weights"
         ) from None
     probe = keras.Model(model.input, layer.output[1], name="window_weights")
-    return np.asarray(probe.predict(images, batch_size=batch_size, verbose=0), dtype=np.float32)
+    weights = np.asarray(probe.predict(images, batch_size=batch_size, verbose=0), dtype=np.float32)
+    stride = np.shape(images)[1] // weights.shape[1]  # fusion_stride: weights of pooled pixels
+    return np.repeat(np.repeat(weights, stride, axis=1), stride, axis=2) if stride > 1 else weights

@@ -106,6 +106,15 @@ def test_unknown_norm_or_block_is_refused(field: str, value: str) -> None:
         ModelConfig(**{field: value})
 
 
+def test_fusion_stride_is_checked() -> None:
+    assert ModelConfig().fusion_stride == 1  # configs written before the option load as before
+    assert ModelConfig(fusion_stride=2).fusion_stride == 2
+    with pytest.raises(ConfigError, match="model.fusion_stride must be one of"):
+        ModelConfig(fusion_stride=3)
+    with pytest.raises(ConfigError, match="needs fusion 'attention'"):
+        ModelConfig(fusion="early", fusion_stride=2)
+
+
 def test_configs_are_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         preset("demo").train.epochs = 3  # type: ignore[misc]

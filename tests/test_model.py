@@ -76,6 +76,35 @@ def test_window_weights_are_a_softmax_over_the_windows() -> None:
     assert np.abs(weights - weights.mean(axis=(1, 2), keepdims=True)).max() > 1e-4
 
 
+@pytest.mark.parametrize("stride", [2, 4])
+def test_lower_resolution_fusion_keeps_a_full_resolution_path(tmp_path: Path, stride: int) -> None:
+    model = build_model(tiny(fusion_stride=stride))
+    names = {layer.name for layer in model.layers}
+    assert {"fusion_pool", "fusion_up", "stem", "fusion_add", FUSION_LAYER} <= names
+    x = images(2)
+    out = model(x, training=False)
+    assert tuple(out["mask"].shape) == (2, SIZE, SIZE, 1)
+    # The fusion layer sees the pooled windows; its weights come back one per input pixel,
+    # shared by each stride x stride block.
+    fused = keras.Model(model.input, model.get_layer(FUSION_LAYER).output[0])(x)
+    assert tuple(fused.shape) == (2, SIZE // stride, SIZE // stride, 4)
+    weights = window_weights(model, x)
+    assert weights.shape == (2, SIZE, SIZE, 4)
+    np.testing.assert_allclose(weights.sum(axis=-1), 1.0, atol=1e-5)
+    blocks = weights.reshape(2, SIZE // stride, stride, SIZE // stride, stride, 4)
+    assert np.abs(blocks - blocks[:, :, :1, :, :1]).max() == 0.0
+    # One pixel changed within a pooled block reaches the output through the full-resolution
+    # stem: a different pixel of the same block gives a different mask.
+    a, b = x.copy(), x.copy()
+    a[0, 8, 8] += 0.5
+    b[0, 8, 9] += 0.5
+    assert not np.allclose(np.asarray(model(a)["mask"]), np.asarray(model(b)["mask"]))
+    path = tmp_path / "m.keras"
+    model.save(path)
+    again = keras.saving.load_model(path)
+    np.testing.assert_allclose(np.asarray(again(x, training=False)["mask"]), np.asarray(out["mask"]), atol=1e-6)
+
+
 def test_window_weights_need_attention_fusion() -> None:
     with pytest.raises(ValueError, match="no attention window fusion"):
         window_weights(build_model(tiny(fusion="early")), images(1))

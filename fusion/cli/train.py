@@ -20,6 +20,7 @@ from fusion.backend import BACKENDS, BackendError, default_backend, select_backe
 from fusion.config import (
     CLASS_POOLINGS,
     DEFAULT_PRESET,
+    FUSION_STRIDES,
     FUSIONS,
     NORMS,
     PRESETS,
@@ -62,6 +63,7 @@ def build_config(
     fusion: str | None,
     class_pooling: str | None = None,
     norm: str | None = None,
+    fusion_stride: int | None = None,
 ) -> RunConfig:
     """Preset < config file < command-line options.
 
@@ -73,7 +75,8 @@ def build_config(
         cfg = RunConfig.load(config_file)
     # Only the options given on the command line override the preset or config file.
     model = {k: v for k, v in {"image_size": image_size, "width": width, "fusion": fusion,
-                               "class_pooling": class_pooling, "norm": norm}.items() if v is not None}
+                               "class_pooling": class_pooling, "norm": norm,
+                               "fusion_stride": fusion_stride}.items() if v is not None}
     train = {k: v for k, v in {"epochs": epochs, "batch_size": batch_size, "seed": seed,
                                "learning_rate": learning_rate}.items() if v is not None}
     return cfg.replace(model=model, train=train)
@@ -96,6 +99,11 @@ def build_config(
 @click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), help="Peak AdamW learning rate.")
 @click.option("--width", type=click.IntRange(min=1), help="Encoder width (channels of the first stage).")
 @click.option("--fusion", type=click.Choice(FUSIONS), help="Window fusion.")
+@click.option("--fusion-stride", type=click.Choice([str(s) for s in FUSION_STRIDES]),
+              callback=lambda _ctx, _param, value: None if value is None else int(value),
+              help="Run the attention window fusion at 1/N resolution (1: full; 2: a quarter of the "
+                   "pixels, with a full-resolution stem beside it): cheaper per step "
+                   "(docs/benchmarks.md, \"Step cost of the candidates\").")
 @click.option("--norm", type=click.Choice(NORMS),
               help="Normalisation layers: group (GroupNorm, the fusion preset's) or batch (BatchNorm: "
                    "cheaper per step, but with the fusion preset's recipe it collapsed to empty masks "
@@ -134,6 +142,7 @@ def main(
     learning_rate: float | None,
     width: int | None,
     fusion: str | None,
+    fusion_stride: int | None,
     norm: str | None,
     class_pooling: str | None,
     backend: str | None,
@@ -158,7 +167,7 @@ def main(
                       f"on a machine with TensorFlow (this run asked for {backend})")
     try:
         cfg = build_config(preset_name, config_file, epochs, image_size, batch_size, seed,
-                           learning_rate, width, fusion, class_pooling, norm)
+                           learning_rate, width, fusion, class_pooling, norm, fusion_stride)
     except ConfigError as err:
         raise click.UsageError(str(err)) from None
 
