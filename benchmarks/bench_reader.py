@@ -111,7 +111,7 @@ def profile(out: Path, size: int, reps: int = 7) -> dict[str, float]:
 
     from data_build import schema
     from fusion import reader
-    from fusion.augment_numpy import augment_batch
+    from fusion.augment_numpy import _add_noise, augment_batch, noise_field
     from fusion.config import preset
 
     sequence = reader.ShardSequence(out, "train", image_size=size, batch_size=BATCH, as_dicts=True)
@@ -140,10 +140,14 @@ def profile(out: Path, size: int, reps: int = 7) -> dict[str, float]:
         "one mask decode (per masked slice)": (
             lambda: [reader.mask_u8(p, size) for p in masked], len(masked)),
         "augmentation, demo preset (on the reader's batch)": (
-            lambda: augment_batch(batch, augment, np.random.default_rng(0)), BATCH),
-        "of which the Gaussian noise draws": (
-            lambda: np.random.default_rng(0).standard_normal(batch["image"].shape, dtype=np.float32), BATCH),
+            lambda: augment_batch(batch, augment, np.random.default_rng(0), noise_key=(0, 0)), BATCH),
+        "of which the noise (windows of the epoch's field)": (
+            lambda: _add_noise(batch["image"], augment.noise_std, np.random.default_rng(0), (0, 0)), BATCH),
+        "the noise as drawn before (one normal per pixel and window)": (
+            lambda: np.clip(batch["image"] + augment.noise_std * np.random.default_rng(0).standard_normal(
+                batch["image"].shape, dtype=np.float32), 0.0, 1.0), BATCH),
     }
+    noise_field((0, 0), size, size, 4)  # drawn once per epoch and worker, not per batch
     out_ms = {}
     for name, (fn, n) in parts.items():
         best = float("inf")

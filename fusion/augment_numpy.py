@@ -11,13 +11,19 @@
    centre, one affine map per slice applied to image (bilinear, 0 outside), mask (bilinear then
    >= 0.5) and hu (air, -1024 HU, outside); ``area_fraction`` is rescaled by the mask's change
    in pixel count;
-3. Gaussian noise on the image, clipped back to [0, 1].
+3. Gaussian noise on the image, clipped back to [0, 1]: each slice's noise is a window of a
+   field of i.i.d. normals twice its height and width (`noise_field`), at a random offset,
+   flipped and negated at random. A window of i.i.d. normals is i.i.d. normal, so every slice
+   gets the noise it got before; slices of one epoch share the field, shifted. Drawing one
+   normal per pixel and window was 70 % of the augmentation's CPU at 512 px (docs/benchmarks.md).
 
 The draws come from a NumPy generator the caller seeds (`fusion.reader.ShardSequence` seeds it
-from (seed, epoch, batch)), so a run's augmentation is the same whatever the backend.
+from (seed, epoch, batch), and the noise field from (seed, epoch)), so a run's augmentation is the
+same whatever the backend and the number of workers.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Sequence
 
@@ -29,6 +35,34 @@ from fusion.config import AugmentConfig
 
 #: HU used outside the rotated/zoomed field of view: air (as `fusion.augment`).
 _AIR_HU = -1024.0
+#: Mixed into the noise field's seed so it is not the stream of the shuffle or the batch draws.
+_NOISE_SALT = 0x6E6F6973
+
+
+@functools.lru_cache(maxsize=1)  # the current epoch's field (16 MB at 512 px and 4 windows)
+def noise_field(key: tuple[int, ...], height: int, width: int, channels: int) -> np.ndarray:
+    """[2 H, 2 W, C] float32 standard normals drawn from `key` (read-only, cached)."""
+    rng = np.random.default_rng([*key, _NOISE_SALT])
+    field = rng.standard_normal((2 * height, 2 * width, channels), dtype=np.float32)
+    field.flags.writeable = False
+    return field
+
+
+def _add_noise(image: np.ndarray, std: float, rng: np.random.Generator,
+               key: Sequence[int] | None) -> np.ndarray:
+    """clip(image + std x noise, 0, 1), each slice's noise a window of `noise_field`, in a new array."""
+    b, h, w, c = image.shape
+    if key is None:  # no caller's key: a field for this batch alone
+        key = (int(rng.integers(2**62)),)
+    field = noise_field(tuple(int(k) for k in key), h, w, c)
+    top, left = rng.integers(0, h + 1, b), rng.integers(0, w + 1, b)
+    flip_y, flip_x, sign = (rng.integers(0, 2, (3, b)) * 2 - 1)
+    noisy = np.empty(image.shape, np.float32)
+    for i in range(b):
+        window = field[top[i]:top[i] + h, left[i]:left[i] + w][::flip_y[i], ::flip_x[i]]
+        np.multiply(window, np.float32(std * sign[i]), out=noisy[i])
+    noisy += image
+    return np.clip(noisy, 0.0, 1.0, out=noisy)
 
 
 def _jitter_windows(batch: dict[str, np.ndarray], cfg: AugmentConfig, presets: Sequence[windows.Window],
@@ -81,7 +115,8 @@ def _warp_batch(images: np.ndarray, maps: np.ndarray, fill: float) -> np.ndarray
 
 
 def augment_batch(batch: dict[str, Any], cfg: AugmentConfig, rng: np.random.Generator,
-                  presets: Sequence[windows.Window] | None = None) -> dict[str, Any]:
+                  presets: Sequence[windows.Window] | None = None,
+                  noise_key: Sequence[int] | None = None) -> dict[str, Any]:
     """Augment one batched reader dict (`fusion.reader`), drawing from `rng`.
 
     Args:
@@ -90,6 +125,8 @@ def augment_batch(batch: dict[str, Any], cfg: AugmentConfig, rng: np.random.Gene
       cfg: the settings; ``cfg.enabled`` False returns `batch` unchanged.
       rng: the generator of this batch's draws.
       presets: the shards' windows (`Manifest.presets`), for the jitter.
+      noise_key: seeds the noise field the batches share (e.g. (seed, epoch)); None draws a
+        field for this batch from `rng`.
 
     Returns:
       A dict with the same keys, shapes and dtypes.
@@ -112,11 +149,6 @@ def augment_batch(batch: dict[str, Any], cfg: AugmentConfig, rng: np.random.Gene
     if "hu" in out and b:
         out["hu"] = _warp_batch(out["hu"], maps, _AIR_HU)
     if cfg.noise_std > 0:
-        # In place, in the noise's buffer: clip(image + noise x std), one 4 MB array a slice at
-        # 512 px where three temporaries cost as much as the draws.
-        noisy = rng.standard_normal(image.shape, dtype=np.float32)
-        noisy *= np.float32(cfg.noise_std)
-        noisy += image
-        image = np.clip(noisy, 0.0, 1.0, out=noisy)
+        image = _add_noise(image, cfg.noise_std, rng, noise_key)
     out["image"] = image.astype(np.float32, copy=False)
     return out

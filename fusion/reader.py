@@ -548,8 +548,8 @@ class ShardSequence(keras.utils.PyDataset):
       seed: shuffle seed.
       drop_remainder: drop the last, smaller batch.
       as_dicts: yield the reader's dicts instead of (image, targets).
-      augment: training augmentation (`fusion.augment_numpy`), drawn from (seed, epoch, batch);
-        None for none.
+      augment: training augmentation (`fusion.augment_numpy`), drawn from (seed, epoch, batch),
+        its noise field from (seed, epoch); None for none.
       workers, use_multiprocessing, max_queue_size: as `keras.utils.PyDataset`.
       cache: a `fusion.decoded_cache.DecodedSplit` of this split at `image_size` to read the
         decoded records from instead of the shards (the same batches bit for bit); None to
@@ -619,7 +619,8 @@ class ShardSequence(keras.utils.PyDataset):
             batch = self.records.read_batch(rows.tolist(), self.image_size)
         if self.augment is not None and self.augment.enabled:
             rng = np.random.default_rng([self.seed, self.epoch, index])
-            batch = augment_batch(batch, self.augment, rng, self.records.presets)
+            batch = augment_batch(batch, self.augment, rng, self.records.presets,
+                                  noise_key=(self.seed, self.epoch))
         return batch
 
     def __getitem__(self, index: int) -> Any:

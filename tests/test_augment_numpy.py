@@ -120,7 +120,7 @@ def test_batched_warps_and_in_place_noise_equal_the_plain_formula(shards: dict[s
     # values must stay those of the plain per-slice formula, draw for draw.
     import cv2
 
-    from fusion.augment_numpy import affine_maps
+    from fusion.augment_numpy import _NOISE_SALT, affine_maps
 
     batch = _batch(shards["render"])
     cfg = AugmentConfig(rotation_deg=20.0, scale=0.2, noise_std=0.05, flip_up_down=True)
@@ -134,8 +134,37 @@ def test_batched_warps_and_in_place_noise_equal_the_plain_formula(shards: dict[s
                               borderMode=cv2.BORDER_CONSTANT, borderValue=(0.0,) * 4).reshape(x.shape)
 
     image = np.stack([warp(batch["image"][i], maps[i]) for i in range(b)])
-    noise = rng.standard_normal(image.shape, dtype=np.float32) * np.float32(cfg.noise_std)
+    # The noise: windows of a field of normals twice the slice's size, seeded from this draw.
+    key = int(rng.integers(2**62))
+    field = np.random.default_rng([key, _NOISE_SALT]).standard_normal((2 * h, 2 * w, 4), dtype=np.float32)
+    top, left = rng.integers(0, h + 1, b), rng.integers(0, w + 1, b)
+    flip_y, flip_x, sign = rng.integers(0, 2, (3, b)) * 2 - 1
+    noise = np.stack([field[top[i]:top[i] + h, left[i]:left[i] + w][::flip_y[i], ::flip_x[i]]
+                      * np.float32(cfg.noise_std * sign[i]) for i in range(b)])
     np.testing.assert_array_equal(out["image"], np.clip(image + noise, 0.0, 1.0))
     mask = np.stack([warp(batch["mask"][i], maps[i]) for i in range(b)]) >= 0.5
     np.testing.assert_array_equal(out["mask"], mask.astype(np.float32))
     assert out["image"].dtype == np.float32 and not np.shares_memory(out["image"], batch["image"])
+
+
+def test_noise_is_white_gaussian_of_the_configured_std_and_differs_per_slice() -> None:
+    # Each slice's noise is a window of a shared field: it must still look like i.i.d. normal
+    # noise of std noise_std (no structure a model could learn), and differ between slices.
+    b, size = 6, 64
+    grey = np.full((b, size, size, 4), 0.5, np.float32)
+    batch = {"image": grey, "mask": np.zeros((b, size, size, 1), np.float32),
+             "area_fraction": np.zeros(b, np.float32), "is_hu": np.zeros(b, np.float32)}
+    cfg = AugmentConfig(**{**STILL, "noise_std": 0.05})
+    noise = augment_batch(batch, cfg, np.random.default_rng(0), noise_key=(3, 1))["image"] - 0.5
+    assert abs(float(noise.mean())) < 0.002 and abs(float(noise.std()) - 0.05) < 0.002
+    per_slice = noise.reshape(b, -1)
+    corr = np.corrcoef(per_slice)[np.triu_indices(b, 1)]
+    assert np.abs(corr).max() < 0.1  # slices are not copies of each other
+    for axis in (1, 2, 3):  # neighbouring pixels and windows are uncorrelated
+        a, c = np.moveaxis(noise, axis, 0)[:-1].ravel(), np.moveaxis(noise, axis, 0)[1:].ravel()
+        assert abs(np.corrcoef(a, c)[0, 1]) < 0.03, axis
+    # The same key and generator give the same noise; another epoch's key another field.
+    again = augment_batch(batch, cfg, np.random.default_rng(0), noise_key=(3, 1))["image"] - 0.5
+    np.testing.assert_array_equal(noise, again)
+    other = augment_batch(batch, cfg, np.random.default_rng(0), noise_key=(3, 2))["image"] - 0.5
+    assert np.abs(np.corrcoef(noise.ravel(), other.ravel())[0, 1]) < 0.03
