@@ -12,7 +12,7 @@ interleave the variants, so load on a shared machine hits them alike.
 Variants: the default `fusion` (GroupNorm, attention fusion at full resolution); with
 BatchNorm; with early fusion; both; XLA-compiled (``train.jit_compile``); with the attention
 fusion at half and quarter resolution (``model.fusion_stride``); the `plain-unet`
-baseline, and with GroupNorm; the `demo` preset, with BatchNorm and with XLA. Runs on the
+baseline, and with GroupNorm; the `demo` preset, with BatchNorm, with XLA and with ``fusion_stride`` 2. Runs on the
 current Keras backend (KERAS_BACKEND), no TensorFlow import of its own.
 """
 from __future__ import annotations
@@ -43,6 +43,7 @@ VARIANTS: tuple[tuple[str, str, dict[str, dict[str, Any]]], ...] = (
     ("demo (width 8)", "demo", {}),
     ("demo + BatchNorm", "demo", {"model": {"norm": "batch"}}),
     ("demo + XLA", "demo", {"train": {"jit_compile": True}}),
+    ("demo + fusion_stride 2", "demo", {"model": {"fusion_stride": 2}}),
 )
 
 
