@@ -98,6 +98,7 @@ def test_presets_encode_the_documented_choices() -> None:
     assert plain.loss.mask_batch_dice_weight == 0.0 and plain.loss.class_loss == "bce"
     demo = preset("demo")
     assert demo.model.image_size <= 128 and demo.model.width <= 16
+    assert demo.model.fusion_stride == 2 and preset("fusion").model.fusion_stride == 1
 
 
 @pytest.mark.parametrize("field, value", [("norm", "layer"), ("block", "dense")])
@@ -111,8 +112,9 @@ def test_fusion_stride_is_checked() -> None:
     assert ModelConfig(fusion_stride=2).fusion_stride == 2
     with pytest.raises(ConfigError, match="model.fusion_stride must be one of"):
         ModelConfig(fusion_stride=3)
-    with pytest.raises(ConfigError, match="needs fusion 'attention'"):
-        ModelConfig(fusion="early", fusion_stride=2)
+    # Like fusion_width, a setting of the attention fusion: early fusion (e.g. the demo preset
+    # with --fusion early) leaves it unused rather than refusing the config.
+    assert ModelConfig(fusion="early", fusion_stride=2).fusion_stride == 2
 
 
 def test_configs_are_frozen() -> None:

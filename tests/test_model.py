@@ -105,6 +105,11 @@ def test_lower_resolution_fusion_keeps_a_full_resolution_path(tmp_path: Path, st
     np.testing.assert_allclose(np.asarray(again(x, training=False)["mask"]), np.asarray(out["mask"]), atol=1e-6)
 
 
+def test_early_fusion_ignores_the_fusion_stride() -> None:
+    names = {layer.name for layer in build_model(tiny(fusion="early", fusion_stride=2)).layers}
+    assert "stem" in names and not {"fusion_pool", "fusion_add", FUSION_LAYER} & names
+
+
 def test_window_weights_need_attention_fusion() -> None:
     with pytest.raises(ValueError, match="no attention window fusion"):
         window_weights(build_model(tiny(fusion="early")), images(1))
