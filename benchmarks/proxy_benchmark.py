@@ -24,7 +24,10 @@ patient, 256 px, 40 epochs, the same folds for every model) with the project's o
    of the run on the second. A cell whose ``result.json`` exists is not run again.
 6. Figures: per-slice Dice (mean), empty predicted masks on bleeding slices, macro AUC over the
    5 types pooled over folds (per-slice probabilities from each fold's predictions.csv), the
-   training-loss curve (RUN/history.csv), and the wall time of ``fusion-train`` per fold.
+   training-loss curve (RUN/history.csv), and the wall time of ``fusion-train`` per fold; on
+   the benchmark's own synthetic drop also the mean Dice by bleed-to-brain contrast band (the
+   phantom redrawn and measured once, OUT/slice_contrast.json): real bleeds are 12 / 20 / 28 HU
+   above brain at p10 / 50 / 90, and the bands show where a model's Dice comes from.
 
 Writes OUT/proxy_benchmark.json (every figure), OUT/proxy_benchmark.md (the table) and
 OUT/loss_curves.csv, and prints the table. docs/benchmarks.md, "Low-data proxy", says how this
@@ -74,6 +77,12 @@ QUICK = {"image_size": 128, "epochs": 12, "only_fold": 0}
 PEER_DICE_TARGET = (0.40, 0.55)
 #: fusion-evaluate figures are read at this mask threshold (its default).
 RESULT_FILE = "result.json"
+#: Bleed-to-brain contrast bands (HU, [low, high)) of the by-contrast table. Real CT-ICH
+#: slices: 12 / 20 / 28 HU at the 10th / 50th / 90th percentile (issue 10); under ~8 HU a
+#: bleed is iso-dense with brain (the phantom's subacute subdurals).
+CONTRAST_BANDS: tuple[tuple[float, float], ...] = ((-math.inf, 8.0), (8.0, 16.0), (16.0, 24.0), (24.0, math.inf))
+#: Per-slice contrast of the proxy's own synthetic drop, measured once (OUT/slice_contrast.json).
+CONTRAST_FILE = "slice_contrast.json"
 
 
 class ProxyError(Exception):
@@ -278,6 +287,20 @@ def read_evaluation(folder: Path) -> Evaluation:
             f"cannot read the fusion-evaluate output in {folder} ({type(err).__name__}: {err}); "
             f"has fusion-evaluate changed its metrics.json / predictions.csv?"
         ) from None
+
+
+def read_slice_dice(folder: Path) -> dict[str, float]:
+    """Per-slice Dice from ``fusion-evaluate``'s FOLDER/predictions.csv (slices with a mask).
+
+    Raises:
+      ProxyError: the file is missing or lacks a key.
+    """
+    try:
+        with open(folder / "predictions.csv", newline="", encoding="utf-8") as handle:
+            return {r["id"]: float(r["dice"]) for r in csv.DictReader(handle) if r["has_mask"] == "1"}
+    except (OSError, ValueError, KeyError) as err:
+        raise ProxyError(f"cannot read per-slice Dice in {folder}/predictions.csv "
+                         f"({type(err).__name__}: {err})") from None
 
 
 def read_history(path: Path) -> dict[str, list[float | None]]:
@@ -876,6 +899,56 @@ def finished_cells(out: Path, presets: Sequence[str], seeds: Sequence[int], k: i
     return cells
 
 
+def slice_contrasts(out: Path, args: argparse.Namespace, ids: Iterable[str]) -> dict[str, float | None]:
+    """Bleed-to-brain contrast (HU) of each slice in `ids`, measured on the phantom that drew it.
+
+    Only for the proxy's own synthetic drop (the phantom is redrawn from fusion-synth's
+    arguments, `writer.iter_synthetic_slices`, and measured as `benchmarks/phantom_stats.py`
+    does); None for a slice without a bleed; {} for a ``--drop`` (real slices: no HU truth here).
+    Cached in OUT/slice_contrast.json.
+    """
+    if args.drop is not None:
+        return {}
+    wanted, path = set(ids), out / CONTRAST_FILE
+    cached = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    if wanted <= set(cached):
+        return cached
+    from data_build.synth import stats, writer
+
+    found: dict[str, float | None] = {}  # None: a slice without a bleed
+    for case in writer.iter_synthetic_slices(args.patients, args.slices_per_patient, args.synth_size,
+                                             args.synth_seed, difficulty=args.difficulty_used or "easy"):
+        if case.id in wanted:
+            found[case.id] = (float(stats.bleed_contrast(np.rint(case.slice.hu), case.slice.mask).contrast)
+                              if case.slice.mask.any() else None)
+    atomic_write_text(path, json.dumps(found, indent=1, sort_keys=True) + "\n")
+    return found
+
+
+def contrast_table(out: Path, cells: Sequence[Mapping[str, Any]],
+                   contrast: Mapping[str, float | None]) -> str:
+    """Mean per-slice Dice of each preset (seeds and folds pooled) per `CONTRAST_BANDS` band."""
+    if not contrast:
+        return ""
+    by_preset: dict[str, list[list[float]]] = {}
+    for cell in cells:
+        dice = read_slice_dice(cell_dir(out, cell["preset"], cell["seed"], cell["fold"]) / "eval")
+        bands = by_preset.setdefault(cell["preset"], [[] for _ in CONTRAST_BANDS])
+        for sid, value in dice.items():
+            c = contrast.get(sid)
+            for b, (low, high) in enumerate(CONTRAST_BANDS):
+                if c is not None and low <= c < high:
+                    bands[b].append(value)
+    names = [f"< {h:.0f} HU" if math.isinf(lo) else f">= {lo:.0f} HU" if math.isinf(h) else f"{lo:.0f}-{h:.0f} HU"
+             for lo, h in CONTRAST_BANDS]
+    lines = ["| preset | " + " | ".join(f"Dice, contrast {n} (slices)" for n in names) + " |",
+             "|---" * (len(names) + 1) + "|"]
+    for preset, bands in sorted(by_preset.items()):
+        cells_text = [f"{np.mean(v):.3f} ({len(v)})" if v else "- (0)" for v in bands]
+        lines.append(f"| `{preset}` | " + " | ".join(cells_text) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def fold_split_lines(out: Path, k: int) -> tuple[list[dict[str, Any]], str]:
     """Each built fold's split figures (folds/foldK/splits.json) and one line per fold."""
     figures, lines = [], []
@@ -890,8 +963,12 @@ def fold_split_lines(out: Path, k: int) -> tuple[list[dict[str, Any]], str]:
 
 
 def summarise(out: Path, cells: Sequence[Mapping[str, Any]], plan: FoldPlan,
-              protocol: Mapping[str, Any]) -> str:
-    """Write proxy_benchmark.json / .md and loss_curves.csv; the Markdown text."""
+              protocol: Mapping[str, Any], contrast: Mapping[str, float | None] | None = None) -> str:
+    """Write proxy_benchmark.json / .md and loss_curves.csv; the Markdown text.
+
+    `contrast`: slice id -> bleed-to-brain contrast in HU (`slice_contrasts`), for the
+    by-contrast table; None or {} leaves it out.
+    """
     rows = aggregate(cells)
     means = seed_means(rows)
     peer = next((r for r in means + rows if r.preset == "peer-unet"), None)
@@ -910,6 +987,11 @@ def summarise(out: Path, cells: Sequence[Mapping[str, Any]], plan: FoldPlan,
         + "\nTraining loss (RUN/history.csv; every epoch in loss_curves.csv):\n\n"
         + loss_table(cells)
     )
+    by_contrast = contrast_table(out, cells, contrast or {})
+    if by_contrast:
+        text += ("\nMean Dice by bleed-to-brain contrast (HU inside the mask against a 7-pixel ring "
+                 "of brain, measured on the phantom; real CT: 12 / 20 / 28 at p10 / 50 / 90):\n\n"
+                 + by_contrast)
     report = {
         "protocol": dict(protocol), "plan": plan.to_json(), "fold_splits": splits_figures,
         "rows": [dataclasses.asdict(r) for r in rows],
@@ -954,7 +1036,8 @@ def run(args: argparse.Namespace) -> None:
     cells = finished_cells(out, args.preset_list, args.seed_list, args.folds)
     if not cells:
         raise ProxyError(f"no finished cell in {out}; run without --report-only first")
-    print("\n" + summarise(out, cells, plan, protocol))
+    contrast = slice_contrasts(out, args, (sid for fold in plan.folds for sid in fold))
+    print("\n" + summarise(out, cells, plan, protocol, contrast))
     print(f"wrote {out / 'proxy_benchmark.json'}, {out / 'proxy_benchmark.md'}, "
           f"{out / 'loss_curves.csv'}")
 

@@ -335,3 +335,42 @@ def test_out_inside_the_drop_is_refused(drop_root: Path, capsys: pytest.CaptureF
     assert PB.main(["--out", str(drop_root / "bench"), "--drop", str(drop_root)]) == 1
     assert "lies inside --drop" in capsys.readouterr().err
     assert not (drop_root / "bench").exists()
+
+
+def _write_slice_dice(folder: Path, dice: dict[str, float | None]) -> None:
+    folder.mkdir(parents=True)
+    lines = ["id,has_mask,dice"] + [f"{k},{0 if v is None else 1},{'' if v is None else v}" for k, v in dice.items()]
+    (folder / "predictions.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_contrast_table_pools_seeds_and_folds_per_band(tmp_path: Path) -> None:
+    cells = [{"preset": "fusion", "seed": s, "fold": f} for s in (0, 1) for f in (0, 1)]
+    for cell, dice in zip(cells, ({"a": 0.0, "b": 0.5}, {"c": 0.9}, {"a": 0.2, "b": 0.7}, {"c": 0.8, "d": None})):
+        _write_slice_dice(PB.cell_dir(tmp_path, cell["preset"], cell["seed"], cell["fold"]) / "eval", dice)
+    contrast = {"a": 3.0, "b": 8.0, "c": 30.0, "d": 12.0}  # 8.0 falls in [8, 16)
+    table = PB.contrast_table(tmp_path, cells, contrast).splitlines()
+    assert table[0] == ("| preset | Dice, contrast < 8 HU (slices) | Dice, contrast 8-16 HU (slices) "
+                        "| Dice, contrast 16-24 HU (slices) | Dice, contrast >= 24 HU (slices) |")
+    assert table[2] == "| `fusion` | 0.100 (2) | 0.600 (2) | - (0) | 0.850 (2) |"  # d: no mask
+    assert PB.contrast_table(tmp_path, cells, {}) == ""  # a --drop of real slices: no table
+
+
+def test_slice_contrasts_measure_the_phantom_once_and_only_for_the_own_drop(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from data_build.synth import writer
+
+    args = PB.parse_args(["--out", str(tmp_path), "--patients", "3", "--slices-per-patient", "3",
+                          "--synth-size", "64", "--synth-seed", "5"])
+    args.difficulty_used = "real"
+    cases = list(writer.iter_synthetic_slices(3, 3, 64, 5, difficulty="real"))
+    bleeding = [c for c in cases if c.slice.mask.any()]
+    assert bleeding
+    ids = [c.id for c in cases]
+    found = PB.slice_contrasts(tmp_path, args, ids)
+    assert set(found) == set(ids)
+    assert {k for k, v in found.items() if v is not None} == {c.id for c in bleeding}  # normal: None
+    assert all(-100.0 < v < 150.0 for v in found.values() if v is not None)
+    monkeypatch.setattr(writer, "iter_synthetic_slices", lambda *a, **k: pytest.fail("redrawn"))
+    assert PB.slice_contrasts(tmp_path, args, ids) == found  # cached
+    args.drop = tmp_path / "real-drop"
+    assert PB.slice_contrasts(tmp_path, args, ids) == {}
