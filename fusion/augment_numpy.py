@@ -4,9 +4,10 @@
 (the tf.data augmentation it replaced was removed in issue 11). Three steps, with the
 `AugmentConfig` parameters, per slice of a batched reader dict:
 
-1. window jitter (HU records only, ``is_hu`` = 1): each window's level moves by up to
-   ``level_jitter_hu`` HU and its width by up to ``width_jitter`` (relative), re-windowed from
-   ``hu`` with `data_build.windows.apply_windows`;
+1. window jitter: each window's level moves by up to ``level_jitter_hu`` HU and its width by up
+   to ``width_jitter`` (relative); HU records (``is_hu`` = 1) are re-windowed from ``hu`` with
+   `data_build.windows.apply_windows`, render records only with ``jitter_renders`` (the grey
+   unwindowed to HU and windowed again: exact inside the window, clipped pixels stay clipped);
 2. geometry: flips, a rotation up to ``rotation_deg`` and a zoom up to ``scale`` about the image
    centre, one affine map per slice applied to image (bilinear, 0 outside), mask (bilinear then
    >= 0.5) and hu (air, -1024 HU, outside); ``area_fraction`` is rescaled by the mask's change
@@ -65,13 +66,36 @@ def _add_noise(image: np.ndarray, std: float, rng: np.random.Generator,
     return np.clip(noisy, 0.0, 1.0, out=noisy)
 
 
+def _jitter_draws(cfg: AugmentConfig, b: int, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """[B, N] level shifts (HU) and width factors of the window jitter."""
+    shift = rng.uniform(-cfg.level_jitter_hu, cfg.level_jitter_hu, (b, n))
+    stretch = rng.uniform(1.0 - cfg.width_jitter, 1.0 + cfg.width_jitter, (b, n))
+    return shift, stretch
+
+
+def _jitter_renders(image: np.ndarray, cfg: AugmentConfig, presets: Sequence[windows.Window],
+                    rng: np.random.Generator) -> np.ndarray:
+    """The window jitter on rendered windows: each channel's grey back to HU with its preset
+    (`windows.unwindow`) and through the jittered window again (`windows.window`). Exact where
+    the render kept the pixel; where it clipped (0 or 1: the HU is unknown) the pixel stays
+    clipped. Returns a new [B, H, W, C] float32 image."""
+    shift, stretch = _jitter_draws(cfg, image.shape[0], len(presets), rng)
+    out = np.empty(image.shape, np.float32)
+    for k, p in enumerate(presets):
+        grey = image[..., k]
+        level = (p.level + shift[:, k])[:, None, None]
+        width = (p.width * stretch[:, k])[:, None, None]
+        moved = windows.window(windows.unwindow(grey, p.level, p.width), level, width)
+        out[..., k] = np.where(grey <= 0.0, 0.0, np.where(grey >= 1.0, 1.0, moved))
+    return out
+
+
 def _jitter_windows(batch: dict[str, np.ndarray], cfg: AugmentConfig, presets: Sequence[windows.Window],
                     rng: np.random.Generator) -> np.ndarray:
     """Re-window the HU rows with jittered presets. Returns image [B, H, W, C] float32."""
     image = batch["image"].copy()
     b, n = image.shape[0], len(presets)
-    shift = rng.uniform(-cfg.level_jitter_hu, cfg.level_jitter_hu, (b, n))
-    stretch = rng.uniform(1.0 - cfg.width_jitter, 1.0 + cfg.width_jitter, (b, n))
+    shift, stretch = _jitter_draws(cfg, b, n, rng)
     for i in np.flatnonzero(batch["is_hu"] > 0.5):
         jittered = [windows.Window(p.level + shift[i, k], p.width * stretch[i, k])
                     for k, p in enumerate(presets)]
@@ -135,8 +159,12 @@ def augment_batch(batch: dict[str, Any], cfg: AugmentConfig, rng: np.random.Gene
         return batch
     out = dict(batch)
     image = out["image"]
-    if "hu" in out and (cfg.level_jitter_hu > 0 or cfg.width_jitter > 0):
-        image = _jitter_windows(out, cfg, presets or [windows.PRESETS[n] for n in windows.WINDOW_NAMES], rng)
+    presets = presets or [windows.PRESETS[n] for n in windows.WINDOW_NAMES]
+    if cfg.level_jitter_hu > 0 or cfg.width_jitter > 0:
+        if "hu" in out:
+            image = _jitter_windows(out, cfg, presets, rng)
+        elif cfg.jitter_renders:
+            image = _jitter_renders(image, cfg, presets, rng)
     b, h, w = image.shape[:3]
     maps = affine_maps(cfg, b, h, w, rng)
     image = _warp_batch(image, maps, 0.0)

@@ -206,8 +206,11 @@ class AugmentConfig:
       flip_left_right, flip_up_down: random flips (probability 0.5 each).
       rotation_deg: maximum absolute rotation in degrees.
       scale: maximum relative zoom, e.g. 0.1 for [0.9, 1.1].
-      level_jitter_hu: maximum window level shift in HU (DICOM/HU records only).
-      width_jitter: maximum relative window width change (HU records only).
+      level_jitter_hu: maximum window level shift in HU (HU records; renders with
+        `jitter_renders`): a scanner's calibration offset, a few HU.
+      width_jitter: maximum relative window width change (likewise).
+      jitter_renders: apply the window jitter to render records too, from the rendered grey
+        (`fusion.augment_numpy`: exact inside each window, clipped pixels stay clipped).
       noise_std: standard deviation of Gaussian noise added to the [0, 1] image.
     """
 
@@ -218,6 +221,7 @@ class AugmentConfig:
     scale: float = 0.1
     level_jitter_hu: float = 10.0
     width_jitter: float = 0.1
+    jitter_renders: bool = False
     noise_std: float = 0.01
 
     def __post_init__(self) -> None:

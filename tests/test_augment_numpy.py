@@ -168,3 +168,40 @@ def test_noise_is_white_gaussian_of_the_configured_std_and_differs_per_slice() -
     np.testing.assert_array_equal(noise, again)
     other = augment_batch(batch, cfg, np.random.default_rng(0), noise_key=(3, 2))["image"] - 0.5
     assert np.abs(np.corrcoef(noise.ravel(), other.ravel())[0, 1]) < 0.03
+
+
+def _render_batch(b: int = 3, size: int = 16) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Render-like records: four windows of a known HU ramp (-200 .. 300 HU), no ``hu`` key."""
+    from data_build import windows
+
+    hu = np.broadcast_to(np.linspace(-200.0, 300.0, size * size).reshape(size, size), (b, size, size))
+    image = windows.apply_windows(hu.astype(np.float32)).astype(np.float32)
+    batch = {"image": image, "mask": np.zeros((b, size, size, 1), np.float32),
+             "area_fraction": np.zeros(b, np.float32), "is_hu": np.zeros(b, np.float32)}
+    return batch, hu
+
+
+def test_render_jitter_rewindows_the_grey_as_the_jittered_window_would() -> None:
+    from data_build import windows
+
+    batch, hu = _render_batch()
+    cfg = AugmentConfig(**{**STILL, "level_jitter_hu": 10.0, "width_jitter": 0.1, "jitter_renders": True})
+    out = augment_batch(batch, cfg, np.random.default_rng(5))["image"]
+    rng = np.random.default_rng(5)  # the jitter's draws come first: [B, 4] shifts, then factors
+    shift = rng.uniform(-10.0, 10.0, (3, 4))
+    stretch = rng.uniform(0.9, 1.1, (3, 4))
+    presets = [windows.PRESETS[n] for n in windows.WINDOW_NAMES]
+    for k, p in enumerate(presets):
+        for i in range(3):
+            expected = windows.window(hu[i], p.level + shift[i, k], p.width * stretch[i, k])
+            kept = (batch["image"][i, ..., k] > 0) & (batch["image"][i, ..., k] < 1)
+            np.testing.assert_allclose(out[i, ..., k][kept], expected[kept], atol=1e-5)
+            clipped = batch["image"][i, ..., k][~kept]
+            np.testing.assert_array_equal(out[i, ..., k][~kept], clipped)  # unknown HU: stays clipped
+    assert np.abs(out - batch["image"]).max() > 0.02  # it moved
+
+
+def test_render_jitter_is_off_unless_asked() -> None:
+    batch, _ = _render_batch()
+    cfg = AugmentConfig(**{**STILL, "level_jitter_hu": 10.0, "width_jitter": 0.1})
+    np.testing.assert_array_equal(augment_batch(batch, cfg, np.random.default_rng(5))["image"], batch["image"])
