@@ -34,7 +34,7 @@ import numpy as np
 from data_build import windows
 from fusion.config import AugmentConfig
 
-#: HU used outside the rotated/zoomed field of view: air (as `fusion.augment`).
+#: HU used outside the rotated/zoomed field of view: air.
 _AIR_HU = -1024.0
 #: Mixed into the noise field's seed so it is not the stream of the shuffle or the batch draws.
 _NOISE_SALT = 0x6E6F6973
