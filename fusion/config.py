@@ -118,6 +118,9 @@ class ModelConfig:
         _check(self.fusion_width >= 1, f"model.fusion_width must be >= 1, got {self.fusion_width}")
         _check(self.fusion_stride in FUSION_STRIDES,
                f"model.fusion_stride must be one of {FUSION_STRIDES}, got {self.fusion_stride!r}")
+        _check(self.fusion_stride <= self.stride,
+               f"model.fusion_stride {self.fusion_stride} exceeds the encoder stride {self.stride}: "
+               f"image sizes would not divide; use a smaller fusion_stride or a deeper encoder")
         _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
         _check(self.class_pooling in CLASS_POOLINGS,
                f"model.class_pooling must be one of {CLASS_POOLINGS}, got {self.class_pooling!r}")

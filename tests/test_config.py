@@ -112,6 +112,8 @@ def test_fusion_stride_is_checked() -> None:
     assert ModelConfig(fusion_stride=2).fusion_stride == 2
     with pytest.raises(ConfigError, match="model.fusion_stride must be one of"):
         ModelConfig(fusion_stride=3)
+    with pytest.raises(ConfigError, match="exceeds the encoder stride 2"):
+        ModelConfig(depth=1, image_size=64, fusion_stride=4)
     # Like fusion_width, a setting of the attention fusion: early fusion (e.g. the demo preset
     # with --fusion early) leaves it unused rather than refusing the config.
     assert ModelConfig(fusion="early", fusion_stride=2).fusion_stride == 2
