@@ -12,8 +12,10 @@ interleave the variants, so load on a shared machine hits them alike.
 Variants: the default `fusion` (GroupNorm, attention fusion at full resolution); with
 BatchNorm; with early fusion; both; XLA-compiled (``train.jit_compile``); with the attention
 fusion at half and quarter resolution (``model.fusion_stride``); the `plain-unet`
-baseline, and with GroupNorm; the `demo` preset, with BatchNorm, with XLA and with ``fusion_stride`` 2. Runs on the
-current Keras backend (KERAS_BACKEND), no TensorFlow import of its own.
+baseline, and with GroupNorm; the default's recipe on the plain U-Net's blocks (GroupNorm),
+with early fusion or the attention at half resolution; the `demo` preset, with BatchNorm,
+with XLA and with ``fusion_stride`` 2. Runs on the current Keras backend (KERAS_BACKEND), no
+TensorFlow import of its own.
 """
 from __future__ import annotations
 
@@ -40,6 +42,8 @@ VARIANTS: tuple[tuple[str, str, dict[str, dict[str, Any]]], ...] = (
     ("fusion + fusion_stride 4", "fusion", {"model": {"fusion_stride": 4}}),
     ("plain-unet", "plain-unet", {}),
     ("plain-unet + GroupNorm", "plain-unet", {"model": {"norm": "group"}}),
+    ("fusion + plain blocks, early", "fusion", {"model": {"block": "plain", "fusion": "early"}}),
+    ("fusion + plain blocks, stride 2", "fusion", {"model": {"block": "plain", "fusion_stride": 2}}),
     ("demo (width 8)", "demo", {}),
     ("demo + BatchNorm", "demo", {"model": {"norm": "batch"}}),
     ("demo + XLA", "demo", {"train": {"jit_compile": True}}),

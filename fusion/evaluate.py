@@ -67,18 +67,21 @@ def _predictions_csv(c: Collected) -> str:
     writer.writerow(
         ["id", *(f"label_{n}" for n in LABEL_NAMES), *(f"p_{n}" for n in LABEL_NAMES),
          *(f"decision_{n}" for n in LABEL_NAMES), "has_labels", "area_fraction_true",
-         "area_fraction_pred", "has_mask", "dice", "iou"]
+         "area_fraction_pred", "has_mask", "dice", "iou", "pixels_true", "pixels_pred",
+         "pixels_both"]
     )
     labels = np.concatenate(c.labels) if c.labels else np.zeros((0, 6))
     probs = np.concatenate(c.probabilities) if c.probabilities else np.zeros((0, 6))
     dec = np.concatenate(c.decisions) if c.decisions else np.zeros((0, 6), int)
     cols = [c.cat(k) for k in ("has_labels", "area_true", "area_pred", "has_mask", "dice", "iou")]
+    pixels = [c.cat(k) for k in ("pixels_true", "pixels_pred", "pixels_both")]
     for i, sid in enumerate(c.ids):
         hl, at, ap, hm, di, io_ = (col[i] for col in cols)
         writer.writerow(
             [sid, *(int(v) for v in labels[i]), *(f"{v:.6f}" for v in probs[i]),
              *(int(v) for v in dec[i]), int(hl), f"{at:.6f}" if hm else "", f"{ap:.6f}",
-             int(hm), f"{di:.6f}" if hm else "", f"{io_:.6f}" if hm else ""]
+             int(hm), f"{di:.6f}" if hm else "", f"{io_:.6f}" if hm else "",
+             *(f"{int(col[i])}" if hm else "" for col in pixels)]
         )
     return buf.getvalue()
 

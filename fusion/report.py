@@ -552,6 +552,15 @@ def _segmentation_section(seg: Mapping[str, Any], dice: Sequence[float]) -> list
             f"{_fmt(seg.get('empty_prediction_rate'))}; bleed predicted on truly empty slices: "
             f"{_fmt(seg.get('false_positive_rate'))}. Both empty counts as Dice 1.</p>"
         )
+        size = seg.get("mask_size")
+        if isinstance(size, Mapping):  # absent from the metrics.json of older versions
+            out.append(
+                f"<p class=note>Pixels (all slices pooled): precision "
+                f"{_fmt(size.get('pixel_precision'))}, recall {_fmt(size.get('pixel_recall'))}. "
+                f"Predicted / true mask area on slices with bleed, median "
+                f"{_fmt((size.get('area_ratio') or {}).get('median'))} (above 1: over-segmented)."
+                f"</p>"
+            )
         out.append('<div class="charts">' + svg_histogram(dice, "Dice per slice (known masks)", "Dice")
                    + "</div>")
     else:

@@ -94,6 +94,10 @@ class Collected:
     iou: list[np.ndarray] = field(default_factory=list)
     true_nonempty: list[np.ndarray] = field(default_factory=list)
     pred_nonempty: list[np.ndarray] = field(default_factory=list)
+    # pixels at the model's size: in both masks, in the prediction, in the reference
+    pixels_both: list[np.ndarray] = field(default_factory=list)
+    pixels_pred: list[np.ndarray] = field(default_factory=list)
+    pixels_true: list[np.ndarray] = field(default_factory=list)
     # (dice, tiebreak, id, image, true, pred) heaps for the overlays
     best: list[tuple[float, int, str, np.ndarray, np.ndarray, np.ndarray]] = field(
         default_factory=list
@@ -193,6 +197,9 @@ def _add_batch(
     true_any = true_masks.reshape(n, -1).any(axis=1)
     c.true_nonempty.append(true_any)
     c.pred_nonempty.append(pred_masks.reshape(n, -1).any(axis=1))
+    for name, counts in zip(("pixels_both", "pixels_pred", "pixels_true"),
+                            M.pixel_counts(pred_masks, true_masks)):
+        getattr(c, name).append(counts)
     for i in np.flatnonzero(has_mask & true_any):
         c.counter += 1
         item = (images[i, ..., 0], true_masks[i], pred_masks[i])
@@ -405,6 +412,8 @@ def _segmentation_part(
         "dice_nonempty": _ci(np.mean, dice_v[nonempty], n=n_boot, seed=seed),
         "iou_nonempty": _ci(np.mean, iou_v[nonempty], n=n_boot, seed=seed),
     }
+    seg["mask_size"] = M.mask_size_summary(
+        *(c.cat(k)[has_mask] for k in ("pixels_both", "pixels_pred", "pixels_true")))
     seg["mask_threshold"] = MASK_THRESHOLD
     plots["dice"] = dice_v.tolist()
     if not known_mask.any():

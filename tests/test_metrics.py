@@ -118,6 +118,27 @@ def test_segmentation_report() -> None:
     json.dumps(r, allow_nan=False)
 
 
+def test_mask_size_summary_pools_pixels_and_ratios_bleeding_slices_only() -> None:
+    pred = np.zeros((3, 4, 4), bool)
+    true = np.zeros((3, 4, 4), bool)
+    pred[0, :2, :4] = True  # 8 px predicted, 2 of them on the 2 px of truth: 4x too big
+    true[0, 0, :2] = True
+    true[1, :2, :2] = True  # 4 px missed entirely
+    pred[2, 0, 0] = True  # 1 px on a slice without bleed: counts against precision only
+    hit, p, t = M.pixel_counts(pred, true)
+    np.testing.assert_array_equal(np.stack([hit, p, t]), [[2, 0, 0], [8, 0, 1], [2, 4, 0]])
+    size = M.mask_size_summary(hit, p, t)
+    assert size["pixel_precision"] == pytest.approx(2 / 9)
+    assert size["pixel_recall"] == pytest.approx(2 / 6)
+    assert size["area_ratio"]["median"] == pytest.approx(2.0)  # ratios 4 and 0
+    assert size["area_ratio"]["mean"] == pytest.approx(2.0)
+    nothing = M.mask_size_summary([], [], [])
+    assert nothing["pixel_precision"] is None and nothing["area_ratio"]["median"] is None
+    json.dumps(size, allow_nan=False)
+    with pytest.raises(M.MetricError, match="differ in length"):
+        M.mask_size_summary([1], [1, 2], [1])
+
+
 def test_classification_report_none_when_undefined() -> None:
     y = np.array([[1, 0], [0, 0], [1, 0], [0, 0]])
     p = np.array([[0.9, 0.2], [0.1, 0.7], [0.6, 0.1], [0.4, 0.3]])

@@ -203,6 +203,9 @@ def test_read_evaluation_reads_what_fusion_evaluate_writes(tmp_path: Path) -> No
                          "mask_predicted": [1, 1, 1], "true_nonempty": [1, 1, 1],
                          "pred_nonempty": [1, 0, 1]}.items():
         getattr(c, name).append(np.array(values, bool))
+    for name, values in {"pixels_true": [4, 6, 5], "pixels_pred": [8, 0, 5],
+                         "pixels_both": [3, 0, 5]}.items():
+        getattr(c, name).append(np.array(values, float))
     metrics, plots = E.compute_metrics(c, np.full(6, 0.5), n_boot=0)
     E.write_outputs(tmp_path, {**metrics, "thresholds": {}}, plots, c)
     got = PB.read_evaluation(tmp_path)
@@ -210,6 +213,7 @@ def test_read_evaluation_reads_what_fusion_evaluate_writes(tmp_path: Path) -> No
     assert got.dice_mean == pytest.approx(1.4 / 3)
     assert got.labels == [[1, 0, 0, 0, 0], [0, 1, 0, 0, 0], [1, 0, 0, 0, 1]]
     assert all(math.isclose(p, 0.25) for row in got.probabilities for p in row)
+    assert PB.read_slice_pixels(tmp_path) == {"ID_a": (4, 8, 3), "ID_b": (6, 0, 0), "ID_c": (5, 5, 5)}
 
 
 def test_read_evaluation_names_the_folder_when_unreadable(tmp_path: Path) -> None:
@@ -353,6 +357,23 @@ def test_contrast_table_pools_seeds_and_folds_per_band(tmp_path: Path) -> None:
                         "| Dice, contrast 16-24 HU (slices) | Dice, contrast >= 24 HU (slices) |")
     assert table[2] == "| `fusion` | 0.100 (2) | 0.600 (2) | - (0) | 0.850 (2) |"  # d: no mask
     assert PB.contrast_table(tmp_path, cells, {}) == ""  # a --drop of real slices: no table
+
+
+def test_mask_size_table_pools_pixels_and_names_cells_evaluated_before_them(tmp_path: Path) -> None:
+    cells = [{"preset": "fusion", "seed": 0, "fold": f} for f in (0, 1)] + [
+        {"preset": "old", "seed": 0, "fold": 0}]
+    header = "id,has_mask,pixels_true,pixels_pred,pixels_both"
+    rows = {0: ["a,1,10,40,8", "b,1,10,10,10", "n,0,,,"], 1: ["c,1,20,0,0", "z,1,0,3,0"]}
+    for fold, lines in rows.items():
+        folder = PB.cell_dir(tmp_path, "fusion", 0, fold) / "eval"
+        folder.mkdir(parents=True)
+        (folder / "predictions.csv").write_text("\n".join([header, *lines]) + "\n")
+    _write_slice_dice(PB.cell_dir(tmp_path, "old", 0, 0) / "eval", {"a": 0.5})  # no pixel columns
+    table = PB.mask_size_table(tmp_path, cells).splitlines()
+    # precision 18 / 53, recall 18 / 40; ratios over bleeding slices 4, 1, 0 (z has no bleed)
+    assert table[2] == "| `fusion` | 0.34 | 0.45 | 1.00 | 1 of 3 | 4 |"
+    assert table[3] == "(`old`: 1 cells evaluated before the pixel columns; rerun fusion-evaluate)"
+    assert PB.mask_size_table(tmp_path, cells[2:]) == ""
 
 
 def test_slice_contrasts_measure_the_phantom_once_and_only_for_the_own_drop(

@@ -243,3 +243,11 @@ def _golden_inputs(case: str) -> tuple[dict, dict, list]:
 def test_render_html_matches_golden_sha256(case: str) -> None:
     text = R.render_html(*_golden_inputs(case))
     assert hashlib.sha256(text.encode("utf-8")).hexdigest() == _GOLDEN_SHA256[case]
+
+
+def test_render_html_says_whether_masks_are_too_big() -> None:
+    metrics, plots, overlays = _golden_inputs("full")
+    metrics["segmentation"]["mask_size"] = {"pixel_precision": 0.25, "pixel_recall": 0.7,
+                                            "area_ratio": {"median": 2.8}}
+    text = R.render_html(metrics, plots, overlays)
+    assert "precision 0.250, recall 0.700" in text and "median 2.800 (above 1: over-segmented)" in text

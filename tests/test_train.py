@@ -199,6 +199,9 @@ def test_metrics_report_collapse_and_area() -> None:
     assert summary["dice"] == pytest.approx(0.75)  # 1, 0, 1 and the both-empty slice = 1
     assert summary["area_fraction_mae"] == pytest.approx(0.01)
     assert summary["area_mm2_mae"] == pytest.approx(0.01 * S * S * 0.25, rel=1e-5)
+    size = result["segmentation"]["mask_size"]  # the predicted masks are exact where not empty
+    assert size["pixel_precision"] == pytest.approx(1.0) and size["pixel_recall"] == pytest.approx(2 / 3)
+    assert size["area_ratio"]["median"] == pytest.approx(1.0)
     json.dumps(result)  # JSON-ready
 
 
