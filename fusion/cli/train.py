@@ -18,6 +18,7 @@ import click
 from data_build.errors import DataBuildError
 from fusion.backend import BACKENDS, BackendError, default_backend, select_backend
 from fusion.config import (
+    BLOCKS,
     CLASS_POOLINGS,
     DEFAULT_PRESET,
     FUSION_STRIDES,
@@ -64,6 +65,7 @@ def build_config(
     class_pooling: str | None = None,
     norm: str | None = None,
     fusion_stride: int | None = None,
+    block: str | None = None,
 ) -> RunConfig:
     """Preset < config file < command-line options.
 
@@ -76,7 +78,7 @@ def build_config(
     # Only the options given on the command line override the preset or config file.
     model = {k: v for k, v in {"image_size": image_size, "width": width, "fusion": fusion,
                                "class_pooling": class_pooling, "norm": norm,
-                               "fusion_stride": fusion_stride}.items() if v is not None}
+                               "fusion_stride": fusion_stride, "block": block}.items() if v is not None}
     train = {k: v for k, v in {"epochs": epochs, "batch_size": batch_size, "seed": seed,
                                "learning_rate": learning_rate}.items() if v is not None}
     return cfg.replace(model=model, train=train)
@@ -108,6 +110,9 @@ def build_config(
               help="Normalisation layers: group (GroupNorm, the fusion preset's) or batch (BatchNorm: "
                    "cheaper per step, but with the fusion preset's recipe it collapsed to empty masks "
                    "on the low-data proxy; docs/benchmarks.md).")
+@click.option("--block", type=click.Choice(BLOCKS),
+              help="Encoder-decoder blocks: residual (pre-activation, SiLU) or plain (conv-norm-ReLU "
+                   "twice, max-pool down: the plain U-Net's); docs/benchmarks.md compares them.")
 @click.option("--class-pooling", type=click.Choice(CLASS_POOLINGS),
               help="How the class head pools: global, or also one attention map per label "
                    "(docs/benchmarks.md: no gain on the synthetic demo).")
@@ -144,6 +149,7 @@ def main(
     fusion: str | None,
     fusion_stride: int | None,
     norm: str | None,
+    block: str | None,
     class_pooling: str | None,
     backend: str | None,
     cache_dir: Path | None,
@@ -167,7 +173,7 @@ def main(
                       f"on a machine with TensorFlow (this run asked for {backend})")
     try:
         cfg = build_config(preset_name, config_file, epochs, image_size, batch_size, seed,
-                           learning_rate, width, fusion, class_pooling, norm, fusion_stride)
+                           learning_rate, width, fusion, class_pooling, norm, fusion_stride, block)
     except ConfigError as err:
         raise click.UsageError(str(err)) from None
 
