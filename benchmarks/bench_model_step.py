@@ -14,7 +14,7 @@ BatchNorm; with early fusion; both; XLA-compiled (``train.jit_compile``); with t
 fusion at half and quarter resolution (``model.fusion_stride``); the `plain-unet`
 baseline, and with GroupNorm; the default's recipe on the plain U-Net's blocks (GroupNorm),
 with early fusion or the attention at half resolution; the `demo` preset, with BatchNorm,
-with XLA and with ``fusion_stride`` 2. Runs on the current Keras backend (KERAS_BACKEND), no
+with XLA, with ``fusion_stride`` 2 and on plain blocks with early fusion. Runs on the current Keras backend (KERAS_BACKEND), no
 TensorFlow import of its own.
 """
 from __future__ import annotations
@@ -48,6 +48,7 @@ VARIANTS: tuple[tuple[str, str, dict[str, dict[str, Any]]], ...] = (
     ("demo + BatchNorm", "demo", {"model": {"norm": "batch"}}),
     ("demo + XLA", "demo", {"train": {"jit_compile": True}}),
     ("demo + fusion_stride 2", "demo", {"model": {"fusion_stride": 2}}),
+    ("demo + plain blocks, early", "demo", {"model": {"block": "plain", "fusion": "early"}}),
 )
 
 
