@@ -9,12 +9,15 @@ random images and targets (batch size of the preset, a bleed on half the slices)
 `--repeats` rounds is printed, with the ratio to the first variant at that size. Rounds
 interleave the variants, so load on a shared machine hits them alike.
 
-Variants: the default `fusion` (GroupNorm, attention fusion at full resolution); with
+Variants ("fusion ..." rows are the `fusion-attention` preset, the default until 2026-11-30,
+whose figures the docs quote as "the default"): `fusion-attention` (GroupNorm, residual
+blocks, attention fusion at full resolution); with
 BatchNorm; with early fusion; both; XLA-compiled (``train.jit_compile``); with the attention
 fusion at half and quarter resolution (``model.fusion_stride``); the `plain-unet`
 baseline, and with GroupNorm; the default's recipe on the plain U-Net's blocks (GroupNorm),
 with early fusion or the attention at half resolution; the `demo` preset, with BatchNorm,
-with XLA, with ``fusion_stride`` 2 and on plain blocks with early fusion. Runs on the current Keras backend (KERAS_BACKEND), no
+with XLA, and with each block and fusion (plain or residual; early, or attention at full or
+half resolution). Runs on the current Keras backend (KERAS_BACKEND), no
 TensorFlow import of its own.
 """
 from __future__ import annotations
@@ -33,22 +36,27 @@ from fusion.config import RunConfig, preset  # noqa: E402
 
 #: (label, preset, config sections replaced: {"model": {...}, "train": {...}})
 VARIANTS: tuple[tuple[str, str, dict[str, dict[str, Any]]], ...] = (
-    ("fusion (GN, attention)", "fusion", {}),
-    ("fusion + BatchNorm", "fusion", {"model": {"norm": "batch"}}),
-    ("fusion + early fusion", "fusion", {"model": {"fusion": "early"}}),
-    ("fusion + BN + early", "fusion", {"model": {"norm": "batch", "fusion": "early"}}),
-    ("fusion + XLA", "fusion", {"train": {"jit_compile": True}}),
-    ("fusion + fusion_stride 2", "fusion", {"model": {"fusion_stride": 2}}),
-    ("fusion + fusion_stride 4", "fusion", {"model": {"fusion_stride": 4}}),
+    ("fusion (GN, attention)", "fusion-attention", {}),
+    ("fusion + BatchNorm", "fusion-attention", {"model": {"norm": "batch"}}),
+    ("fusion + early fusion", "fusion-attention", {"model": {"fusion": "early"}}),
+    ("fusion + BN + early", "fusion-attention", {"model": {"norm": "batch", "fusion": "early"}}),
+    ("fusion + XLA", "fusion-attention", {"train": {"jit_compile": True}}),
+    ("fusion + fusion_stride 2", "fusion-attention", {"model": {"fusion_stride": 2}}),
+    ("fusion + fusion_stride 4", "fusion-attention", {"model": {"fusion_stride": 4}}),
     ("plain-unet", "plain-unet", {}),
     ("plain-unet + GroupNorm", "plain-unet", {"model": {"norm": "group"}}),
-    ("fusion + plain blocks, early", "fusion", {"model": {"block": "plain", "fusion": "early"}}),
-    ("fusion + plain blocks, stride 2", "fusion", {"model": {"block": "plain", "fusion_stride": 2}}),
+    ("fusion + plain blocks, early", "fusion-attention", {"model": {"block": "plain", "fusion": "early"}}),
+    ("fusion + plain blocks, stride 2", "fusion-attention",
+     {"model": {"block": "plain", "fusion": "attention", "fusion_stride": 2}}),
     ("demo (width 8)", "demo", {}),
     ("demo + BatchNorm", "demo", {"model": {"norm": "batch"}}),
     ("demo + XLA", "demo", {"train": {"jit_compile": True}}),
-    ("demo + fusion_stride 2", "demo", {"model": {"fusion_stride": 2}}),
-    ("demo + plain blocks, early", "demo", {"model": {"block": "plain", "fusion": "early"}}),
+    ("demo, plain blocks, early", "demo", {"model": {"block": "plain", "fusion": "early"}}),
+    ("demo, residual blocks, early", "demo", {"model": {"block": "residual", "fusion": "early"}}),
+    ("demo, residual blocks, attention", "demo",
+     {"model": {"block": "residual", "fusion": "attention", "fusion_stride": 1}}),
+    ("demo, residual blocks, attention stride 2", "demo",
+     {"model": {"block": "residual", "fusion": "attention", "fusion_stride": 2}}),
 )
 
 
@@ -88,7 +96,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds (median)")
     parser.add_argument("--only", default="", help="comma-separated variant labels' prefixes to run")
     args = parser.parse_args()
-    wanted = [v for v in VARIANTS if not args.only or any(v[0].startswith(p) for p in args.only.split(","))]
+    prefixes = [p for p in args.only.split(",") if p]  # an empty prefix would match every variant
+    wanted = [v for v in VARIANTS if not prefixes or any(v[0].startswith(p) for p in prefixes)]
     import keras
 
     print(f"backend {keras.backend.backend()}, {os.cpu_count()} cores, {args.steps} steps x {args.repeats} rounds")

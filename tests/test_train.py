@@ -252,8 +252,8 @@ def test_cli_trains_calibrates_and_exports(tmp_path: Path) -> None:
     config = tmp_path / "tiny.json"
     preset("demo").replace(model=TINY).save(config)
     args = [str(shards), "--out", str(run), "--config", str(config), "--width", "4", "--epochs", "1",
-            "--batch-size", "4", "--class-pooling", "attention", "--norm", "batch", "--fusion-stride", "2",
-            "--block", "plain", "--quiet"]
+            "--batch-size", "4", "--class-pooling", "attention", "--norm", "batch", "--fusion", "attention",
+            "--fusion-stride", "2", "--block", "plain", "--quiet"]
     result = invoke(*args)
     assert result.exit_code == 0, result.output + repr(result.exception)
     for name in ("config.json", "best.keras", "model.keras", "thresholds.json", "metrics.json",
@@ -263,7 +263,7 @@ def test_cli_trains_calibrates_and_exports(tmp_path: Path) -> None:
     cfg = RunConfig.load(run / "config.json")
     assert (cfg.preset, cfg.model.image_size, cfg.model.width, cfg.train.epochs) == ("demo", S, 4, 1)
     assert cfg.model.norm == "batch"  # BatchNorm through training, calibration and the SavedModel
-    assert cfg.model.fusion_stride == 2  # and the half-resolution window fusion
+    assert (cfg.model.fusion, cfg.model.fusion_stride) == ("attention", 2)  # at half resolution
     assert cfg.model.block == "plain"  # on the plain U-Net's blocks
     assert cfg.model.class_pooling == "attention"
     thresholds = json.loads((run / "thresholds.json").read_text())["thresholds"]
