@@ -246,6 +246,13 @@ def test_cli_unknown_preset(tmp_path: Path) -> None:
     assert "unknown preset 'bigger'" in result.output
 
 
+def test_cli_refuses_a_fusion_stride_that_would_do_nothing(tmp_path: Path) -> None:
+    result = invoke(str(tmp_path), "--out", str(tmp_path / "run"), "--fusion-stride", "2")
+    assert result.exit_code == 2
+    assert "uses early fusion (the fusion preset's)" in result.output
+    assert "--fusion attention" in result.output and "fusion-attention" in result.output
+
+
 def test_cli_trains_calibrates_and_exports(tmp_path: Path) -> None:
     shards = write_shards(tmp_path / "shards")
     run = tmp_path / "run"
