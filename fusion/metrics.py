@@ -389,6 +389,34 @@ def _masks(pred: Any, true: Any) -> tuple[np.ndarray, np.ndarray]:
     return a.astype(bool), b.astype(bool)
 
 
+def pixel_counts(pred: Any, true: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-slice pixel counts: (|A & B|, |A|, |B|) for predicted A and reference B.
+
+    Dice, IoU and the mask-size figures all derive from them (`dice_from_counts`,
+    `iou_from_counts`, `mask_size_summary`), so a caller that needs several counts once.
+
+    Returns:
+      Three [N] float64 arrays (float so sums over many slices never overflow).
+    """
+    a, b = _masks(pred, true)
+    return (np.sum(a & b, axis=(1, 2), dtype=np.float64), np.sum(a, axis=(1, 2), dtype=np.float64),
+            np.sum(b, axis=(1, 2), dtype=np.float64))
+
+
+def dice_from_counts(both: np.ndarray, pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """Per-slice Dice from `pixel_counts`; 1.0 where both masks are empty."""
+    total = pred + true
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, 2.0 * both / total, 1.0)
+
+
+def iou_from_counts(both: np.ndarray, pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """Per-slice IoU from `pixel_counts` (|A | B| = |A| + |B| - |A & B|); 1.0 where both are empty."""
+    union = pred + true - both
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, both / union, 1.0)
+
+
 def dice(pred: Any, true: Any) -> np.ndarray:
     """Per-slice Dice = 2 |A & B| / (|A| + |B|); 1.0 when both masks are empty.
 
@@ -399,11 +427,7 @@ def dice(pred: Any, true: Any) -> np.ndarray:
     Returns:
       [N] float64 in [0, 1].
     """
-    a, b = _masks(pred, true)
-    inter = np.sum(a & b, axis=(1, 2), dtype=np.float64)
-    total = np.sum(a, axis=(1, 2), dtype=np.float64) + np.sum(b, axis=(1, 2), dtype=np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(total > 0, 2.0 * inter / total, 1.0)
+    return dice_from_counts(*pixel_counts(pred, true))
 
 
 def iou(pred: Any, true: Any) -> np.ndarray:
@@ -412,22 +436,7 @@ def iou(pred: Any, true: Any) -> np.ndarray:
     Returns:
       [N] float64 in [0, 1].
     """
-    a, b = _masks(pred, true)
-    inter = np.sum(a & b, axis=(1, 2), dtype=np.float64)
-    union = np.sum(a | b, axis=(1, 2), dtype=np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(union > 0, inter / union, 1.0)
-
-
-def pixel_counts(pred: Any, true: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-slice pixel counts: (|A & B|, |A|, |B|) for predicted A and reference B.
-
-    Returns:
-      Three [N] float64 arrays (float so sums over many slices never overflow).
-    """
-    a, b = _masks(pred, true)
-    return (np.sum(a & b, axis=(1, 2), dtype=np.float64), np.sum(a, axis=(1, 2), dtype=np.float64),
-            np.sum(b, axis=(1, 2), dtype=np.float64))
+    return iou_from_counts(*pixel_counts(pred, true))
 
 
 def mask_size_summary(hit: Any, pred: Any, true: Any) -> dict[str, Any]:

@@ -191,15 +191,16 @@ def _add_batch(
     c.mm2_per_fraction.append(targets.mm2_per_fraction(s_h, s_w, spacing))
     has_mask = _np(batch["has_mask"]).reshape(n) > 0.5
     c.has_mask.append(has_mask)
-    d = M.dice(pred_masks, true_masks)
+    both, pred, true = M.pixel_counts(pred_masks, true_masks)  # one pass; the rest derive
+    c.pixels_both.append(both)
+    c.pixels_pred.append(pred)
+    c.pixels_true.append(true)
+    d = M.dice_from_counts(both, pred, true)
     c.dice.append(d)
-    c.iou.append(M.iou(pred_masks, true_masks))
-    true_any = true_masks.reshape(n, -1).any(axis=1)
+    c.iou.append(M.iou_from_counts(both, pred, true))
+    true_any = true > 0
     c.true_nonempty.append(true_any)
-    c.pred_nonempty.append(pred_masks.reshape(n, -1).any(axis=1))
-    for name, counts in zip(("pixels_both", "pixels_pred", "pixels_true"),
-                            M.pixel_counts(pred_masks, true_masks)):
-        getattr(c, name).append(counts)
+    c.pred_nonempty.append(pred > 0)
     for i in np.flatnonzero(has_mask & true_any):
         c.counter += 1
         item = (images[i, ..., 0], true_masks[i], pred_masks[i])
