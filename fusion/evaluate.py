@@ -138,7 +138,8 @@ def evaluate(
     Raises:
       EvaluateError: the batches hold no slice.
     """
-    c = collect(predictor, batches, tta=tta, batch_size=batch_size, progress=progress)
+    c = collect(predictor, batches, tta=tta, batch_size=batch_size, progress=progress,
+                mask_threshold=predictor.mask_threshold)
     if not c.ids:
         raise EvaluateError(
             f"split {split!r} of {shards or 'the shards'} holds no slice; check --split and "

@@ -19,7 +19,7 @@ Both resize the input to the training size (bilinear) in the graph and return:
 | decisions | [B, 6] | int32 | probabilities >= calibrated thresholds (baked in) |
 | area_fraction | [B] | float32 | bleed pixels / all pixels (transform inverted) |
 | mask | [B, H, W, 1] | float32 | bleed probabilities at the INPUT size |
-| mask_uint8 | [B, H, W, 1] | uint8 | mask >= `MASK_THRESHOLD` as 0/1 (small REST answers) |
+| mask_uint8 | [B, H, W, 1] | uint8 | mask >= the run's calibrated mask threshold as 0/1 (small REST answers) |
 
 A model without an area or mask head (preset peer-cls) returns NaN there: "not predicted".
 The export folder also holds ``thresholds.json`` and ``fusion_export.json`` (image size, label
@@ -45,8 +45,8 @@ from data_build.manifest import Manifest, ManifestError
 from data_build.schema import LABEL_NAMES
 from fusion.config import RunConfig
 from fusion.errors import FusionError
-from fusion.run_folder import EXPORT_NOTE, save_keras
-from fusion.targets import AREA_SCALE, MASK_THRESHOLD, target_to_area
+from fusion.run_folder import EXPORT_NOTE, find_checkpoint, save_keras
+from fusion.targets import AREA_SCALE, target_to_area
 from fusion.thresholds import Thresholds, ThresholdsError
 
 #: Servable version written when none is given (TF Serving loads the highest number).
@@ -88,6 +88,7 @@ def make_serving_fns(
       the module docstring.
     """
     thresholds_t = tf.constant(thresholds.array.astype(np.float32).reshape(1, len(LABEL_NAMES)))
+    mask_threshold = float(thresholds.mask)
     window_list = _window_list(presets)
     size = int(image_size)
 
@@ -112,7 +113,7 @@ def make_serving_fns(
         else:
             result["mask"] = tf.fill(tf.concat([[batch], in_hw, [1]], 0), float("nan"))
         # NaN (no mask head) compares False: an all-zero mask_uint8, "no bleed found".
-        result["mask_uint8"] = tf.cast(result["mask"] >= MASK_THRESHOLD, tf.uint8)
+        result["mask_uint8"] = tf.cast(result["mask"] >= mask_threshold, tf.uint8)
         return result
 
     def serve_images(images: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -181,7 +182,7 @@ def _write_sidecars(
         "area_transform": f"area output = log1p(fraction * {AREA_SCALE:g}); served as the fraction",
         "signatures": SIGNATURES,
         "outputs": ["probabilities", "decisions", "area_fraction", "mask", "mask_uint8"],
-        "mask_threshold": MASK_THRESHOLD,
+        "mask_threshold": float(thresholds.mask),
     }
     atomic_write_text(folder / "fusion_export.json", json.dumps(info, indent=2) + "\n")
     atomic_write_text(folder / "README.md", _readme(info))
@@ -196,7 +197,7 @@ def _readme(info: Mapping[str, Any]) -> str:
     lines += ["", f"Window presets (level, width HU): {info['presets']}",
               f"Outputs: probabilities [B, 6] ({', '.join(info['label_names'])}), decisions "
               f"[B, 6] int32, area_fraction [B], mask [B, H, W, 1] float32, mask_uint8 "
-              f"[B, H, W, 1] (mask >= {MASK_THRESHOLD}).", ""]
+              f"[B, H, W, 1] (mask >= {info['mask_threshold']}; thresholds.json says how it was set).", ""]
     return "\n".join(lines)
 
 
@@ -247,10 +248,8 @@ def export_run(run_dir: str | Path, shards_dir: str | Path | None = None,
     for name in ("config.json", "thresholds.json"):
         if not (run_dir / name).is_file():
             raise ExportError(f"{run_dir / name} is missing: is {run_dir} a finished fusion-train run?")
-    model_path = run_dir / "best.keras"
-    if not model_path.is_file():
-        model_path = run_dir / "model.keras"
-    if not model_path.is_file():
+    model_path = find_checkpoint(run_dir)
+    if model_path is None:
         raise ExportError(f"{run_dir} has neither best.keras nor model.keras; train first")
     cfg = RunConfig.load(run_dir / "config.json")
     try:

@@ -25,6 +25,7 @@ import numpy as np
 
 from data_build.schema import LABEL_NAMES
 from fusion.errors import FusionError
+from fusion.targets import MASK_THRESHOLD
 from fusion.thresholds import THRESHOLDS_FILE, Thresholds, ThresholdsError
 
 log = logging.getLogger(__name__)
@@ -82,12 +83,15 @@ def _run_dir_of(folder: Path, given: Path) -> Path | None:
     return folder.parent if (folder.parent / "config.json").is_file() else None
 
 
-def read_thresholds(candidates: Sequence[Path]) -> tuple[np.ndarray | None, list[str]]:
-    """Thresholds from the first readable ``thresholds.json`` among `candidates`, and the
+def read_thresholds(candidates: Sequence[Path]) -> tuple[np.ndarray | None, list[str], float]:
+    """Thresholds from the first readable ``thresholds.json`` among `candidates`, the
     calibration notes of the first one that has any (an export written before the notes were
-    copied into it holds only thresholds; the run folder's has both)."""
+    copied into it holds only thresholds; the run folder's has both), and the mask threshold
+    of the first readable file (`MASK_THRESHOLD` when none is readable, or the file predates
+    mask calibration)."""
     values: np.ndarray | None = None
     notes: list[str] = []
+    mask = MASK_THRESHOLD
     for path in candidates:
         if not path.is_file():
             continue
@@ -97,10 +101,10 @@ def read_thresholds(candidates: Sequence[Path]) -> tuple[np.ndarray | None, list
             log.warning("%s", err)
             continue
         if values is None:
-            values = found.array
+            values, mask = found.array, found.mask
         if not notes:
             notes = list(found.notes)
-    return values, notes
+    return values, notes, mask
 
 
 def read_run_config(run_dir: Path) -> dict[str, Any]:
@@ -168,6 +172,8 @@ class Predictor:
       export_info: ``fusion_export.json`` of the SavedModel ({} when absent).
       threshold_notes: what the run noted when it calibrated the thresholds (e.g. a type
         with few validation positives); [] when none.
+      mask_threshold: mask probability at which a pixel is bleed (``thresholds.json``'s
+        calibrated one; `MASK_THRESHOLD` for runs from before mask calibration).
     """
 
     path: Path
@@ -178,6 +184,7 @@ class Predictor:
     resize_to: tuple[int, int] | None = None
     export_info: dict[str, Any] = field(default_factory=dict)
     threshold_notes: list[str] = field(default_factory=list)
+    mask_threshold: float = MASK_THRESHOLD
     _loaded: Any = None
     _signatures: dict[str, Any] = field(default_factory=dict)
 
@@ -355,7 +362,7 @@ def load_predictor(path: str | os.PathLike[str]) -> Predictor:
     candidates = tuple(dict.fromkeys(  # the export's copy first, then the run folder's
         (folder / THRESHOLDS_FILE, folder.parent / THRESHOLDS_FILE)
         + ((run_dir / THRESHOLDS_FILE,) if run_dir is not None else ())))
-    from_files, notes = read_thresholds(candidates)
+    from_files, notes, mask_threshold = read_thresholds(candidates)
     if thresholds is None:
         thresholds = from_files
     config = read_run_config(run_dir) if run_dir is not None else {}
@@ -368,6 +375,7 @@ def load_predictor(path: str | os.PathLike[str]) -> Predictor:
         resize_to=input_size,
         export_info=read_json_dict(folder / "fusion_export.json"),
         threshold_notes=notes,
+        mask_threshold=mask_threshold,
         _loaded=loaded,
         _signatures=signatures,
     )

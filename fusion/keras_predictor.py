@@ -162,10 +162,11 @@ def load_keras_predictor(path: str | os.PathLike[str]) -> KerasPredictor:
     run_dir = folder if (folder / "config.json").is_file() else None
     export = latest_version(folder / "export")
     export_info = read_json_dict(export / "fusion_export.json") if export is not None else {}
-    thresholds, notes = read_thresholds((folder / THRESHOLDS_FILE,))
+    thresholds, notes, mask_threshold = read_thresholds((folder / THRESHOLDS_FILE,))
     predictor = KerasPredictor(
         path=model_path, run_dir=run_dir, thresholds=thresholds, input_size=None,
         config=read_run_config(folder), export_info=export_info, threshold_notes=notes,
+        mask_threshold=mask_threshold,
         presets=run_presets(model_path, export_info),
         _model=_load_keras(model_path),
     )

@@ -430,6 +430,77 @@ def dice(pred: Any, true: Any) -> np.ndarray:
     return dice_from_counts(*pixel_counts(pred, true))
 
 
+#: Mask thresholds `calibrate_mask_threshold` tries: 0.30, 0.35, ..., 0.90.
+MASK_GRID: tuple[float, ...] = tuple(round(0.30 + 0.05 * i, 2) for i in range(13))
+#: Mean validation Dice within this of the best counts as a tie; the tie nearest 0.5 wins, so
+#: a flat curve on a small split keeps 0.5 (on the low-data proxy 0.005 never cost a fold more
+#: than 0.002 of held-out Dice; docs/benchmarks.md, "The mask threshold").
+MASK_TIE = 0.005
+#: Fewer validation slices with bleed in a known mask than this: the threshold stays at 0.5.
+MIN_MASK_CALIBRATION_SLICES = 5
+
+
+def grid_pixel_counts(prob: Any, true: Any, grid: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-slice (|A_t & B|, |A_t|) for predicted masks A_t = prob >= t at each t of `grid`.
+
+    Args:
+      prob: [N, H, W] mask probabilities (NaN counts as 0: "not predicted").
+      true: [N, H, W] bool reference masks.
+
+    Returns:
+      Two [N, T] float64 arrays, T = len(grid).
+    """
+    p = np.nan_to_num(np.asarray(prob, dtype=np.float32), nan=0.0)
+    b = np.asarray(true, dtype=bool)
+    if p.ndim == 4 and p.shape[-1] == 1:
+        p = p[..., 0]
+    if b.ndim == 4 and b.shape[-1] == 1:
+        b = b[..., 0]
+    if p.shape != b.shape:
+        raise MetricError(f"probabilities {p.shape} and masks {b.shape} differ in shape")
+    flat_p, flat_b = p.reshape(len(p), -1), b.reshape(len(b), -1)
+    hit = np.stack([np.sum((flat_p >= t) & flat_b, axis=1) for t in grid], axis=1)
+    pred = np.stack([np.sum(flat_p >= t, axis=1) for t in grid], axis=1)
+    return hit.astype(np.float64), pred.astype(np.float64)
+
+
+def calibrate_mask_threshold(
+    hit: Any, pred: Any, true: Any, grid: Sequence[float] = MASK_GRID,
+    notes: list[str] | None = None,
+) -> tuple[float, dict[str, float]]:
+    """The mask threshold of `grid` with the best mean per-slice Dice on a calibration split.
+
+    A tie (within `MASK_TIE` of the best) goes to the threshold nearest 0.5. The mean runs over
+    every slice given (a known-empty slice scores 1 when left empty, 0 otherwise), as
+    ``fusion-evaluate``'s mean Dice does. With fewer than `MIN_MASK_CALIBRATION_SLICES`
+    bleeding slices the threshold stays 0.5 and a note says so.
+
+    Args:
+      hit, pred: [N, T] pixel counts at each grid threshold (`grid_pixel_counts`).
+      true: [N] reference pixels per slice.
+      notes: messages are appended here (and logged).
+
+    Returns:
+      (threshold, {str(t): mean Dice at t}) — the curve, for the run's record.
+    """
+    h, p = np.asarray(hit, dtype=np.float64), np.asarray(pred, dtype=np.float64)
+    t = np.asarray(true, dtype=np.float64).reshape(-1)
+    if h.shape != p.shape or h.ndim != 2 or h.shape != (t.size, len(grid)):
+        raise MetricError(f"counts {h.shape}, {p.shape} do not match {t.size} slices x {len(grid)} thresholds")
+    curve = dice_from_counts(h, p, t[:, None]).mean(axis=0) if t.size else np.zeros(len(grid))
+    table = {f"{g:.2f}": float(d) for g, d in zip(grid, curve)}
+    n_bleeding = int(np.sum(t > 0))
+    if n_bleeding < MIN_MASK_CALIBRATION_SLICES:
+        msg = (f"only {n_bleeding} slices with bleed in a known mask on this split (fewer than "
+               f"{MIN_MASK_CALIBRATION_SLICES}): mask threshold left at {DEFAULT_THRESHOLD}")
+        log.warning(msg)
+        if notes is not None:
+            notes.append(msg)
+        return DEFAULT_THRESHOLD, table
+    ties = [g for g, d in zip(grid, curve) if d >= curve.max() - MASK_TIE]
+    return float(min(ties, key=lambda g: (abs(g - DEFAULT_THRESHOLD), g))), table
+
+
 def iou(pred: Any, true: Any) -> np.ndarray:
     """Per-slice IoU (Jaccard) = |A & B| / |A | B|; 1.0 when both masks are empty.
 

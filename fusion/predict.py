@@ -369,7 +369,7 @@ def _predict_series(
     preds = _run_model(run.predictor, items, run.batch_size, run.tta)
     # Renders, images and arrays have no DICOM geometry: they always get PNG masks.
     png = "png" in run.formats or items[0].source != "dicom"
-    masks = [binary_mask(p["mask"][..., 0]) for p in preds]
+    masks = [binary_mask(p["mask"][..., 0], run.predictor.mask_threshold) for p in preds]
     # A model without a mask head returns NaN masks ("not predicted", fusion.export).
     has_masks = [bool(np.isfinite(p["mask"]).all()) for p in preds]
     for index, (it, p, mask, has_mask) in enumerate(zip(items, preds, masks, has_masks)):

@@ -550,7 +550,9 @@ def _segmentation_section(seg: Mapping[str, Any], dice: Sequence[float]) -> list
             f"<p class=note>Slices with known masks: {_fmt(seg.get('n'))}, with bleed: "
             f"{_fmt(seg.get('n_true_nonempty'))}. Empty prediction where the truth has bleed: "
             f"{_fmt(seg.get('empty_prediction_rate'))}; bleed predicted on truly empty slices: "
-            f"{_fmt(seg.get('false_positive_rate'))}. Both empty counts as Dice 1.</p>"
+            f"{_fmt(seg.get('false_positive_rate'))}. Both empty counts as Dice 1."
+            + (f" A pixel is bleed at probability ≥ {_fmt(seg['mask_threshold'])} (the run's mask "
+               f"threshold, thresholds.json)." if "mask_threshold" in seg else "") + "</p>"
         )
         size = seg.get("mask_size")
         if isinstance(size, Mapping):  # absent from the metrics.json of older versions

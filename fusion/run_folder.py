@@ -59,6 +59,14 @@ def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, overwrite: bool
     return cfg
 
 
+def find_checkpoint(run_dir: Path) -> Path | None:
+    """A finished run's weights: ``RUN/best.keras``, else ``RUN/model.keras``; None if neither."""
+    for name in ("best.keras", "model.keras"):
+        if (Path(run_dir) / name).is_file():
+            return Path(run_dir) / name
+    return None
+
+
 def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> Path:
     """Write ``RUN/metrics.json`` atomically (the shape of `fusion.scoring`). Returns its path."""
     path = Path(run_dir) / METRICS_FILE

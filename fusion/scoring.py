@@ -106,10 +106,33 @@ class Collected:
         default_factory=list
     )
     counter: int = 0  # overlay candidates seen (tiebreak: the earlier slice wins)
+    # the mask threshold the per-slice mask figures above were counted at
+    mask_threshold: float = MASK_THRESHOLD
+    # with a mask grid (calibration): [B, T] pixels in both masks / predicted at each grid threshold
+    mask_grid: tuple[float, ...] = ()
+    grid_both: list[np.ndarray] = field(default_factory=list)
+    grid_pred: list[np.ndarray] = field(default_factory=list)
+    pixels_total: list[np.ndarray] = field(default_factory=list)
 
     def cat(self, name: str) -> np.ndarray:
         parts = getattr(self, name)
         return np.concatenate(parts) if parts else np.zeros((0,))
+
+    def use_mask_threshold(self, threshold: float) -> None:
+        """Re-count every per-slice mask figure at `threshold`, one of `mask_grid` (from the
+        grid counts; the model is not run again). Overlays are not re-cut: collect with
+        ``n_overlays=0`` before calling this."""
+        if threshold not in self.mask_grid or self.best or self.worst:
+            raise ValueError(f"threshold {threshold} is not in the collected mask grid {self.mask_grid}, "
+                             f"or overlays were kept")
+        j = self.mask_grid.index(threshold)
+        both, pred, true = self.cat("grid_both")[:, j], self.cat("grid_pred")[:, j], self.cat("pixels_true")
+        self.pixels_both, self.pixels_pred = [both], [pred]
+        self.dice = [M.dice_from_counts(both, pred, true)]
+        self.iou = [M.iou_from_counts(both, pred, true)]
+        self.pred_nonempty = [pred > 0]
+        self.area_mask = [pred / self.cat("pixels_total")]
+        self.mask_threshold = float(threshold)
 
 
 def _np(value: Any) -> np.ndarray:
@@ -137,6 +160,8 @@ def collect(
     batch_size: int = 8,
     n_overlays: int = N_OVERLAYS,
     progress: Callable[[int], None] | None = None,
+    mask_threshold: float = MASK_THRESHOLD,
+    mask_grid: tuple[float, ...] = (),
 ) -> Collected:
     """Run the model over reader batches (`fusion.data` "Reader output" dicts).
 
@@ -149,11 +174,14 @@ def collect(
       batch_size: slices per model call.
       n_overlays: best and worst slices kept for the report.
       progress: called with the number of slices done after each batch.
+      mask_threshold: mask probability at which a pixel is bleed (the run's calibrated one).
+      mask_grid: also count pixels at each of these thresholds (`Collected.use_mask_threshold`,
+        calibration).
 
     Returns:
       The per-slice results.
     """
-    c = Collected()
+    c = Collected(mask_threshold=float(mask_threshold), mask_grid=tuple(mask_grid))
     for batch in batches:
         images = _np(batch["image"]).astype(np.float32)
         out = predictor.predict(images, batch_size=batch_size, tta=tta)
@@ -177,8 +205,13 @@ def _add_batch(
     c.decisions.append(out["decisions"].astype(np.int32))
     # A model without a mask head returns NaN masks ("not predicted", fusion.export).
     c.mask_predicted.append(np.isfinite(out["mask"]).reshape(n, -1).all(axis=1))
-    pred_masks = targets.binary_mask(out["mask"][..., 0])  # [B, S, S]
+    pred_masks = targets.binary_mask(out["mask"][..., 0], c.mask_threshold)  # [B, S, S]
     true_masks = _np(batch["mask"]).reshape(n, s_h, s_w) >= 0.5
+    if c.mask_grid:
+        both_t, pred_t = M.grid_pixel_counts(out["mask"][..., 0], true_masks, c.mask_grid)
+        c.grid_both.append(both_t)
+        c.grid_pred.append(pred_t)
+        c.pixels_total.append(np.full(n, float(s_h * s_w)))
     c.area_pred.append(out["area_fraction"].astype(np.float64))
     c.area_mask.append(pred_masks.reshape(n, -1).mean(axis=1))
     c.area_true.append(_np(batch["area_fraction"]).astype(np.float64).reshape(n))
@@ -415,7 +448,7 @@ def _segmentation_part(
     }
     seg["mask_size"] = M.mask_size_summary(
         *(c.cat(k)[has_mask] for k in ("pixels_both", "pixels_pred", "pixels_true")))
-    seg["mask_threshold"] = MASK_THRESHOLD
+    seg["mask_threshold"] = c.mask_threshold
     plots["dice"] = dice_v.tolist()
     if not known_mask.any():
         notes.append("no slice of this split has a known mask; segmentation metrics skipped")

@@ -27,7 +27,8 @@ import numpy as np
 
 #: The area head regresses log1p(fraction * AREA_SCALE).
 AREA_SCALE = 1e3
-#: Probability at which a mask pixel counts as bleed (metrics, exports, predictions, volumes).
+#: Probability at which a mask pixel counts as bleed where a run calibrated none (runs calibrate
+#: their own on validation: ``thresholds.json``'s ``mask_threshold``, `fusion.thresholds`).
 MASK_THRESHOLD = 0.5
 
 
@@ -52,9 +53,9 @@ def mm2_per_fraction(height: Any, width: Any, spacing: Any) -> Any:
     return height * width * spacing[..., 0] * spacing[..., 1]
 
 
-def binary_mask(probabilities: Any) -> np.ndarray:
+def binary_mask(probabilities: Any, threshold: float = MASK_THRESHOLD) -> np.ndarray:
     """Mask probabilities -> bool bleed mask (NaN, "not predicted", counts as no bleed)."""
-    return np.nan_to_num(np.asarray(probabilities), nan=0.0) >= MASK_THRESHOLD
+    return np.nan_to_num(np.asarray(probabilities), nan=0.0) >= threshold
 
 
 def pack_targets(batch: Mapping[str, Any], heads: Sequence[str], xp: Any = np) -> tuple[Any, dict[str, Any]]:

@@ -25,6 +25,7 @@ backend sees a GPU; the model's outputs stay float32.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import sys
@@ -43,7 +44,16 @@ from fusion.config import RunConfig
 from fusion.errors import TrainError
 from fusion.model import build_model
 from fusion.optim import compile_model
-from fusion.run_folder import EXPORT_NOTE, prepare_run_dir, save_without_export, write_metrics, write_windows
+from fusion.run_folder import (
+    CONFIG_FILE,
+    EXPORT_NOTE,
+    METRICS_FILE,
+    find_checkpoint,
+    prepare_run_dir,
+    save_without_export,
+    write_metrics,
+    write_windows,
+)
 from fusion.thresholds import Thresholds
 from fusion.train_data import make_run_data
 
@@ -250,17 +260,34 @@ def validate(
     Raises:
       TrainError: the validation split yielded no slice.
     """
-    c = scoring.collect(scoring.ModelPredictor(model), val_batches, n_overlays=0)
+    c = scoring.collect(scoring.ModelPredictor(model), val_batches, n_overlays=0, mask_grid=metrics.MASK_GRID)
     if not c.ids:
         raise TrainError("the evaluation split yielded no slice")
     labels, probabilities = np.concatenate(c.labels), np.concatenate(c.probabilities)
     known = c.cat("has_labels").astype(bool)
     notes: list[str] = []
     values = metrics.calibrate_thresholds(labels[known], probabilities[known], names=LABEL_NAMES, notes=notes)
-    thresholds = Thresholds.from_array(values, notes)
+    mask_threshold, curve = calibrate_mask(c, notes)
+    thresholds = Thresholds.from_array(values, notes, mask=mask_threshold, mask_curve=curve)
     c.decisions = [(p >= values[None, :]).astype(np.int32) for p in c.probabilities]
     result, _ = scoring.compute_metrics(c, values, n_boot=VAL_BOOTSTRAP, seed=cfg.train.seed)
     return thresholds, result
+
+
+def calibrate_mask(c: scoring.Collected, notes: list[str]) -> tuple[float, dict[str, float]]:
+    """Choose the mask threshold on the collected split (`metrics.calibrate_mask_threshold`) and
+    re-count `c`'s mask figures at it. A model without a mask head, or a split without a known
+    mask, keeps 0.5 and no curve."""
+    scored = c.cat("has_mask").astype(bool) & c.cat("mask_predicted").astype(bool)
+    if not scored.any():
+        return metrics.DEFAULT_THRESHOLD, {}
+    threshold, curve = metrics.calibrate_mask_threshold(
+        c.cat("grid_both")[scored], c.cat("grid_pred")[scored], c.cat("pixels_true")[scored],
+        c.mask_grid, notes=notes)
+    c.use_mask_threshold(threshold)
+    log.info("mask threshold %.2f (mean validation Dice %.3f; %.3f at 0.50)", threshold,
+             curve[f"{threshold:.2f}"], curve["0.50"])
+    return threshold, curve
 
 
 def finish_run(
@@ -298,3 +325,31 @@ def finish_run(
 
         export_model(model, run_dir, cfg, thresholds, manifest.presets, export_version)
     return TrainResult(run_dir=run_dir, metrics=result, thresholds=thresholds.array, epochs_run=len(epochs))
+
+
+def recalibrate(run_dir: str | Path, shards_dir: str | Path, export_version: int = 1) -> TrainResult:
+    """``fusion-train --export-only --recalibrate``: calibrate a finished run's thresholds again
+    on the val split of `shards_dir` (type and mask thresholds: a run from before mask
+    calibration gets one), rewrite ``RUN/thresholds.json`` and ``RUN/metrics.json``, export.
+
+    Raises:
+      TrainError: no finished run there, or shards it cannot read.
+    """
+    from fusion.reader import ShardSequence
+
+    run_dir, shards_dir = Path(run_dir), Path(shards_dir)
+    checkpoint = find_checkpoint(run_dir)
+    if checkpoint is None or not (run_dir / CONFIG_FILE).is_file():
+        raise TrainError(f"{run_dir} is not a finished fusion-train run (it needs {CONFIG_FILE} and "
+                         f"best.keras or model.keras)")
+    cfg = RunConfig.load(run_dir / CONFIG_FILE)
+    manifest = check_inputs(shards_dir, cfg)
+    model = keras.saving.load_model(checkpoint, compile=False)
+    val = ShardSequence(shards_dir, "val", as_dicts=True, image_size=cfg.model.image_size,
+                        batch_size=cfg.train.batch_size, heads=cfg.model.heads)
+    try:
+        epochs_run = int(json.loads((run_dir / METRICS_FILE).read_text())["epochs_run"])
+    except (OSError, ValueError, KeyError, TypeError):
+        epochs_run = 0  # unknown: metrics.json missing or from another version
+    return finish_run(model, val, run_dir, cfg, manifest, range(epochs_run), export=True,
+                      export_version=export_version, shards_dir=shards_dir)

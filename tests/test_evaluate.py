@@ -1,6 +1,7 @@
 """fusion.inference + fusion.evaluate + fusion-evaluate on a tiny fake SavedModel."""
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -231,6 +232,46 @@ def test_calibration_notes_reach_the_report(model_dir: Path, tmp_path: Path) -> 
     notes = json.loads(res.metrics_path.read_text())["notes"]
     assert f"threshold calibration: {note}" in notes
     assert "only 3 positive examples" in res.report_path.read_text(encoding="utf-8")
+
+
+def test_evaluate_cuts_masks_at_the_runs_mask_threshold(model_dir: Path, tmp_path: Path) -> None:
+    """The fake model's mask is 0.9 on its square: bleed at a 0.5 cut, nothing at 0.95."""
+    before = E.evaluate(load_predictor(model_dir), fake_batches(2), tmp_path / "half", n_boot=0)
+    seg = json.loads(before.metrics_path.read_text())["segmentation"]
+    assert seg["mask_threshold"] == 0.5 and seg["mask_size"]["pixel_precision"] is not None
+    run = tmp_path / "run"
+    shutil.copytree(model_dir, run)
+    (run / "thresholds.json").write_text(json.dumps(
+        {"thresholds": {n: 0.5 for n in LABEL_NAMES}, "mask_threshold": 0.95}), encoding="utf-8")
+    pred = load_predictor(run)
+    assert pred.mask_threshold == 0.95
+    res = E.evaluate(pred, fake_batches(2), tmp_path / "high", n_boot=0)
+    seg = json.loads(res.metrics_path.read_text())["segmentation"]
+    assert seg["mask_threshold"] == 0.95 and seg["mask_size"]["pixel_precision"] is None  # none predicted
+    rows = list(csv.DictReader(res.predictions_path.read_text().splitlines()))
+    assert rows and all(r["pixels_pred"] in ("0", "0.0", "") for r in rows)
+
+
+def test_recounting_at_a_grid_threshold_equals_collecting_at_it(model_dir: Path) -> None:
+    """`Collected.use_mask_threshold` (calibration: no second model pass) gives the figures a
+    pass at that threshold gives."""
+    from fusion import scoring
+    from fusion.metrics import MASK_GRID
+
+    pred = load_predictor(model_dir)
+    batches = fake_batches(3)
+    for k, batch in enumerate(batches):  # squares at 0.36-0.9: some above the cut, some below
+        batch["image"][..., 0] *= np.linspace(0.4, 1.0, len(batch["image"]))[::1 if k % 2 else -1, None, None]
+    grid = scoring.collect(pred, batches, n_overlays=0, mask_grid=MASK_GRID)
+    at_half = grid.cat("pixels_pred").copy()
+    grid.use_mask_threshold(0.6)
+    direct = scoring.collect(pred, batches, n_overlays=0, mask_threshold=0.6)
+    for name in ("pixels_both", "pixels_pred", "pixels_true", "dice", "iou", "pred_nonempty", "area_mask"):
+        np.testing.assert_allclose(grid.cat(name), direct.cat(name), err_msg=name)
+    assert grid.mask_threshold == direct.mask_threshold == 0.6
+    assert 0 < grid.cat("pixels_pred").sum() < at_half.sum()
+    with pytest.raises(ValueError, match="not in the collected mask grid"):
+        grid.use_mask_threshold(0.42)
 
 
 def test_evaluate_empty_split_raises(model_dir: Path, tmp_path: Path) -> None:

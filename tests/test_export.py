@@ -22,7 +22,9 @@ from fusion.model import build_model
 from fusion.thresholds import Thresholds
 
 SIZE = 32
-THRESHOLDS = Thresholds.from_array(np.array([0.5, 0.4, 0.6, 0.3, 0.5, 0.45], np.float32))
+# Mask threshold 0.52: a random model's mask probabilities sit near 0.5, so a served
+# mask_uint8 cut at 0.5 instead would differ.
+THRESHOLDS = Thresholds.from_array(np.array([0.5, 0.4, 0.6, 0.3, 0.5, 0.45], np.float32), mask=0.52)
 PRESETS = (Window(40.0, 80.0), Window(75.0, 215.0), Window(600.0, 2800.0), Window(40.0, 40.0))
 
 RELOAD = textwrap.dedent(
@@ -82,6 +84,8 @@ def test_files_written(exported: tuple[Path, keras.Model, RunConfig]) -> None:
     assert "serving_default" in readme and "serve_hu" in readme and "model_base_path" in readme
     thresholds = json.loads((version / "thresholds.json").read_text())["thresholds"]
     assert list(thresholds) == list(LABEL_NAMES)
+    assert info["mask_threshold"] == 0.52 and "(mask >= 0.52;" in readme
+    assert json.loads((version / "thresholds.json").read_text())["mask_threshold"] == 0.52
     assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no temporary leftovers
 
 
@@ -118,10 +122,10 @@ def test_savedmodel_in_fresh_process_matches_keras(
             assert got[prefix + "mask"].shape == (b, h, w, 1)  # the INPUT size
             for k in ("probabilities", "area_fraction", "mask"):
                 np.testing.assert_allclose(got[prefix + k], ref[k], atol=1e-4, err_msg=prefix + k)
-            # The small REST answer: the served mask thresholded at 0.5, as uint8 0/1.
+            # The small REST answer: the served mask at the run's mask threshold, as uint8 0/1.
             assert got[prefix + "mask_uint8"].dtype == np.uint8
             np.testing.assert_array_equal(got[prefix + "mask_uint8"],
-                                          (got[prefix + "mask"] >= 0.5).astype(np.uint8))
+                                          (got[prefix + "mask"] >= THRESHOLDS.mask).astype(np.uint8))
             # Decisions equal the baked-in thresholds applied to the served probabilities.
             np.testing.assert_array_equal(
                 got[prefix + "decisions"],

@@ -139,6 +139,66 @@ def test_mask_size_summary_pools_pixels_and_ratios_bleeding_slices_only() -> Non
         M.mask_size_summary([1], [1, 2], [1])
 
 
+def _blurred_slices(n: int, edge_p: float) -> tuple[np.ndarray, np.ndarray]:
+    """n slices: a 4x4 bleed at p 0.95 inside an 8x8 halo at `edge_p` (an over-segmenting model)."""
+    prob = np.zeros((n, 12, 12), np.float32)
+    true = np.zeros((n, 12, 12), bool)
+    prob[:, 2:10, 2:10] = edge_p
+    prob[:, 4:8, 4:8] = 0.95
+    true[:, 4:8, 4:8] = True
+    return prob, true
+
+
+def test_grid_pixel_counts_match_pixel_counts_at_each_threshold() -> None:
+    rng = np.random.default_rng(0)
+    prob = rng.random((3, 6, 6)).astype(np.float32)
+    prob[1, 0, 0] = np.nan  # "not predicted" counts as no bleed
+    true = rng.random((3, 6, 6)) > 0.6
+    hit, pred = M.grid_pixel_counts(prob, true, M.MASK_GRID)
+    assert hit.shape == pred.shape == (3, len(M.MASK_GRID))
+    for j, t in enumerate(M.MASK_GRID):
+        both, p, _ = M.pixel_counts(np.nan_to_num(prob, nan=0.0) >= t, true)
+        np.testing.assert_array_equal(hit[:, j], both)
+        np.testing.assert_array_equal(pred[:, j], p)
+    with pytest.raises(M.MetricError, match="differ in shape"):
+        M.grid_pixel_counts(prob, true[:, :5], M.MASK_GRID)
+
+
+def test_calibrate_mask_threshold_cuts_a_halo_and_keeps_half_on_a_flat_curve() -> None:
+    prob, true = _blurred_slices(6, edge_p=0.6)  # the halo reads as bleed at 0.5: 4x too big
+    hit, pred = M.grid_pixel_counts(prob, true, M.MASK_GRID)
+    t_px = true.reshape(6, -1).sum(axis=1)
+    threshold, curve = M.calibrate_mask_threshold(hit, pred, t_px)
+    assert curve["0.50"] == pytest.approx(2 * 16 / (64 + 16))
+    assert curve[f"{threshold:.2f}"] == pytest.approx(1.0)
+    assert threshold == pytest.approx(0.65)  # the first cut above the halo, nearest 0.5
+    sharp, _ = _blurred_slices(6, edge_p=0.05)  # nothing between 0.3 and 0.9: every cut ties
+    hit, pred = M.grid_pixel_counts(sharp, true, M.MASK_GRID)
+    assert M.calibrate_mask_threshold(hit, pred, t_px)[0] == 0.5
+
+
+def test_calibrate_mask_threshold_needs_bleeding_slices() -> None:
+    prob, true = _blurred_slices(4, edge_p=0.6)
+    hit, pred = M.grid_pixel_counts(prob, true, M.MASK_GRID)
+    notes: list[str] = []
+    threshold, curve = M.calibrate_mask_threshold(hit, pred, true.reshape(4, -1).sum(axis=1), notes=notes)
+    assert threshold == 0.5 and len(curve) == len(M.MASK_GRID)
+    assert "only 4 slices with bleed" in notes[0]
+    with pytest.raises(M.MetricError, match="do not match"):
+        M.calibrate_mask_threshold(hit[:, :3], pred[:, :3], [16] * 4)
+
+
+def test_calibrate_mask_threshold_counts_false_positives_on_empty_slices() -> None:
+    """Known-empty slices enter the mean (1 when left empty), so a cut that clears them wins."""
+    prob, true = _blurred_slices(5, edge_p=0.05)
+    empty = np.zeros((5, 12, 12), np.float32)
+    empty[:, 0:3, 0:3] = 0.55  # a false positive at 0.5 on each normal slice
+    prob, true = np.concatenate([prob, empty]), np.concatenate([true, np.zeros_like(true)])
+    hit, pred = M.grid_pixel_counts(prob, true, M.MASK_GRID)
+    threshold, curve = M.calibrate_mask_threshold(hit, pred, true.reshape(10, -1).sum(axis=1))
+    assert curve["0.50"] == pytest.approx(0.5) and threshold == pytest.approx(0.6)
+
+
 def test_classification_report_none_when_undefined() -> None:
     y = np.array([[1, 0], [0, 0], [1, 0], [0, 0]])
     p = np.array([[0.9, 0.2], [0.1, 0.7], [0.6, 0.1], [0.4, 0.3]])

@@ -251,3 +251,6 @@ def test_render_html_says_whether_masks_are_too_big() -> None:
                                             "area_ratio": {"median": 2.8}}
     text = R.render_html(metrics, plots, overlays)
     assert "precision 0.250, recall 0.700" in text and "median 2.800 (above 1: over-segmented)" in text
+    assert "probability ≥" not in text  # older metrics.json: no mask threshold recorded
+    metrics["segmentation"]["mask_threshold"] = 0.65
+    assert "A pixel is bleed at probability ≥ 0.650" in R.render_html(metrics, plots, overlays)

@@ -273,9 +273,15 @@ def test_cli_trains_calibrates_and_exports(tmp_path: Path) -> None:
     assert (cfg.model.fusion, cfg.model.fusion_stride) == ("attention", 2)  # at half resolution
     assert cfg.model.block == "plain"  # on the plain U-Net's blocks
     assert cfg.model.class_pooling == "attention"
-    thresholds = json.loads((run / "thresholds.json").read_text())["thresholds"]
-    assert list(thresholds) == list(schema.LABEL_NAMES)
+    saved = json.loads((run / "thresholds.json").read_text())
+    assert list(saved["thresholds"]) == list(schema.LABEL_NAMES)
+    # The mask threshold is calibrated on val too (here on too few bleeding slices: kept at 0.5,
+    # with the curve and a note), and reaches the val metrics and the export.
+    assert len(saved["mask_dice_by_threshold"]) == 13 and saved["mask_threshold"] == 0.5
+    assert any("mask threshold left at 0.5" in n for n in saved["notes"])
     metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["segmentation"]["mask_threshold"] == saved["mask_threshold"]
+    assert json.loads((run / "export/1/fusion_export.json").read_text())["mask_threshold"] == 0.5
     assert metrics["split"] == "val" and metrics["n_slices"] == 8
     assert set(metrics["classification"]["per_class"]) == set(schema.LABEL_NAMES)
     assert metrics["segmentation"]["n"] == 6  # val slices with a known mask
@@ -288,6 +294,17 @@ def test_cli_trains_calibrates_and_exports(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (run / "export").iterdir()) == ["1", "3"]
     assert (run / "export" / "3" / "saved_model.pb").is_file()
+    # A run from before mask calibration (thresholds.json without it) gets one with --recalibrate.
+    (run / "thresholds.json").write_text(json.dumps({"thresholds": saved["thresholds"]}))
+    assert invoke(str(shards), "--out", str(run), "--recalibrate").exit_code == 2  # needs --export-only
+    result = invoke(str(shards), "--out", str(run), "--export-only", "--recalibrate", "--export-version", "4")
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "mask threshold 0.5" in result.output
+    again = json.loads((run / "thresholds.json").read_text())
+    assert again["thresholds"] == saved["thresholds"]  # same weights, same val split: same cuts
+    assert len(again["mask_dice_by_threshold"]) == 13
+    assert json.loads((run / "metrics.json").read_text())["epochs_run"] == 1
+    assert (run / "export" / "4" / "saved_model.pb").is_file()
 
 
 def test_resume_rules_and_best_so_far(tmp_path: Path) -> None:

@@ -130,7 +130,8 @@ def main(model: Path, inputs: tuple[Path, ...], out: Path, mask_format: tuple[st
     else:
         folders = [f"{d}/" for d in ("masks", "overlays", "nifti", "seg") if (out / d).is_dir()]
         click.echo(f"wrote {out}/predictions.csv, series.csv{', ' if folders else ''}"
-                   f"{', '.join(folders)}")
+                   f"{', '.join(folders)}; masks are pixels with bleed probability >= "
+                   f"{predictor.mask_threshold:.2f} (the model's thresholds.json)")
     raise SystemExit(summary.exit_code)
 
 

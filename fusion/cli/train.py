@@ -141,6 +141,10 @@ def build_config(
 @click.option("--overwrite", is_flag=True, help="Replace an existing run folder.")
 @click.option("--no-export", is_flag=True, help="Skip RUN/model.keras and RUN/export.")
 @click.option("--export-only", is_flag=True, help="Only re-export a finished run (best.keras + thresholds.json).")
+@click.option("--recalibrate", is_flag=True,
+              help="With --export-only: first calibrate the run's thresholds again on the val split of "
+                   "SHARDS (per-type cuts, and the mask threshold, which runs trained before it existed "
+                   "lack: they cut masks at 0.5), rewriting RUN/thresholds.json and RUN/metrics.json.")
 @click.option("--export-version", type=click.IntRange(min=1), default=1, show_default=True,
               help="Servable version: the SavedModel goes to RUN/export/<N>/, the layout TF Serving "
                    "loads (--model_base_path=RUN/export serves the highest N).")
@@ -168,6 +172,7 @@ def main(
     overwrite: bool,
     no_export: bool,
     export_only: bool,
+    recalibrate: bool,
     export_version: int,
     quiet: bool,
 ) -> None:
@@ -178,6 +183,8 @@ def main(
         backend = select_backend(backend or default_backend())
     except BackendError as err:
         raise Refused(str(err)) from None
+    if recalibrate and not export_only:
+        raise click.UsageError("--recalibrate works on a finished run: add --export-only")
     if export_only and backend != "tensorflow":
         raise Refused(f"--export-only writes a TensorFlow SavedModel: run it with --backend tensorflow "
                       f"on a machine with TensorFlow (this run asked for {backend})")
@@ -193,6 +200,15 @@ def main(
 
     data_loss = data_loss_error(backend)
     try:
+        if export_only and recalibrate:
+            from fusion.train import recalibrate as recalibrate_run
+
+            result = recalibrate_run(run_dir, shards, export_version)
+            seg = result.metrics.get("segmentation") or {}
+            click.echo(f"recalibrated on {shards} (val): mask threshold {seg.get('mask_threshold')}, "
+                       f"mean val Dice {(seg.get('dice') or {}).get('mean')}; exported "
+                       f"{run_dir / 'export' / str(export_version)}")
+            return
         if export_only:
             from fusion.export import export_run
 
