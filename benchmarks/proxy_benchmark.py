@@ -322,6 +322,15 @@ def read_slice_pixels(folder: Path) -> dict[str, tuple[int, int, int]] | None:
                          f"({type(err).__name__}: {err})") from None
 
 
+def read_mask_threshold(folder: Path) -> float:
+    """The mask threshold ``fusion-evaluate`` cut at (0.5 where its metrics.json predates it)."""
+    try:
+        seg = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))["segmentation"]
+        return float(seg.get("mask_threshold", 0.5))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ProxyError(f"cannot read the mask threshold in {folder / 'metrics.json'}: {err}") from None
+
+
 def read_history(path: Path) -> dict[str, list[float | None]]:
     """RUN/history.csv (Keras CSVLogger) as column -> value per epoch (None where not a number).
 
@@ -736,15 +745,44 @@ def run_cell(out: Path, preset: str, seed: int, fold: int, shards: tuple[Path, P
          str(cell / "eval"), "--bootstrap", "0", "--overwrite"],
         cell / "evaluate.log")
     evaluation = read_evaluation(cell / "eval")
+    mask_threshold = read_mask_threshold(cell / "eval")
     if evaluation.n_slices != n_expected:
         print(f"warning: fold {fold} has {n_expected} slices but fusion-evaluate scored "
               f"{evaluation.n_slices}; see {shards[1]}/manifest.json for skips", flush=True)
     result = {
         "preset": preset, "seed": seed, "fold": fold, "n_expected": n_expected,
         "train_seconds": train_seconds, "evaluate_seconds": evaluate_seconds,
-        "evaluation": dataclasses.asdict(evaluation),
+        "evaluation": dataclasses.asdict(evaluation), "mask_threshold": mask_threshold,
         "history": read_history(cell / "run" / "history.csv"),
     }
+    atomic_write_text(cell / RESULT_FILE, json.dumps(result, allow_nan=False) + "\n")
+    return result
+
+
+#: Where `recalibrate_cell` keeps a cell's first evaluation (masks cut at 0.5).
+EVAL_AT_HALF = "eval-at-0.5"
+
+
+def recalibrate_cell(out: Path, preset: str, seed: int, fold: int, shards: tuple[Path, Path]) -> dict[str, Any]:
+    """A finished cell from before mask-threshold calibration (its result.json has no
+    ``mask_threshold``): calibrate the run's thresholds on the fold's val split and evaluate
+    again. The first evaluation moves to EVAL_AT_HALF and ``evaluation_at_0.5``; a killed
+    recalibration is redone from the start by the same command."""
+    cell = cell_dir(out, preset, seed, fold)
+    result = json.loads((cell / RESULT_FILE).read_text(encoding="utf-8"))
+    if "mask_threshold" in result:
+        return result
+    run_command(["fusion-train", str(shards[0]), "--out", str(cell / "run"), "--export-only", "--recalibrate"],
+                cell / "recalibrate.log")
+    run_command(["fusion-evaluate", str(cell / "run"), str(shards[1]), "--split", "test", "--out",
+                 str(cell / "eval.recalibrated"), "--bootstrap", "0", "--overwrite"], cell / "evaluate.log")
+    if not (cell / EVAL_AT_HALF).exists():
+        (cell / "eval").rename(cell / EVAL_AT_HALF)
+    shutil.rmtree(cell / "eval", ignore_errors=True)
+    (cell / "eval.recalibrated").rename(cell / "eval")
+    result = {**result, "evaluation_at_0.5": result["evaluation"],
+              "evaluation": dataclasses.asdict(read_evaluation(cell / "eval")),
+              "mask_threshold": read_mask_threshold(cell / "eval")}
     atomic_write_text(cell / RESULT_FILE, json.dumps(result, allow_nan=False) + "\n")
     return result
 
@@ -829,6 +867,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--plan-only", action="store_true", help="Write the drop, print the folds, stop.")
     p.add_argument("--report-only", action="store_true",
                    help="Train nothing: summarise the cells already finished.")
+    p.add_argument("--recalibrate", action="store_true",
+                   help="Cells trained before mask-threshold calibration: calibrate it on the fold's val "
+                        "split (fusion-train --export-only --recalibrate) and evaluate again; the first "
+                        "evaluation stays in the cell (eval-at-0.5/, result.json).")
     args = p.parse_args(argv)
     base = QUICK if args.quick else FULL
     args.image_size = args.image_size or base["image_size"]
@@ -976,15 +1018,18 @@ def mask_size_table(out: Path, cells: Sequence[Mapping[str, Any]]) -> str:
     default on real slices at 2.8-4.7x, precision 0.21-0.39, recall ~0.70.
     """
     by_preset: dict[str, list[tuple[int, int, int]]] = {}
+    cuts: dict[str, list[float]] = {}
     older: dict[str, int] = {}
     for cell in cells:
-        pixels = read_slice_pixels(cell_dir(out, cell["preset"], cell["seed"], cell["fold"]) / "eval")
+        folder = cell_dir(out, cell["preset"], cell["seed"], cell["fold"]) / "eval"
+        pixels = read_slice_pixels(folder)
         if pixels is None:
             older[cell["preset"]] = older.get(cell["preset"], 0) + 1
             continue
         by_preset.setdefault(cell["preset"], []).extend(pixels.values())
+        cuts.setdefault(cell["preset"], []).append(read_mask_threshold(folder))
     lines = ["| preset | pixel precision | pixel recall | predicted / true area, median | "
-             "over 2x too big | slices |", "|---|---|---|---|---|---|"]
+             "over 2x too big | slices | mask threshold (cells) |", "|---|---|---|---|---|---|---|"]
     for preset, rows in sorted(by_preset.items()):
         t, p, both = np.array(rows, np.float64).reshape(-1, 3).T
         ratio = p[t > 0] / t[t > 0]
@@ -992,7 +1037,8 @@ def mask_size_table(out: Path, cells: Sequence[Mapping[str, Any]]) -> str:
             f"| `{preset}` | {_f(both.sum() / p.sum() if p.sum() else None, 2)} | "
             f"{_f(both.sum() / t.sum() if t.sum() else None, 2)} | "
             f"{_f(float(np.median(ratio)) if ratio.size else None, 2)} | "
-            f"{int(np.sum(ratio > 2))} of {ratio.size} | {len(rows)} |")
+            f"{int(np.sum(ratio > 2))} of {ratio.size} | {len(rows)} | "
+            f"{', '.join(f'{c:.2f}' for c in cuts[preset])} |")
     if len(lines) == 2:
         return ""
     note = "".join(f"\n(`{k}`: {n} cells evaluated before the pixel columns; rerun fusion-evaluate)"
@@ -1085,6 +1131,8 @@ def run(args: argparse.Namespace) -> None:
         shards, _ = build_fold(out, fold, plan, cases, drop_root, args.val_share)
         kept = (cell_dir(out, preset, seed, fold) / RESULT_FILE).exists()
         cell = run_cell(out, preset, seed, fold, shards, len(plan.folds[fold]), args)
+        if args.recalibrate:
+            cell = recalibrate_cell(out, preset, seed, fold, shards)
         elapsed = (time.perf_counter() - started) / 60
         print(f"[{i + 1}/{len(todo)}] fold {fold} {preset} seed {seed}: Dice "
               f"{_f(cell['evaluation']['dice_mean'])}, train {cell['train_seconds'] / 60:.1f} min"

@@ -273,6 +273,36 @@ def test_a_candidate_config_trains_with_fusion_train_config(tmp_path: Path, monk
     assert "--preset" not in commands[2]
 
 
+def test_recalibrate_cell_keeps_the_first_evaluation_and_runs_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cell = PB.cell_dir(tmp_path, "fusion", 0, 1)
+    (cell / "eval").mkdir(parents=True)
+    (cell / "eval" / "first").write_text("at 0.5")
+    before = {"preset": "fusion", "seed": 0, "fold": 1, "evaluation": {"dice_mean": 0.5}}
+    (cell / PB.RESULT_FILE).write_text(json.dumps(before))
+    commands: list[list[str]] = []
+
+    def fake_run(cmd: list[str], log: Path) -> float:
+        commands.append(cmd)
+        if cmd[0] == "fusion-evaluate":
+            Path(cmd[cmd.index("--out") + 1]).mkdir()
+        return 1.0
+
+    monkeypatch.setattr(PB, "run_command", fake_run)
+    monkeypatch.setattr(PB, "read_evaluation", lambda folder: PB.Evaluation(23, 0.6, 23, 0, [], []))
+    monkeypatch.setattr(PB, "read_mask_threshold", lambda folder: 0.7)
+    shards = (tmp_path / "train-shards", tmp_path / "test-shards")
+    result = PB.recalibrate_cell(tmp_path, "fusion", 0, 1, shards)
+    assert commands[0] == ["fusion-train", str(shards[0]), "--out", str(cell / "run"), "--export-only",
+                           "--recalibrate"]
+    assert commands[1][:3] == ["fusion-evaluate", str(cell / "run"), str(shards[1])]
+    assert result["evaluation_at_0.5"] == {"dice_mean": 0.5} and result["evaluation"]["dice_mean"] == 0.6
+    assert result["mask_threshold"] == 0.7
+    assert (cell / PB.EVAL_AT_HALF / "first").read_text() == "at 0.5" and (cell / "eval").is_dir()
+    assert json.loads((cell / PB.RESULT_FILE).read_text()) == result
+    assert PB.recalibrate_cell(tmp_path, "fusion", 0, 1, shards) == result and len(commands) == 2
+
+
 @pytest.mark.parametrize("supported, asked, expected", [
     (True, None, "real"), (True, "easy", "easy"), (False, None, None),
 ])
@@ -368,10 +398,12 @@ def test_mask_size_table_pools_pixels_and_names_cells_evaluated_before_them(tmp_
         folder = PB.cell_dir(tmp_path, "fusion", 0, fold) / "eval"
         folder.mkdir(parents=True)
         (folder / "predictions.csv").write_text("\n".join([header, *lines]) + "\n")
+        seg = {"segmentation": {"mask_threshold": 0.65}} if fold else {"segmentation": {}}  # fold 0: older
+        (folder / "metrics.json").write_text(json.dumps(seg))
     _write_slice_dice(PB.cell_dir(tmp_path, "old", 0, 0) / "eval", {"a": 0.5})  # no pixel columns
     table = PB.mask_size_table(tmp_path, cells).splitlines()
     # precision 18 / 53, recall 18 / 40; ratios over bleeding slices 4, 1, 0 (z has no bleed)
-    assert table[2] == "| `fusion` | 0.34 | 0.45 | 1.00 | 1 of 3 | 4 |"
+    assert table[2] == "| `fusion` | 0.34 | 0.45 | 1.00 | 1 of 3 | 4 | 0.50, 0.65 |"
     assert table[3] == "(`old`: 1 cells evaluated before the pixel columns; rerun fusion-evaluate)"
     assert PB.mask_size_table(tmp_path, cells[2:]) == ""
 
