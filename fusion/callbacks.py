@@ -15,13 +15,15 @@ log = logging.getLogger(__name__)
 
 
 def make_callbacks(run_dir: Path, cfg: RunConfig, resume: bool, verbose: int) -> list[keras.callbacks.Callback]:
-    """Backup (first, so an interrupted epoch is never half-saved), checkpoint, logs, LR, stop."""
+    """Backup (first, so an interrupted epoch is never half-saved), checkpoint, logs, LR, stop;
+    the checkpoint, the plateau schedule and early stopping follow ``cfg.train.monitor``."""
+    monitor = cfg.train.monitor
     callbacks: list[keras.callbacks.Callback | None] = [
         keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
         keras.callbacks.ModelCheckpoint(
-            str(run_dir / "best.keras"), monitor="val_loss", save_best_only=True, verbose=0,
+            str(run_dir / "best.keras"), monitor=monitor, save_best_only=True, verbose=0,
             # On resume, only a better epoch than those already logged may replace best.keras.
-            initial_value_threshold=best_logged(run_dir / "history.csv") if resume else None,
+            initial_value_threshold=best_logged(run_dir / "history.csv", monitor) if resume else None,
         ),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resume),
         tensorboard_callback(run_dir / "logs"),
@@ -31,12 +33,12 @@ def make_callbacks(run_dir: Path, cfg: RunConfig, resume: bool, verbose: int) ->
     if cfg.train.schedule == "plateau":
         callbacks.append(
             keras.callbacks.ReduceLROnPlateau(
-                monitor="val_loss", factor=0.5, patience=max(1, cfg.train.patience // 3), verbose=verbose
+                monitor=monitor, factor=0.5, patience=max(1, cfg.train.patience // 3), verbose=verbose
             )
         )
     if cfg.train.patience > 0:
         callbacks.append(
-            keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.train.patience, restore_best_weights=False)
+            keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.train.patience, restore_best_weights=False)
         )
     return callbacks
 

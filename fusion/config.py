@@ -48,6 +48,8 @@ FUSION_STRIDES: tuple[int, ...] = (1, 2, 4)
 BACKBONES: Mapping[str, int] = {"resnet50": 32, "efficientnetb0": 32}
 CLASS_LOSSES: tuple[str, ...] = ("focal", "bce")
 SCHEDULES: tuple[str, ...] = ("cosine", "plateau", "constant")
+#: Validation losses the best checkpoint, early stopping and the plateau schedule can follow.
+MONITORS: tuple[str, ...] = ("val_loss", "val_mask_loss", "val_class_loss")
 #: tf.distribute strategies `fusion-train --strategy` offers (mirrored: all local GPUs).
 STRATEGIES: tuple[str, ...] = ("default", "mirrored")
 
@@ -250,9 +252,12 @@ class TrainConfig:
       learning_rate: peak AdamW learning rate.
       weight_decay: AdamW decoupled weight decay.
       schedule: "cosine" (decay over all steps after `warmup_epochs`), "plateau"
-        (ReduceLROnPlateau on val_loss) or "constant".
+        (ReduceLROnPlateau on `monitor`) or "constant".
       warmup_epochs: linear warm-up length for "cosine".
-      patience: early-stopping patience in epochs on val_loss (0 disables).
+      patience: early-stopping patience in epochs on `monitor` (0 disables).
+      monitor: the validation loss that picks the best checkpoint (``RUN/best.keras``) and
+        stops early: "val_loss" (all heads' weighted sum), "val_mask_loss" (the mask head
+        alone; needs it) or "val_class_loss".
       seed: seeds weights, shuffling and augmentation.
       masked_only: train only on slices with a known mask (the peer's choice).
       steps_per_epoch: None for one pass over the training split.
@@ -273,8 +278,10 @@ class TrainConfig:
     steps_per_epoch: int | None = None
     clipnorm: float | None = 1.0
     jit_compile: bool | None = None
+    monitor: str = "val_loss"
 
     def __post_init__(self) -> None:
+        _check(self.monitor in MONITORS, f"train.monitor must be one of {MONITORS}, got {self.monitor!r}")
         _check(self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs}")
         _check(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
         _check(self.learning_rate > 0, f"train.learning_rate must be > 0, got {self.learning_rate}")
@@ -298,6 +305,10 @@ class RunConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.train.monitor != "val_mask_loss" or "mask" in self.model.heads,
+               "train.monitor 'val_mask_loss' needs the mask head (model.heads); use 'val_loss'")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (tuples become lists)."""

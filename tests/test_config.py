@@ -127,6 +127,15 @@ def test_fusion_stride_is_checked() -> None:
     assert ModelConfig(fusion="early", fusion_stride=2).fusion_stride == 2
 
 
+def test_monitor_is_checked_against_the_heads() -> None:
+    assert TrainConfig().monitor == "val_loss"  # configs written before the option load as before
+    with pytest.raises(ConfigError, match="train.monitor must be one of"):
+        TrainConfig(monitor="val_dice")
+    with pytest.raises(ConfigError, match="needs the mask head"):
+        preset("peer-cls").replace(train={"monitor": "val_mask_loss"})
+    assert preset("peer-cls").replace(train={"monitor": "val_class_loss"}).train.monitor == "val_class_loss"
+
+
 def test_configs_are_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         preset("demo").train.epochs = 3  # type: ignore[misc]

@@ -317,8 +317,10 @@ def test_resume_rules_and_best_so_far(tmp_path: Path) -> None:
     with pytest.raises(TrainError, match="cannot resume"):
         prepare_run_dir(run, cfg, resume=True, overwrite=False)
     assert prepare_run_dir(run, cfg, resume=False, overwrite=False) == cfg
-    (run / "history.csv").write_text("epoch,loss,val_loss\n0,2.0,1.5\n1,1.0,0.7\n2,0.9,0.9\n")
+    (run / "history.csv").write_text("epoch,loss,val_loss,val_mask_loss\n0,2.0,1.5,0.9\n1,1.0,0.7,0.8\n"
+                                     "2,0.9,0.9,0.6\n")
     assert best_logged(run / "history.csv") == pytest.approx(0.7)
+    assert best_logged(run / "history.csv", "val_mask_loss") == pytest.approx(0.6)
     assert best_logged(tmp_path / "missing.csv") is None
     (run / "metrics.json").write_text("{}")
     with pytest.raises(TrainError, match="finished run"):
@@ -400,3 +402,16 @@ def test_a_collapsed_mask_head_is_flagged() -> None:
     assert note is not None and "50%" in note and "10 bleeding" in note
     assert collapse_note({"summary": {"empty_prediction_rate": 0.1}}) is None  # at the limit: fine
     assert collapse_note({"summary": {}}) is None  # no mask head or no bleeding slice: nothing to say
+
+
+def test_checkpoint_schedule_and_early_stop_follow_the_monitor(tmp_path: Path) -> None:
+    import keras
+
+    from fusion.callbacks import make_callbacks
+
+    cfg = preset("fusion").replace(train={"schedule": "plateau", "patience": 3, "monitor": "val_mask_loss"})
+    callbacks = make_callbacks(tmp_path, cfg, resume=False, verbose=0)
+    watched = {type(c).__name__: c.monitor for c in callbacks if hasattr(c, "monitor")}
+    assert watched == {"ModelCheckpoint": "val_mask_loss", "ReduceLROnPlateau": "val_mask_loss",
+                       "EarlyStopping": "val_mask_loss"}
+    assert any(isinstance(c, keras.callbacks.BackupAndRestore) for c in callbacks)
