@@ -21,7 +21,8 @@ def make_callbacks(run_dir: Path, cfg: RunConfig, resume: bool, verbose: int) ->
     callbacks: list[keras.callbacks.Callback | None] = [
         keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
         keras.callbacks.ModelCheckpoint(
-            str(run_dir / "best.keras"), monitor=monitor, save_best_only=True, verbose=0,
+            # mode "min": every monitor is a loss, and Keras cannot infer it for a head's loss.
+            str(run_dir / "best.keras"), monitor=monitor, mode="min", save_best_only=True, verbose=0,
             # On resume, only a better epoch than those already logged may replace best.keras.
             initial_value_threshold=best_logged(run_dir / "history.csv", monitor) if resume else None,
         ),
@@ -33,12 +34,14 @@ def make_callbacks(run_dir: Path, cfg: RunConfig, resume: bool, verbose: int) ->
     if cfg.train.schedule == "plateau":
         callbacks.append(
             keras.callbacks.ReduceLROnPlateau(
-                monitor=monitor, factor=0.5, patience=max(1, cfg.train.patience // 3), verbose=verbose
+                monitor=monitor, mode="min", factor=0.5, patience=max(1, cfg.train.patience // 3),
+                verbose=verbose,
             )
         )
     if cfg.train.patience > 0:
         callbacks.append(
-            keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.train.patience, restore_best_weights=False)
+            keras.callbacks.EarlyStopping(monitor=monitor, mode="min", patience=cfg.train.patience,
+                                          restore_best_weights=False)
         )
     return callbacks
 

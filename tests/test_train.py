@@ -257,7 +257,8 @@ def test_cli_trains_calibrates_and_exports(tmp_path: Path) -> None:
     shards = write_shards(tmp_path / "shards")
     run = tmp_path / "run"
     config = tmp_path / "tiny.json"
-    preset("demo").replace(model=TINY).save(config)
+    # The checkpoint and early stopping on the mask head's loss (Keras needs mode="min" for it).
+    preset("demo").replace(model=TINY, train={"monitor": "val_mask_loss"}).save(config)
     args = [str(shards), "--out", str(run), "--config", str(config), "--width", "4", "--epochs", "1",
             "--batch-size", "4", "--class-pooling", "attention", "--norm", "batch", "--fusion", "attention",
             "--fusion-stride", "2", "--block", "plain", "--quiet"]
@@ -273,6 +274,7 @@ def test_cli_trains_calibrates_and_exports(tmp_path: Path) -> None:
     assert (cfg.model.fusion, cfg.model.fusion_stride) == ("attention", 2)  # at half resolution
     assert cfg.model.block == "plain"  # on the plain U-Net's blocks
     assert cfg.model.class_pooling == "attention"
+    assert cfg.train.monitor == "val_mask_loss"
     saved = json.loads((run / "thresholds.json").read_text())
     assert list(saved["thresholds"]) == list(schema.LABEL_NAMES)
     # The mask threshold is calibrated on val too (here on too few bleeding slices: kept at 0.5,
