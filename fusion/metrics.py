@@ -451,17 +451,8 @@ def grid_pixel_counts(prob: Any, true: Any, grid: Sequence[float]) -> tuple[np.n
       Two [N, T] float64 arrays, T = len(grid).
     """
     p = np.nan_to_num(np.asarray(prob, dtype=np.float32), nan=0.0)
-    b = np.asarray(true, dtype=bool)
-    if p.ndim == 4 and p.shape[-1] == 1:
-        p = p[..., 0]
-    if b.ndim == 4 and b.shape[-1] == 1:
-        b = b[..., 0]
-    if p.shape != b.shape:
-        raise MetricError(f"probabilities {p.shape} and masks {b.shape} differ in shape")
-    flat_p, flat_b = p.reshape(len(p), -1), b.reshape(len(b), -1)
-    hit = np.stack([np.sum((flat_p >= t) & flat_b, axis=1) for t in grid], axis=1)
-    pred = np.stack([np.sum(flat_p >= t, axis=1) for t in grid], axis=1)
-    return hit.astype(np.float64), pred.astype(np.float64)
+    counts = [pixel_counts(p >= t, true)[:2] for t in grid]  # shapes checked there
+    return np.stack([c[0] for c in counts], axis=1), np.stack([c[1] for c in counts], axis=1)
 
 
 def calibrate_mask_threshold(

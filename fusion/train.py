@@ -55,7 +55,7 @@ from fusion.run_folder import (
     write_windows,
 )
 from fusion.thresholds import Thresholds
-from fusion.train_data import make_run_data
+from fusion.train_data import make_run_data, val_reader
 
 log = logging.getLogger(__name__)
 
@@ -335,8 +335,6 @@ def recalibrate(run_dir: str | Path, shards_dir: str | Path, export_version: int
     Raises:
       TrainError: no finished run there, or shards it cannot read.
     """
-    from fusion.reader import ShardSequence
-
     run_dir, shards_dir = Path(run_dir), Path(shards_dir)
     checkpoint = find_checkpoint(run_dir)
     if checkpoint is None or not (run_dir / CONFIG_FILE).is_file():
@@ -345,8 +343,7 @@ def recalibrate(run_dir: str | Path, shards_dir: str | Path, export_version: int
     cfg = RunConfig.load(run_dir / CONFIG_FILE)
     manifest = check_inputs(shards_dir, cfg)
     model = keras.saving.load_model(checkpoint, compile=False)
-    val = ShardSequence(shards_dir, "val", as_dicts=True, image_size=cfg.model.image_size,
-                        batch_size=cfg.train.batch_size, heads=cfg.model.heads)
+    val = val_reader(shards_dir, cfg)
     try:
         epochs_run = int(json.loads((run_dir / METRICS_FILE).read_text())["epochs_run"])
     except (OSError, ValueError, KeyError, TypeError):

@@ -90,8 +90,15 @@ def make_run_data(shards_dir: Path, cfg: RunConfig, cache_dir: Path | None = Non
     return RunData(
         train=train,
         val_fit=ShardSequence(shards_dir, "val", workers=reader_workers(), cache=caches.get("val"), **common),
-        val_batches=ShardSequence(shards_dir, "val", as_dicts=True, cache=caches.get("val"), **common),
+        val_batches=val_reader(shards_dir, cfg, caches.get("val")),
     )
+
+
+def val_reader(shards_dir: Path, cfg: RunConfig, cache: Any = None) -> ShardSequence:
+    """The validation split as reader dicts, in manifest order: what `fusion.train.validate`
+    calibrates and scores on (training, and ``--export-only --recalibrate``)."""
+    return ShardSequence(shards_dir, "val", as_dicts=True, cache=cache, image_size=cfg.model.image_size,
+                         batch_size=cfg.train.batch_size, heads=cfg.model.heads)
 
 
 def masked_indices(records: SplitRecords) -> np.ndarray:

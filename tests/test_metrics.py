@@ -160,7 +160,7 @@ def test_grid_pixel_counts_match_pixel_counts_at_each_threshold() -> None:
         both, p, _ = M.pixel_counts(np.nan_to_num(prob, nan=0.0) >= t, true)
         np.testing.assert_array_equal(hit[:, j], both)
         np.testing.assert_array_equal(pred[:, j], p)
-    with pytest.raises(M.MetricError, match="differ in shape"):
+    with pytest.raises(M.MetricError, match=r"masks must both be \[N, H, W\]"):
         M.grid_pixel_counts(prob, true[:, :5], M.MASK_GRID)
 
 
