@@ -15,11 +15,16 @@ log = logging.getLogger(__name__)
 
 
 def make_callbacks(run_dir: Path, cfg: RunConfig, resume: bool, verbose: int) -> list[keras.callbacks.Callback]:
-    """Backup (first, so an interrupted epoch is never half-saved), checkpoint, logs, LR, stop;
-    the checkpoint, the plateau schedule and early stopping follow ``cfg.train.monitor``."""
+    """Backup (first, so an interrupted epoch is never half-saved, and it saves the raw weights),
+    LR schedule and early stop, the weight average swapped in (``train.ema_momentum``), the best
+    checkpoint, logs; the checkpoint, the plateau schedule and early stopping follow
+    ``cfg.train.monitor``."""
     monitor = cfg.train.monitor
     callbacks: list[keras.callbacks.Callback | None] = [
         keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
+        *schedule_and_stop(cfg, verbose),
+        # Before the checkpoint, so best.keras holds the averaged weights.
+        None if cfg.train.ema_momentum is None else AveragedWeights(),
         keras.callbacks.ModelCheckpoint(
             # mode "min": every monitor is a loss, and Keras cannot infer it for a head's loss.
             str(run_dir / "best.keras"), monitor=monitor, mode="min", save_best_only=True, verbose=0,
@@ -30,7 +35,13 @@ def make_callbacks(run_dir: Path, cfg: RunConfig, resume: bool, verbose: int) ->
         tensorboard_callback(run_dir / "logs"),
         keras.callbacks.TerminateOnNaN(),
     ]
-    callbacks = [c for c in callbacks if c is not None]  # no TensorBoard off TensorFlow
+    return [c for c in callbacks if c is not None]  # no TensorBoard off TensorFlow
+
+
+def schedule_and_stop(cfg: RunConfig, verbose: int) -> list[keras.callbacks.Callback]:
+    """The plateau schedule and early stopping on ``cfg.train.monitor`` (they only read logs)."""
+    monitor = cfg.train.monitor
+    callbacks: list[keras.callbacks.Callback] = []
     if cfg.train.schedule == "plateau":
         callbacks.append(
             keras.callbacks.ReduceLROnPlateau(
@@ -44,6 +55,25 @@ def make_callbacks(run_dir: Path, cfg: RunConfig, resume: bool, verbose: int) ->
                                           restore_best_weights=False)
         )
     return callbacks
+
+
+class AveragedWeights(keras.callbacks.SwapEMAWeights):
+    """Validation and the callbacks after this one see the optimizer's moving average of the
+    weights; training steps the raw weights (``train.ema_momentum``).
+
+    Keras' `SwapEMAWeights(swap_on_epoch=True)` leaves the average in the model only when the
+    run ends at its last epoch: after an early stop, the optimizer's final step would write the
+    raw weights back over it. Early stopping runs before this callback (`make_callbacks`), so
+    ``stop_training`` already says whether this epoch is the last.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(swap_on_epoch=True)
+
+    def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        super().on_epoch_end(epoch, logs)
+        if self.model.stop_training and epoch != self.params["epochs"] - 1:
+            self._finalize_ema_values()
 
 
 def best_logged(history_csv: Path, key: str = "val_loss") -> float | None:

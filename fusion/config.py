@@ -264,6 +264,10 @@ class TrainConfig:
       clipnorm: gradient clipping by global norm (None: off).
       jit_compile: XLA-compile the train step; None = only when a GPU is visible (on CPU the
         compile costs tens of seconds and rarely pays back on small runs).
+      ema_momentum: None (off) or the momentum of an exponential moving average of the weights
+        (Polyak averaging, Keras' ``use_ema``): validation, the best checkpoint, thresholds and
+        the export use the averaged weights, training steps the raw ones. Its horizon is about
+        1 / (1 - momentum) optimizer steps: 0.98 averages the last ~50.
     """
 
     epochs: int = 30
@@ -279,8 +283,11 @@ class TrainConfig:
     clipnorm: float | None = 1.0
     jit_compile: bool | None = None
     monitor: str = "val_loss"
+    ema_momentum: float | None = None
 
     def __post_init__(self) -> None:
+        _check(self.ema_momentum is None or 0 < self.ema_momentum < 1,
+               f"train.ema_momentum must be None (off) or in (0, 1), got {self.ema_momentum}")
         _check(self.monitor in MONITORS, f"train.monitor must be one of {MONITORS}, got {self.monitor!r}")
         _check(self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs}")
         _check(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")

@@ -33,7 +33,9 @@ def select_precision() -> str:
 
 
 def make_optimizer(cfg: RunConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    """AdamW with the configured schedule (bias and normalisation weights not decayed)."""
+    """AdamW with the configured schedule (bias and normalisation weights not decayed), keeping
+    a moving average of the weights when ``train.ema_momentum`` is set (`fusion.callbacks`
+    swaps it in for validation and checkpoints)."""
     t = cfg.train
     lr: Any = t.learning_rate
     if t.schedule == "cosine":
@@ -46,7 +48,9 @@ def make_optimizer(cfg: RunConfig, steps_per_epoch: int) -> keras.optimizers.Opt
             warmup_target=t.learning_rate if warmup else None,
             warmup_steps=warmup,
         )
-    optimizer = keras.optimizers.AdamW(learning_rate=lr, weight_decay=t.weight_decay, clipnorm=t.clipnorm)
+    ema = {} if t.ema_momentum is None else {"use_ema": True, "ema_momentum": t.ema_momentum}
+    optimizer = keras.optimizers.AdamW(learning_rate=lr, weight_decay=t.weight_decay, clipnorm=t.clipnorm,
+                                       **ema)
     optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
     return optimizer
 

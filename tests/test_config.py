@@ -139,3 +139,11 @@ def test_monitor_is_checked_against_the_heads() -> None:
 def test_configs_are_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         preset("demo").train.epochs = 3  # type: ignore[misc]
+
+
+def test_ema_momentum_is_off_by_default_and_checked() -> None:
+    assert TrainConfig().ema_momentum is None  # configs written before the option load as before
+    assert TrainConfig(ema_momentum=0.98).ema_momentum == 0.98
+    for bad in (0.0, 1.0, 1.5, -0.1):
+        with pytest.raises(ConfigError, match="train.ema_momentum must be None"):
+            TrainConfig(ema_momentum=bad)

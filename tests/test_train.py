@@ -257,8 +257,9 @@ def test_cli_trains_calibrates_and_exports(tmp_path: Path) -> None:
     shards = write_shards(tmp_path / "shards")
     run = tmp_path / "run"
     config = tmp_path / "tiny.json"
-    # The checkpoint and early stopping on the mask head's loss (Keras needs mode="min" for it).
-    preset("demo").replace(model=TINY, train={"monitor": "val_mask_loss"}).save(config)
+    # The checkpoint and early stopping on the mask head's loss (Keras needs mode="min" for it),
+    # with a moving average of the weights (its optimizer state must save and load).
+    preset("demo").replace(model=TINY, train={"monitor": "val_mask_loss", "ema_momentum": 0.9}).save(config)
     args = [str(shards), "--out", str(run), "--config", str(config), "--width", "4", "--epochs", "1",
             "--batch-size", "4", "--class-pooling", "attention", "--norm", "batch", "--fusion", "attention",
             "--fusion-stride", "2", "--block", "plain", "--quiet"]
@@ -274,7 +275,7 @@ def test_cli_trains_calibrates_and_exports(tmp_path: Path) -> None:
     assert (cfg.model.fusion, cfg.model.fusion_stride) == ("attention", 2)  # at half resolution
     assert cfg.model.block == "plain"  # on the plain U-Net's blocks
     assert cfg.model.class_pooling == "attention"
-    assert cfg.train.monitor == "val_mask_loss"
+    assert (cfg.train.monitor, cfg.train.ema_momentum) == ("val_mask_loss", 0.9)
     saved = json.loads((run / "thresholds.json").read_text())
     assert list(saved["thresholds"]) == list(schema.LABEL_NAMES)
     # The mask threshold is calibrated on val too (here on too few bleeding slices: kept at 0.5,
@@ -417,3 +418,43 @@ def test_checkpoint_schedule_and_early_stop_follow_the_monitor(tmp_path: Path) -
     assert watched == {"ModelCheckpoint": "val_mask_loss", "ReduceLROnPlateau": "val_mask_loss",
                        "EarlyStopping": "val_mask_loss"}
     assert any(isinstance(c, keras.callbacks.BackupAndRestore) for c in callbacks)
+
+
+def test_the_weight_average_is_validated_checkpointed_and_kept_after_an_early_stop(tmp_path: Path) -> None:
+    import keras
+    import numpy as np
+
+    from fusion.callbacks import AveragedWeights, make_callbacks
+
+    class Weights(keras.callbacks.Callback):
+        def __init__(self, stop_at: int | None = None) -> None:
+            super().__init__()
+            self.seen: list[np.ndarray] = []
+            self.stop_at = stop_at
+
+        def on_epoch_end(self, epoch, logs=None) -> None:
+            self.seen.append(np.array(self.model.get_weights()[0]))
+            if epoch == self.stop_at:
+                self.model.stop_training = True
+
+    # The order make_callbacks gives: backup (raw weights), early stop, the swap, the checkpoint.
+    cfg = preset("fusion").replace(train={"ema_momentum": 0.9})
+    order = [type(c).__name__ for c in make_callbacks(tmp_path, cfg, resume=False, verbose=0)]
+    assert order.index("BackupAndRestore") < order.index("EarlyStopping") < order.index("AveragedWeights") \
+        < order.index("ModelCheckpoint")
+    assert "AveragedWeights" not in [type(c).__name__ for c in make_callbacks(tmp_path, preset("fusion"), False, 0)]
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(32, 4)).astype("float32"), rng.normal(size=(32, 1)).astype("float32")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.AdamW(0.1, use_ema=True, ema_momentum=0.9), loss="mse")
+    raw, averaged = Weights(stop_at=1), Weights()  # raw stands in for early stopping: epoch 2 of 5
+    history = model.fit(x, y, validation_data=(x, y), epochs=5, batch_size=8, verbose=0,
+                        callbacks=[raw, AveragedWeights(), averaged])
+    assert len(history.history["loss"]) == 2
+    assert not np.allclose(raw.seen[-1], averaged.seen[-1])  # the average lags the raw weights
+    final = np.array(model.get_weights()[0])
+    np.testing.assert_allclose(final, averaged.seen[-1], rtol=1e-6)  # not the raw weights
+    # Validation saw the average too: the last val_loss is the kept model's loss.
+    assert abs(model.evaluate(x, y, verbose=0) - history.history["val_loss"][-1]) < 1e-4
