@@ -459,12 +459,15 @@ def calibrate_mask_threshold(
     hit: Any, pred: Any, true: Any, grid: Sequence[float] = MASK_GRID,
     notes: list[str] | None = None,
 ) -> tuple[float, dict[str, float]]:
-    """The mask threshold of `grid` with the best mean per-slice Dice on a calibration split.
+    """The mask threshold of `grid` with the best mean per-slice Dice on a calibration split,
+    among those that leave no more bleeding slices empty than 0.5 does.
 
     A tie (within `MASK_TIE` of the best) goes to the threshold nearest 0.5. The mean runs over
     every slice given (a known-empty slice scores 1 when left empty, 0 otherwise), as
-    ``fusion-evaluate``'s mean Dice does. With fewer than `MIN_MASK_CALIBRATION_SLICES`
-    bleeding slices the threshold stays 0.5 and a note says so.
+    ``fusion-evaluate``'s mean Dice does. A higher cut can raise that mean while it erases a
+    faint bleed (an empty mask scores 0 on one slice and sharpens many): such cuts are refused,
+    with a note, since a missed bleed is the error issue 10's empty-mask goal counts. With fewer
+    than `MIN_MASK_CALIBRATION_SLICES` bleeding slices the threshold stays 0.5 and a note says so.
 
     Args:
       hit, pred: [N, T] pixel counts at each grid threshold (`grid_pixel_counts`).
@@ -482,14 +485,32 @@ def calibrate_mask_threshold(
     table = {f"{g:.2f}": float(d) for g, d in zip(grid, curve)}
     n_bleeding = int(np.sum(t > 0))
     if n_bleeding < MIN_MASK_CALIBRATION_SLICES:
-        msg = (f"only {n_bleeding} slices with bleed in a known mask on this split (fewer than "
-               f"{MIN_MASK_CALIBRATION_SLICES}): mask threshold left at {DEFAULT_THRESHOLD}")
-        log.warning(msg)
-        if notes is not None:
-            notes.append(msg)
+        _note(notes, f"only {n_bleeding} slices with bleed in a known mask on this split (fewer than "
+                     f"{MIN_MASK_CALIBRATION_SLICES}): mask threshold left at {DEFAULT_THRESHOLD}")
         return DEFAULT_THRESHOLD, table
+    emptied = np.sum((p == 0) & (t[:, None] > 0), axis=0)  # bleeding slices left empty, per cut
+    half = int(np.argmin([abs(g - DEFAULT_THRESHOLD) for g in grid]))
+    allowed = emptied <= emptied[half]
+    chosen = _nearest_half_among_best(grid, np.where(allowed, curve, -np.inf))
+    unguarded = _nearest_half_among_best(grid, curve)
+    if unguarded != chosen:
+        j = list(grid).index(unguarded)
+        _note(notes, f"mask threshold {unguarded:.2f} (mean validation Dice {curve[j]:.3f}) would leave "
+                     f"{int(emptied[j])} of {n_bleeding} bleeding validation slices empty, "
+                     f"{int(emptied[half])} at {grid[half]:.2f}: kept {chosen:.2f}")
+    return chosen, table
+
+
+def _nearest_half_among_best(grid: Sequence[float], curve: np.ndarray) -> float:
+    """The grid value nearest 0.5 among those within `MASK_TIE` of the curve's best."""
     ties = [g for g, d in zip(grid, curve) if d >= curve.max() - MASK_TIE]
-    return float(min(ties, key=lambda g: (abs(g - DEFAULT_THRESHOLD), g))), table
+    return float(min(ties, key=lambda g: (abs(g - DEFAULT_THRESHOLD), g)))
+
+
+def _note(notes: list[str] | None, message: str) -> None:
+    log.warning(message)
+    if notes is not None:
+        notes.append(message)
 
 
 def iou(pred: Any, true: Any) -> np.ndarray:

@@ -23,8 +23,9 @@ from fusion.targets import MASK_THRESHOLD
 
 THRESHOLDS_FILE = "thresholds.json"
 RULE = "max F1 per type; a slice is positive when probability >= threshold"
-MASK_RULE = ("best mean per-slice Dice over thresholds 0.30-0.90 (ties within 0.005: the one "
-             "nearest 0.5); a pixel is bleed when mask probability >= mask_threshold")
+MASK_RULE = ("best mean per-slice Dice over thresholds 0.30-0.90 that leave no more bleeding "
+             "slices empty than 0.5 (ties within 0.005: the one nearest 0.5); a pixel is bleed "
+             "when mask probability >= mask_threshold")
 
 
 class ThresholdsError(FusionError, ValueError):

@@ -199,6 +199,21 @@ def test_calibrate_mask_threshold_counts_false_positives_on_empty_slices() -> No
     assert curve["0.50"] == pytest.approx(0.5) and threshold == pytest.approx(0.6)
 
 
+def test_calibrate_mask_threshold_never_erases_a_bleed_that_half_finds() -> None:
+    """A higher cut would sharpen five haloed masks and erase one faint bleed (mean Dice 0.83
+    against 0.50): refused, with a note; without the faint bleed the same cut is taken."""
+    prob, true = _blurred_slices(6, edge_p=0.6)
+    prob[5] = np.where(true[5], 0.62, 0.0)  # a faint bleed: found at 0.60, gone at 0.65
+    hit, pred = M.grid_pixel_counts(prob, true, M.MASK_GRID)
+    t_px = true.reshape(6, -1).sum(axis=1)
+    notes: list[str] = []
+    threshold, curve = M.calibrate_mask_threshold(hit, pred, t_px, notes=notes)
+    assert curve["0.65"] == pytest.approx((5 + 0) / 6) and curve["0.60"] == pytest.approx(0.5)
+    assert threshold == 0.5  # 0.30-0.60 keep the faint bleed and tie: the one nearest 0.5
+    assert "0.65" in notes[0] and "1 of 6 bleeding validation slices empty, 0 at 0.50" in notes[0]
+    assert M.calibrate_mask_threshold(hit[:5], pred[:5], t_px[:5])[0] == pytest.approx(0.65)
+
+
 def test_classification_report_none_when_undefined() -> None:
     y = np.array([[1, 0], [0, 0], [1, 0], [0, 0]])
     p = np.array([[0.9, 0.2], [0.1, 0.7], [0.6, 0.1], [0.4, 0.3]])
