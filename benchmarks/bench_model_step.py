@@ -48,6 +48,8 @@ VARIANTS: tuple[tuple[str, str, dict[str, dict[str, Any]]], ...] = (
     ("fusion + plain blocks, early", "fusion-attention", {"model": {"block": "plain", "fusion": "early"}}),
     ("fusion + plain blocks, stride 2", "fusion-attention",
      {"model": {"block": "plain", "fusion": "attention", "fusion_stride": 2}}),
+    ("default (fusion preset)", "fusion", {}),
+    ("default + weight EMA", "fusion", {"train": {"ema_momentum": 0.98}}),
     ("demo (width 8)", "demo", {}),
     ("demo + BatchNorm", "demo", {"model": {"norm": "batch"}}),
     ("demo + XLA", "demo", {"train": {"jit_compile": True}}),

@@ -168,6 +168,37 @@ def test_interrupted_fit_resumes_from_backup(tmp_path: Path) -> None:
     assert (tmp_path / "best.keras").is_file()
 
 
+def test_a_run_with_the_weight_average_resumes_raw_weights_and_average(tmp_path: Path) -> None:
+    """The backup is written before the average is swapped in: a resumed run trains on from the
+    raw weights, and the optimizer's average comes back too."""
+    cfg = RunConfig().replace(model=LOOP, train={"epochs": 3, "patience": 0, "warmup_epochs": 0,
+                                                 "ema_momentum": 0.5})
+    keras.utils.set_random_seed(0)
+    first = compile_model(build_model(cfg.model), cfg, steps_per_epoch=3)
+    with pytest.raises(KeyboardInterrupt):
+        fit(first, xy_dataset(), xy_dataset(2, seed=1), tmp_path, cfg, verbose=0, callbacks=[Interrupt(0)])
+    # Killed at an epoch's end: the model holds the average, the optimizer the raw weights.
+    averaged_at_kill = [np.array(v) for v in first.trainable_weights]
+    raw_at_kill = [np.array(v) for v in first.optimizer._model_variables_moving_average]
+    assert not all(np.allclose(a, b) for a, b in zip(averaged_at_kill, raw_at_kill))
+    keras.utils.set_random_seed(1)
+    second = compile_model(build_model(cfg.model), cfg, steps_per_epoch=3)
+    restored: dict[str, list[Any]] = {}
+
+    class Capture(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            if not restored:
+                restored["raw"] = [np.array(v) for v in self.model.trainable_weights]
+                restored["average"] = [np.array(v) for v in self.model.optimizer._model_variables_moving_average]
+
+    assert fit(second, xy_dataset(), xy_dataset(2, seed=1), tmp_path, cfg, resume=True, verbose=0,
+               callbacks=[Capture()]) == [1, 2]
+    for got, want in zip(restored["raw"], raw_at_kill):
+        np.testing.assert_allclose(got, want)
+    for got, want in zip(restored["average"], averaged_at_kill):
+        np.testing.assert_allclose(got, want)
+
+
 def test_metrics_report_collapse_and_area() -> None:
     n = 4
     true = np.zeros((n, S, S), bool)
