@@ -43,6 +43,8 @@ class Thresholds:
       rule: how each was chosen.
       mask: the mask threshold (`MASK_THRESHOLD` when not calibrated).
       mask_curve: (threshold, mean validation Dice) pairs it was chosen from; () when none.
+      mask_rule: how the mask threshold was chosen (a file keeps the rule of the code that
+        wrote it, through any re-save).
     """
 
     values: tuple[float, ...]
@@ -52,6 +54,7 @@ class Thresholds:
     names: tuple[str, ...] = field(default=LABEL_NAMES)
     mask: float = MASK_THRESHOLD
     mask_curve: tuple[tuple[float, float], ...] = ()
+    mask_rule: str = MASK_RULE
 
     def __post_init__(self) -> None:
         mask = self.mask
@@ -81,7 +84,7 @@ class Thresholds:
             "rule": self.rule,
             "notes": list(self.notes),
             "mask_threshold": float(self.mask),
-            "mask_rule": MASK_RULE if self.mask_curve else "fixed at 0.5 (not calibrated)",
+            "mask_rule": self.mask_rule if self.mask_curve else "fixed at 0.5 (not calibrated)",
             "mask_dice_by_threshold": {f"{t:.2f}": d for t, d in self.mask_curve},
         }
 
@@ -108,6 +111,7 @@ class Thresholds:
                 rule=str(data.get("rule", RULE)),
                 mask=mask,
                 mask_curve=_curve(data.get("mask_dice_by_threshold")),
+                mask_rule=str(data.get("mask_rule", MASK_RULE)),
             )
         except ThresholdsError as err:
             raise ThresholdsError(f"{where}: {err}") from None

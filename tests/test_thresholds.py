@@ -31,6 +31,19 @@ def test_a_file_from_before_mask_calibration_reads_as_half(tmp_path: Path) -> No
     assert read_thresholds([tmp_path / "absent.json"]) == (None, [], 0.5)
 
 
+def test_a_file_keeps_the_rule_its_cut_was_chosen_by(tmp_path: Path) -> None:
+    """A run calibrated before the empty-mask guard still says so after a re-save (an export)."""
+    old_rule = "best mean per-slice Dice over thresholds 0.30-0.90 (ties within 0.005: the one nearest 0.5)"
+    (tmp_path / THRESHOLDS_FILE).write_text(json.dumps({
+        "thresholds": {n: 0.3 for n in LABEL_NAMES}, "mask_threshold": 0.8,
+        "mask_dice_by_threshold": {"0.50": 0.5, "0.80": 0.6}, "mask_rule": old_rule}))
+    (tmp_path / "export").mkdir()
+    Thresholds.load(tmp_path).save(tmp_path / "export")
+    assert json.loads((tmp_path / "export" / THRESHOLDS_FILE).read_text())["mask_rule"] == old_rule
+    fresh = Thresholds.from_array([0.4] * 6, mask=0.6, mask_curve={"0.60": 0.7}).to_dict()
+    assert "no more bleeding slices empty than 0.5" in fresh["mask_rule"]
+
+
 @pytest.mark.parametrize("bad", [1.5, 0.0, "0.6", True, None])
 def test_a_bad_mask_threshold_names_the_file(tmp_path: Path, bad: object) -> None:
     path = tmp_path / THRESHOLDS_FILE
