@@ -279,9 +279,7 @@ def calibrate_thresholds(
                 f"lot; a larger validation split (fusion-build --split-fractions) steadies it"
             )
         if msg is not None:
-            log.warning(msg)
-            if notes is not None:
-                notes.append(msg)
+            _note(notes, msg)
     return out
 
 
@@ -508,6 +506,7 @@ def _nearest_half_among_best(grid: Sequence[float], curve: np.ndarray) -> float:
 
 
 def _note(notes: list[str] | None, message: str) -> None:
+    """Log a calibration warning and keep it for the run's record (``thresholds.json`` notes)."""
     log.warning(message)
     if notes is not None:
         notes.append(message)
