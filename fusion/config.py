@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,8 @@ from fusion.errors import FusionError
 
 #: Model heads, in the order of the model's outputs.
 HEADS: tuple[str, ...] = ("class", "area", "mask")
+#: The training-only output of the deep-supervision heads (``model.deep_supervision``).
+AUX_MASK = "mask_aux"
 FUSIONS: tuple[str, ...] = ("early", "attention")
 #: Normalisation layers: GroupNormalization, or BatchNormalization (issue 10's candidate).
 NORMS: tuple[str, ...] = ("group", "batch")
@@ -91,6 +94,10 @@ class ModelConfig:
         internet access the first time).
       dropout: dropout before the class and area heads.
       heads: which of "class", "area", "mask" the model has ("class" is required).
+      deep_supervision: decoder levels below full resolution that get an auxiliary mask head
+        (0: none; 2: strides 2 and 4). Their maps, upsampled, are trained against the mask with
+        the mask loss at weights 1/2, 1/4, ... (deep supervision, as nnU-Net); the heads are
+        training-only: `fusion.model.inference_model` drops them before calibration and export.
       class_pooling: "global" (the class head reads globally pooled features) or "attention"
         (it also reads one attention-pooled vector per label from the decoder's features,
         `fusion.layers.TypeAttentionPooling`; needs the mask or area head's decoder).
@@ -111,6 +118,7 @@ class ModelConfig:
     dropout: float = 0.1
     heads: tuple[str, ...] = HEADS
     class_pooling: str = "global"
+    deep_supervision: int = 0
 
     def __post_init__(self) -> None:
         # JSON gives lists; keep the dataclass hashable and frozen-friendly.
@@ -145,6 +153,11 @@ class ModelConfig:
             "class" in self.heads and set(self.heads) <= set(HEADS),
             f"model.heads must include 'class' and be a subset of {HEADS}, got {self.heads}",
         )
+        _check(0 <= self.deep_supervision < self.depth_levels,
+               f"model.deep_supervision must be in 0..{self.depth_levels - 1} (decoder levels below "
+               f"full resolution), got {self.deep_supervision}")
+        _check(self.deep_supervision == 0 or "mask" in self.heads,
+               "model.deep_supervision trains auxiliary mask heads: it needs the mask head (model.heads)")
         _check(
             self.image_size >= self.stride and self.image_size % self.stride == 0,
             f"model.image_size must be a positive multiple of the encoder stride {self.stride}, "
@@ -155,6 +168,16 @@ class ModelConfig:
     def stride(self) -> int:
         """Total downsampling of the encoder: input sizes must be multiples of it."""
         return BACKBONES[self.backbone] if self.backbone else 2**self.depth
+
+    @property
+    def depth_levels(self) -> int:
+        """Stride-2 stages of the encoder (``depth``, or 5 for a keras.applications backbone)."""
+        return int(math.log2(self.stride))
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """The training model's outputs: `heads`, plus ``AUX_MASK`` with deep supervision."""
+        return self.heads + ((AUX_MASK,) if self.deep_supervision else ())
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ from data_build.manifest import Manifest, ManifestError
 from data_build.schema import LABEL_NAMES
 from fusion.config import RunConfig
 from fusion.errors import FusionError
+from fusion.model import inference_model
 from fusion.run_folder import EXPORT_NOTE, find_checkpoint, save_keras
 from fusion.targets import AREA_SCALE, target_to_area
 from fusion.thresholds import Thresholds, ThresholdsError
@@ -262,5 +263,5 @@ def export_run(run_dir: str | Path, shards_dir: str | Path | None = None,
             presets = Manifest.load(shards_dir).presets
         except ManifestError as err:
             raise ExportError(str(err)) from None
-    model = keras.saving.load_model(model_path, compile=False)
+    model = inference_model(keras.saving.load_model(model_path, compile=False))  # best.keras trains
     return export_model(model, run_dir, cfg, thresholds, presets, version)

@@ -141,9 +141,12 @@ def _load_keras(path: Path) -> Any:
     import fusion.layers  # noqa: F401  (registers the custom layers with keras.saving)
 
     try:
-        return keras.saving.load_model(path, compile=False)
+        model = keras.saving.load_model(path, compile=False)
     except Exception as err:  # keras raises many types for a damaged or foreign file
         raise ModelLoadError(f"could not load the Keras model {path}: {err}") from err
+    from fusion.model import inference_model
+
+    return inference_model(model)  # a run's best.keras keeps deep supervision's training heads
 
 
 def load_keras_predictor(path: str | os.PathLike[str]) -> KerasPredictor:

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import keras
 from keras import ops
 
-from fusion.config import LossConfig
+from fusion.config import AUX_MASK, LossConfig
 
 _EPS = 1e-7
 
@@ -152,12 +152,31 @@ class MaskedMaskLoss(keras.losses.Loss):
                 "smooth": self.smooth}
 
 
+@keras.saving.register_keras_serializable(package="fusion")
+class DeepSupervisionLoss(MaskedMaskLoss):
+    """The mask loss on each deep-supervision map, weighted 1/2, 1/4, ... (stride 2 first).
+
+    y_true [B, H, W, 2] (the mask target, as `MaskedMaskLoss`), y_pred [B, H, W, K]: the K
+    auxiliary maps (`fusion.model.build_aux_masks`). The weights halve with each coarser level,
+    as nnU-Net's deep supervision: the full-resolution head (weight 1) stays the one that counts.
+    """
+
+    def __init__(self, *args: Any, name: str = "mask_aux_loss", **kwargs: Any) -> None:
+        super().__init__(*args, name=name, **kwargs)
+
+    def call(self, y_true: Any, y_pred: Any) -> Any:
+        total = 0.0
+        for k in range(y_pred.shape[-1]):  # K is static: one term per level
+            total = total + 0.5 ** (k + 1) * super().call(y_true, y_pred[..., k : k + 1])
+        return total
+
+
 def build_losses(cfg: LossConfig, heads: Sequence[str]) -> tuple[dict[str, keras.losses.Loss], dict[str, float]]:
     """Losses and loss weights keyed by output name, for `model.compile`.
 
     Args:
       cfg: the loss section of the run config.
-      heads: the model's output names.
+      heads: the model's output names (``AUX_MASK`` with deep supervision).
 
     Returns:
       (losses, loss_weights), both keyed by the names in `heads`.
@@ -171,9 +190,11 @@ def build_losses(cfg: LossConfig, heads: Sequence[str]) -> tuple[dict[str, keras
     if "area" in heads:
         losses["area"] = MaskedAreaLoss(cfg.area_delta)
         weights["area"] = cfg.area_weight
+    mask_terms = (cfg.mask_bce_weight, cfg.mask_dice_weight, cfg.mask_batch_dice_weight, cfg.mask_pos_weight)
     if "mask" in heads:
-        losses["mask"] = MaskedMaskLoss(
-            cfg.mask_bce_weight, cfg.mask_dice_weight, cfg.mask_batch_dice_weight, cfg.mask_pos_weight
-        )
+        losses["mask"] = MaskedMaskLoss(*mask_terms)
         weights["mask"] = cfg.mask_weight
+    if AUX_MASK in heads:
+        losses[AUX_MASK] = DeepSupervisionLoss(*mask_terms)
+        weights[AUX_MASK] = cfg.mask_weight
     return losses, weights

@@ -7,7 +7,10 @@
 - output ``class`` [B, 6] sigmoid probabilities in `schema.LABEL_NAMES` order (any + 5 types);
 - output ``area`` [B, 1] the bleed area fraction in the transformed space of
   `fusion.targets.area_to_target` (``log1p(fraction * 1e3)``); invert with `target_to_area`;
-- output ``mask`` [B, H, W, 1] sigmoid bleed probabilities from a decoder with skip connections.
+- output ``mask`` [B, H, W, 1] sigmoid bleed probabilities from a decoder with skip connections;
+- output ``mask_aux`` [B, H, W, K] (``cfg.deep_supervision`` = K > 0 only; training-only): the
+  deep-supervision heads' probabilities from the decoder at strides 2 .. 2**K, upsampled;
+  `inference_model` drops it.
 
 The heads present are ``cfg.heads`` ("class" always). Outputs are float32 even under a mixed
 precision policy.
@@ -21,7 +24,7 @@ import numpy as np
 
 from data_build.schema import LABEL_NAMES
 from data_build.windows import WINDOW_NAMES
-from fusion.config import ModelConfig
+from fusion.config import AUX_MASK, ModelConfig
 from fusion.layers import TypeAttentionPooling, WindowAttentionFusion, make_norm
 
 #: Name of the attention-fusion layer (its second output holds the window weights).
@@ -152,13 +155,15 @@ def build_backbone_encoder(x: Any, cfg: ModelConfig) -> list[Any]:
     return [x, *extractor(rgb)]
 
 
-def build_decoder(features: list[Any], cfg: ModelConfig) -> Any:
+def build_decoder(features: list[Any], cfg: ModelConfig) -> tuple[Any, list[Any]]:
     """U-Net decoder: upsample x2, concatenate the skip, one block; back to stride 1.
 
     Returns:
-      [B, H, W, width] features at full resolution.
+      [B, H, W, width] features at full resolution, and the decoder's outputs at strides 2, 4,
+      ... (the coarser first-decoded levels last): what deep supervision taps.
     """
     x = features[-1]
+    levels: list[Any] = []
     for level in range(len(features) - 2, -1, -1):
         skip = features[level]
         filters = cfg.width * min(2**level, _MAX_WIDTH_MULTIPLIER)
@@ -167,9 +172,44 @@ def build_decoder(features: list[Any], cfg: ModelConfig) -> Any:
         x = keras.layers.Concatenate(name=f"dec{level}_cat")([x, skip])
         x = keras.layers.Conv2D(filters, 1, use_bias=False, name=f"dec{level}_reduce")(x)
         x = block(x, filters, cfg, f"dec{level}")
+        if level:
+            levels.insert(0, x)
     if cfg.block == "plain":
-        return x  # already normalised and activated
-    return _norm_act(x, cfg, "dec_out")
+        return x, levels  # already normalised and activated
+    return _norm_act(x, cfg, "dec_out"), levels
+
+
+def build_aux_masks(levels: list[Any], cfg: ModelConfig) -> Any:
+    """Deep supervision: a 1x1 mask head on each of the first ``cfg.deep_supervision`` decoder
+    levels below full resolution (strides 2, 4, ...), upsampled to full resolution.
+
+    Args:
+      levels: `build_decoder`'s coarser outputs, stride 2 first.
+
+    Returns:
+      [B, H, W, deep_supervision] float32 sigmoid probabilities, stride 2 first (the output
+      ``AUX_MASK``; the loss is `fusion.losses.DeepSupervisionLoss`).
+    """
+    maps = []
+    for i, x in enumerate(levels[: cfg.deep_supervision], start=1):
+        stride = 2**i
+        x = keras.layers.Conv2D(1, 1, name=f"aux{stride}_logits")(x)
+        # Upsampling the logits (not the target) keeps one target array for every output.
+        maps.append(keras.layers.UpSampling2D(stride, interpolation="nearest", name=f"aux{stride}_up")(x))
+    logits = maps[0] if len(maps) == 1 else keras.layers.Concatenate(name="aux_cat")(maps)
+    return keras.layers.Activation("sigmoid", dtype="float32", name=AUX_MASK)(logits)
+
+
+def inference_model(model: keras.Model) -> keras.Model:
+    """`model` without its training-only outputs (``AUX_MASK``): the same layers and weights.
+
+    A model without them is returned as it is; calibration, export and prediction use this.
+    """
+    names = [n for n in model.output_names if n != AUX_MASK]
+    if len(names) == len(model.output_names):
+        return model
+    outputs = {n: model.get_layer(n).output for n in ("class", "area", "mask") if n in names}
+    return keras.Model(model.inputs, outputs, name=model.name)
 
 
 def _validate(cfg: ModelConfig) -> None:
@@ -212,7 +252,7 @@ def build_model(cfg: ModelConfig) -> keras.Model:
     decoded = None
     class_in = summary
     if "mask" in cfg.heads or "area" in cfg.heads:
-        decoded = build_decoder(features, cfg)
+        decoded, levels = build_decoder(features, cfg)
         # Types differ by where and how thin the blood is (sulci, ventricles, convexity): the
         # full-resolution decoder features, pooled, carry that better than the bottleneck alone.
         dense_avg = keras.layers.GlobalAveragePooling2D(name="dense_pool")(decoded)
@@ -232,7 +272,9 @@ def build_model(cfg: ModelConfig) -> keras.Model:
         area = keras.layers.Dense(32, activation="silu", name="area_hidden")(area)
         area = keras.layers.Dense(1, name="area_linear")(area)
         outputs["area"] = keras.layers.Activation("linear", dtype="float32", name="area")(area)
-    ordered = {k: outputs[k] for k in ("class", "area", "mask") if k in outputs}
+    if cfg.deep_supervision:
+        outputs[AUX_MASK] = build_aux_masks(levels, cfg)
+    ordered = {k: outputs[k] for k in ("class", "area", "mask", AUX_MASK) if k in outputs}
     return keras.Model(image, ordered, name="fusion")
 
 

@@ -25,6 +25,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from fusion.config import AUX_MASK
+
 #: The area head regresses log1p(fraction * AREA_SCALE).
 AREA_SCALE = 1e3
 #: Probability at which a mask pixel counts as bleed where a run calibrated none (runs calibrate
@@ -64,7 +66,8 @@ def pack_targets(batch: Mapping[str, Any], heads: Sequence[str], xp: Any = np) -
     Args:
       batch: reader batch (docs/design.md "Reader output"): image [B, S, S, 4], labels [B, 6],
         has_labels [B], area_fraction [B], has_area [B], mask [B, S, S, 1], has_mask [B].
-      heads: output names of the model ("class", "area", "mask").
+      heads: output names of the model ("class", "area", "mask"; ``AUX_MASK`` with deep
+        supervision, which needs "mask" too and gets the same target).
       xp: array module.
 
     Returns:
@@ -82,4 +85,6 @@ def pack_targets(batch: Mapping[str, Any], heads: Sequence[str], xp: Any = np) -
         mask = f32(batch["mask"])
         known = f32(batch["has_mask"])[:, None, None, None] * xp.ones_like(mask)
         y["mask"] = xp.concatenate([mask, known], -1)
+    if AUX_MASK in heads:  # deep supervision: its maps are upsampled, so the same target
+        y[AUX_MASK] = y["mask"]
     return batch["image"], y

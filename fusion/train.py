@@ -42,7 +42,7 @@ from fusion import backend, metrics, scoring
 from fusion.callbacks import EpochCounter, make_callbacks
 from fusion.config import RunConfig
 from fusion.errors import TrainError
-from fusion.model import build_model
+from fusion.model import build_model, inference_model
 from fusion.optim import compile_model
 from fusion.run_folder import (
     CONFIG_FILE,
@@ -307,6 +307,7 @@ def finish_run(
     RUN/EXPORT_LATER.txt says how to export on a machine with TensorFlow (`shards_dir` names
     the shards in that command).
     """
+    model = inference_model(model)  # deep supervision's heads train; they are not the model
     thresholds, result = validate(model, val_ds, cfg)
     thresholds.save(run_dir)
     result = {"split": "val", "preset": cfg.preset, "epochs_run": len(epochs), **result}

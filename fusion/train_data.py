@@ -74,7 +74,7 @@ def make_run_data(shards_dir: Path, cfg: RunConfig, cache_dir: Path | None = Non
 
         caches = open_caches(cache_dir, shards_dir, ("train", "val"), m.image_size, workers=reader_workers(),
                              progress=sys.stderr.isatty())
-    common = {"image_size": m.image_size, "batch_size": t.batch_size, "heads": m.heads}
+    common = {"image_size": m.image_size, "batch_size": t.batch_size, "heads": m.outputs}
     augment = cfg.augment if cfg.augment.enabled else None
     train = SubsetSequence(shards_dir, "train", shuffle=True, seed=t.seed, augment=augment,
                            workers=reader_workers(), cache=caches.get("train"), **common)

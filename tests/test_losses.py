@@ -6,8 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from fusion.config import LossConfig
+from fusion.config import AUX_MASK, LossConfig
 from fusion.losses import (
+    DeepSupervisionLoss,
     MaskedAreaLoss,
     MaskedClassLoss,
     MaskedMaskLoss,
@@ -130,3 +131,19 @@ def test_build_losses_follows_heads_and_weights() -> None:
     only, _ = build_losses(cfg, ["class"])
     assert set(only) == {"class"}
     assert MaskedMaskLoss.from_config(losses["mask"].get_config()).pos_weight == cfg.mask_pos_weight
+
+
+def test_deep_supervision_loss_halves_its_weight_per_level() -> None:
+    mask = square_mask(3)
+    y = pack_mask(mask, np.array([1.0, 0.0, 1.0], np.float32))
+    coarse = [RNG.uniform(0.05, 0.95, mask.shape).astype(np.float32) for _ in range(3)]
+    aux = np.concatenate(coarse, axis=-1)
+    one = MaskedMaskLoss(pos_weight=3.0)
+    expected = sum(0.5 ** (k + 1) * f(one(y, c)) for k, c in enumerate(coarse))
+    assert f(DeepSupervisionLoss(pos_weight=3.0)(y, aux)) == pytest.approx(expected, rel=1e-5)
+    # Unknown masks add nothing here either.
+    unknown = pack_mask(mask, np.zeros(3, np.float32))
+    assert f(DeepSupervisionLoss()(unknown, aux)) == 0.0
+    losses, weights = build_losses(LossConfig(mask_weight=1.5), ["class", "mask", AUX_MASK])
+    assert isinstance(losses[AUX_MASK], DeepSupervisionLoss) and weights[AUX_MASK] == 1.5
+    assert DeepSupervisionLoss.from_config(losses[AUX_MASK].get_config()).name == "mask_aux_loss"

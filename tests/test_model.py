@@ -7,9 +7,9 @@ import keras
 import numpy as np
 import pytest
 
-from fusion.config import ModelConfig
+from fusion.config import AUX_MASK, ConfigError, ModelConfig
 from fusion.layers import TypeAttentionPooling, WindowAttentionFusion
-from fusion.model import FUSION_LAYER, build_model, window_weights
+from fusion.model import FUSION_LAYER, build_model, inference_model, window_weights
 
 SIZE = 32
 
@@ -191,3 +191,33 @@ def test_attention_class_pooling_builds_saves_and_needs_a_decoder(tmp_path: Path
         tiny(class_pooling="attention", heads=("class",))
     with pytest.raises(ValueError, match="class_pooling"):
         tiny(class_pooling="max")
+
+
+def test_deep_supervision_adds_a_training_output_that_inference_drops(tmp_path: Path) -> None:
+    model = build_model(tiny(depth=3, deep_supervision=2))
+    x = images(2)
+    out = model(x, training=False)
+    assert set(out) == {"class", "area", "mask", AUX_MASK}
+    aux = np.asarray(out[AUX_MASK])
+    assert aux.shape == (2, SIZE, SIZE, 2) and aux.min() >= 0.0 and aux.max() <= 1.0
+    # Channel k is a stride-2**(k+1) map upsampled: constant on its 2**(k+1) blocks.
+    for k, stride in enumerate((2, 4)):
+        blocks = aux[0, :, :, k].reshape(SIZE // stride, stride, SIZE // stride, stride)
+        assert np.ptp(blocks, axis=(1, 3)).max() < 1e-6
+    path = tmp_path / "best.keras"
+    model.save(path)
+    served = inference_model(keras.saving.load_model(path))
+    assert sorted(served.output_names) == ["area", "class", "mask"]
+    again = served(x, training=False)
+    for key in ("class", "area", "mask"):  # the same layers and weights
+        np.testing.assert_allclose(np.asarray(again[key]), np.asarray(out[key]), atol=1e-6)
+    plain = build_model(tiny())
+    assert inference_model(plain) is plain  # nothing to drop
+    assert AUX_MASK not in plain.output_names
+
+
+@pytest.mark.parametrize("bad, match", [({"deep_supervision": 2}, "0..1"),
+                                        ({"deep_supervision": 1, "heads": ("class", "area")}, "mask head")])
+def test_deep_supervision_needs_coarser_levels_and_a_mask_head(bad: dict[str, object], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        tiny(**bad)

@@ -289,8 +289,10 @@ def test_cli_trains_calibrates_and_exports(tmp_path: Path) -> None:
     run = tmp_path / "run"
     config = tmp_path / "tiny.json"
     # The checkpoint and early stopping on the mask head's loss (Keras needs mode="min" for it),
-    # with a moving average of the weights (its optimizer state must save and load).
-    preset("demo").replace(model=TINY, train={"monitor": "val_mask_loss", "ema_momentum": 0.9}).save(config)
+    # with a moving average of the weights (its optimizer state must save and load), and deep
+    # supervision (a training-only output that calibration, export and re-export must drop).
+    preset("demo").replace(model={**TINY, "deep_supervision": 1},
+                           train={"monitor": "val_mask_loss", "ema_momentum": 0.9}).save(config)
     args = [str(shards), "--out", str(run), "--config", str(config), "--width", "4", "--epochs", "1",
             "--batch-size", "4", "--class-pooling", "attention", "--norm", "batch", "--fusion", "attention",
             "--fusion-stride", "2", "--block", "plain", "--quiet"]
@@ -307,6 +309,10 @@ def test_cli_trains_calibrates_and_exports(tmp_path: Path) -> None:
     assert cfg.model.block == "plain"  # on the plain U-Net's blocks
     assert cfg.model.class_pooling == "attention"
     assert (cfg.train.monitor, cfg.train.ema_momentum) == ("val_mask_loss", 0.9)
+    assert cfg.model.deep_supervision == 1
+    assert "mask_aux" in keras.saving.load_model(run / "best.keras").output_names  # what trains
+    assert sorted(keras.saving.load_model(run / "model.keras").output_names) == ["area", "class", "mask"]
+    assert "val_mask_aux_loss" in (run / "history.csv").read_text().splitlines()[0]
     saved = json.loads((run / "thresholds.json").read_text())
     assert list(saved["thresholds"]) == list(schema.LABEL_NAMES)
     # The mask threshold is calibrated on val too (here on too few bleeding slices: kept at 0.5,
