@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 
 #: Folder in OUT for the plan, the driver's facts, spill files and the skips' JSON lines; only
 #: the skips' lines (``skipped-*.jsonl``) stay after a build.
-STAGING = ".beam"
+STAGING = records.BEAM_STAGING
 _INSTALL_HINT = ("--engine beam needs Apache Beam, an optional extra: pip install 'fusion[beam]' "
                  "(apache-beam 2.77.0, which needs protobuf < 7); or use --engine local")
 

@@ -27,6 +27,7 @@ import multiprocessing
 import os
 import platform
 import re
+import shutil
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -306,6 +307,22 @@ def _our_files(out: Path) -> list[Path]:
     return found
 
 
+#: The Beam engine's staging folder in OUT (`beam_engine.STAGING`): its plan, the driver's facts,
+#: spill files and the skips' JSON lines, which stay after a Beam build.
+BEAM_STAGING = ".beam"
+_BEAM_STAGING_FILE = re.compile(r"^(plan\.jsonl|driver\.json|skipped-.*\.jsonl|spill/[^/]+)$")
+
+
+def _beam_staging(out: Path) -> Path | None:
+    """OUT/.beam when a Beam build left it (only the engine's own file names in it), else None:
+    a folder holding anything else is not ours and is never deleted."""
+    staging = out / BEAM_STAGING
+    if not staging.is_dir():
+        return None
+    names = [p.relative_to(staging).as_posix() for p in staging.rglob("*") if not p.is_dir()]
+    return staging if all(_BEAM_STAGING_FILE.match(n) for n in names) else None
+
+
 def _refuse_foreign(out: Path, planned: Iterable[str]) -> None:
     """Raise when a file this build would replace was not written by a build.
 
@@ -335,6 +352,9 @@ def _prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
     if overwrite:
         for path in ours:
             path.unlink()
+        staging = _beam_staging(out)
+        if staging is not None:  # a Beam build's leftovers (its skips) describe the build replaced
+            shutil.rmtree(staging)
         return
     if resume:
         for path in ours:  # half-written shards of the killed run

@@ -267,3 +267,20 @@ def test_tf_free_tfrecord_writer_follows_the_umask(tmp_path: Path, umask: int) -
     with TFRecordWriter(tmp_path / "train-00000-of-00001.tfrecord") as writer:
         writer.write(b"record")
     assert _mode(tmp_path / "train-00000-of-00001.tfrecord") == 0o666 & ~umask
+
+
+def test_overwrite_removes_a_beam_builds_staging_but_not_a_folder_of_the_users(
+    render_drop: FakeDrop, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    _write(render_drop, out)
+    staging = out / records.BEAM_STAGING
+    (staging / "spill").mkdir(parents=True)
+    (staging / "skipped-0.jsonl").write_text('{"id": "old build"}\n')  # what a Beam build keeps
+    (staging / "spill" / "a.bin").write_bytes(b"killed run")
+    _write(render_drop, out, overwrite=True)
+    assert not staging.exists()  # its skips described the build that was replaced
+    staging.mkdir()
+    (staging / "notes.txt").write_text("mine")
+    _write(render_drop, out, overwrite=True)
+    assert (staging / "notes.txt").read_text() == "mine"
