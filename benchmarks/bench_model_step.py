@@ -50,6 +50,8 @@ VARIANTS: tuple[tuple[str, str, dict[str, dict[str, Any]]], ...] = (
      {"model": {"block": "plain", "fusion": "attention", "fusion_stride": 2}}),
     ("default (fusion preset)", "fusion", {}),
     ("default + weight EMA", "fusion", {"train": {"ema_momentum": 0.98}}),
+    ("default + deep supervision", "fusion", {"model": {"deep_supervision": 2}}),
+    ("default, depth 5", "fusion", {"model": {"depth": 5}}),
     ("demo (width 8)", "demo", {}),
     ("demo + BatchNorm", "demo", {"model": {"norm": "batch"}}),
     ("demo + XLA", "demo", {"train": {"jit_compile": True}}),
@@ -76,7 +78,7 @@ def batch(cfg: RunConfig, size: int, seed: int = 0) -> tuple[np.ndarray, dict[st
         "area_fraction": mask.mean(axis=(1, 2, 3)), "has_area": np.ones(b, np.float32),
         "mask": mask, "has_mask": np.ones(b, np.float32),
     }
-    return pack_targets(reader, cfg.model.heads)
+    return pack_targets(reader, cfg.model.outputs)
 
 
 def make_step(cfg: RunConfig) -> Any:
