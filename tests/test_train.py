@@ -284,6 +284,15 @@ def test_cli_refuses_a_fusion_stride_that_would_do_nothing(tmp_path: Path) -> No
     assert "--fusion attention" in result.output and "fusion-attention" in result.output
 
 
+def test_cli_refuses_deep_supervision_deeper_than_the_decoder(tmp_path: Path) -> None:
+    config = tmp_path / "tiny.json"
+    preset("demo").replace(model=TINY).save(config)  # depth 2: one level below full resolution
+    result = invoke(str(tmp_path), "--out", str(tmp_path / "run"), "--config", str(config),
+                    "--deep-supervision", "2")
+    assert result.exit_code == 2
+    assert "model.deep_supervision must be in 0..1" in result.output
+
+
 def test_cli_trains_calibrates_and_exports(tmp_path: Path) -> None:
     shards = write_shards(tmp_path / "shards")
     run = tmp_path / "run"
@@ -291,9 +300,9 @@ def test_cli_trains_calibrates_and_exports(tmp_path: Path) -> None:
     # The checkpoint and early stopping on the mask head's loss (Keras needs mode="min" for it),
     # with a moving average of the weights (its optimizer state must save and load), and deep
     # supervision (a training-only output that calibration, export and re-export must drop).
-    preset("demo").replace(model={**TINY, "deep_supervision": 1},
-                           train={"monitor": "val_mask_loss", "ema_momentum": 0.9}).save(config)
+    preset("demo").replace(model=TINY, train={"monitor": "val_mask_loss", "ema_momentum": 0.9}).save(config)
     args = [str(shards), "--out", str(run), "--config", str(config), "--width", "4", "--epochs", "1",
+            "--deep-supervision", "1",
             "--batch-size", "4", "--class-pooling", "attention", "--norm", "batch", "--fusion", "attention",
             "--fusion-stride", "2", "--block", "plain", "--quiet"]
     result = invoke(*args)

@@ -66,6 +66,7 @@ def build_config(
     norm: str | None = None,
     fusion_stride: int | None = None,
     block: str | None = None,
+    deep_supervision: int | None = None,
 ) -> RunConfig:
     """Preset < config file < command-line options.
 
@@ -78,7 +79,8 @@ def build_config(
     # Only the options given on the command line override the preset or config file.
     model = {k: v for k, v in {"image_size": image_size, "width": width, "fusion": fusion,
                                "class_pooling": class_pooling, "norm": norm,
-                               "fusion_stride": fusion_stride, "block": block}.items() if v is not None}
+                               "fusion_stride": fusion_stride, "block": block,
+                               "deep_supervision": deep_supervision}.items() if v is not None}
     train = {k: v for k, v in {"epochs": epochs, "batch_size": batch_size, "seed": seed,
                                "learning_rate": learning_rate}.items() if v is not None}
     cfg = cfg.replace(model=model, train=train)
@@ -123,6 +125,10 @@ def build_config(
 @click.option("--block", type=click.Choice(BLOCKS),
               help="Encoder-decoder blocks: residual (pre-activation, SiLU) or plain (conv-norm-ReLU "
                    "twice, max-pool down: the plain U-Net's); docs/benchmarks.md compares them.")
+@click.option("--deep-supervision", type=click.IntRange(min=0), metavar="K",
+              help="Deep supervision: K auxiliary mask heads on the decoder at strides 2, 4, ..., 2**K "
+                   "(0: off, the default). Training-only: dropped before calibration and export. "
+                   "docs/benchmarks.md: a tie on the low-data proxy, in fewer epochs.")
 @click.option("--class-pooling", type=click.Choice(CLASS_POOLINGS),
               help="How the class head pools: global, or also one attention map per label "
                    "(docs/benchmarks.md: no gain on the synthetic demo).")
@@ -164,6 +170,7 @@ def main(
     fusion_stride: int | None,
     norm: str | None,
     block: str | None,
+    deep_supervision: int | None,
     class_pooling: str | None,
     backend: str | None,
     cache_dir: Path | None,
@@ -190,7 +197,8 @@ def main(
                       f"on a machine with TensorFlow (this run asked for {backend})")
     try:
         cfg = build_config(preset_name, config_file, epochs, image_size, batch_size, seed,
-                           learning_rate, width, fusion, class_pooling, norm, fusion_stride, block)
+                           learning_rate, width, fusion, class_pooling, norm, fusion_stride, block,
+                           deep_supervision)
     except ConfigError as err:
         raise click.UsageError(str(err)) from None
 
