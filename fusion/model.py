@@ -24,7 +24,7 @@ import numpy as np
 
 from data_build.schema import LABEL_NAMES
 from data_build.windows import WINDOW_NAMES
-from fusion.config import AUX_MASK, ModelConfig
+from fusion.config import AUX_MASK, HEADS, ModelConfig
 from fusion.layers import TypeAttentionPooling, WindowAttentionFusion, make_norm
 
 #: Name of the attention-fusion layer (its second output holds the window weights).
@@ -205,10 +205,9 @@ def inference_model(model: keras.Model) -> keras.Model:
 
     A model without them is returned as it is; calibration, export and prediction use this.
     """
-    names = [n for n in model.output_names if n != AUX_MASK]
-    if len(names) == len(model.output_names):
+    if AUX_MASK not in model.output_names:
         return model
-    outputs = {n: model.get_layer(n).output for n in ("class", "area", "mask") if n in names}
+    outputs = {n: model.get_layer(n).output for n in HEADS if n in model.output_names}
     return keras.Model(model.inputs, outputs, name=model.name)
 
 
