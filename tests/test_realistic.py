@@ -1,6 +1,9 @@
 """Tests for the "real" phantom (data_build.synth.realistic) and its measurement (stats)."""
 from __future__ import annotations
 
+from dataclasses import replace
+
+import cv2
 import numpy as np
 import pytest
 
@@ -119,6 +122,66 @@ def test_small_bleeds_and_iso_dense_subdurals_are_drawn() -> None:
     assert min(b.extent for b in bleeds) < 0.03 and max(b.extent for b in bleeds) > 0.2
     with pytest.raises(PhantomError, match="unknown hemorrhage type"):
         realistic.random_bleed("chronic", rng, 0.5)
+
+
+def _subdural_scene(hu: float) -> tuple[object, object, np.ndarray]:
+    """A centred head at mid level, a 12 %-of-radius subdural on its +u side; the slice
+    with and without it and the head frame."""
+    rng = np.random.default_rng(4)
+    anatomy, _ = realistic.random_anatomy(rng)
+    anatomy = replace(anatomy, center=(0.5, 0.5), rotation=0.0)
+    style = realistic.random_style(rng)
+    bleed = phantom.Bleed("subdural", 0.0, 1.0, 0.12, 0.0, hu, 0.5, 0.3, (0.0, 0.0))
+    with_bleed = realistic.render_slice(anatomy, style, 0.5, 256, (bleed,),
+                                        np.random.default_rng(1))
+    without = realistic.render_slice(anatomy, style, 0.5, 256, (), np.random.default_rng(1))
+    return with_bleed, without, realistic._frame(anatomy, 0.5, 256)
+
+
+def test_a_subdural_shifts_the_midline_and_effaces_the_sulci_under_it() -> None:
+    # The cues a reader uses for an iso-dense subdural: the brain is pushed off the skull,
+    # its sulci shut and the ventricles move across the midline, away from the collection.
+    sl, normal, fr = _subdural_scene(hu=46.0)
+    assert sl.types == ("subdural",)
+    np.testing.assert_array_equal(sl.mask.astype(bool), sl.tissue == BLOOD)
+
+    def ventricle_u(s: object) -> float:
+        return float(fr.u[s.tissue == phantom.VENTRICLE].mean())
+
+    shift = ventricle_u(normal) - ventricle_u(sl)
+    assert 0.02 < shift <= realistic.MAX_MIDLINE_SHIFT + 0.01, shift
+    # Under the collection (a band just inside it) CSF all but vanishes; across the midline
+    # the sulci stay open.
+    blood = sl.mask.astype(bool)
+    depth_in = cv2.distanceTransform((~blood).astype(np.uint8), cv2.DIST_L2, 3)
+    middle = np.abs(fr.theta) < 0.5  # the crescent's thick part (centred on angle 0)
+    band = (depth_in > 0) & (depth_in < 8) & (fr.depth > 0) & middle
+    mirror = (fr.depth > 0) & (fr.depth < 0.2) & (np.abs(fr.theta) > np.pi - 0.5)
+    csf_under = float((sl.tissue[band] == phantom.CSF).mean())
+    csf_before = float((normal.tissue[band] == phantom.CSF).mean())
+    csf_far = float((sl.tissue[mirror] == phantom.CSF).mean())
+    assert csf_under < 0.3 * csf_before and csf_under < 0.3 * csf_far, (
+        csf_under, csf_before, csf_far)
+
+
+def test_mass_effect_leaves_slices_without_space_occupying_blood_alone() -> None:
+    rng = np.random.default_rng(5)
+    anatomy, _ = realistic.random_anatomy(rng)
+    style = realistic.random_style(rng)
+    ivh = realistic.random_bleed("intraventricular", rng, 0.45, 0.3)
+    sl = realistic.render_slice(anatomy, style, 0.45, 128, (ivh,), np.random.default_rng(1))
+    normal = realistic.render_slice(anatomy, style, 0.45, 128, (), np.random.default_rng(1))
+    outside = ~sl.mask.astype(bool)
+    np.testing.assert_array_equal(sl.tissue[outside], normal.tissue[outside])
+
+
+def test_midline_shift_is_capped_and_points_away_from_the_blood() -> None:
+    fr = realistic._frame(realistic.random_anatomy(np.random.default_rng(0))[0], 0.5, 128)
+    huge = (fr.depth > 0) & (fr.u > 0.1)
+    drawn = [(None, 1.0, huge.astype(np.uint8), None)]
+    assert realistic._midline_shift(fr, drawn) == -realistic.MAX_MIDLINE_SHIFT
+    drawn = [(None, 1.0, ((fr.depth > 0) & (fr.u < -0.8)).astype(np.uint8), None)]
+    assert 0.0 < realistic._midline_shift(fr, drawn) < realistic.MAX_MIDLINE_SHIFT
 
 
 def test_pose_field_of_view_and_kernel_vary_between_patients() -> None:

@@ -296,11 +296,16 @@ def _frame(anatomy: Anatomy, z: float, size: int) -> _Frame:
     v = (-s * dx + c * dy) / b
     rho = np.sqrt(u * u + v * v)
     theta = np.arctan2(v, u)
-    # Thicker at the front and back (cos 2theta < 0 there), plus a seeded irregularity.
+    rho_in = _inner_table(anatomy, theta)
+    return _Frame(u, v, rho, theta, rho_in, rho_in - rho, math.sqrt(a * b))
+
+
+def _inner_table(anatomy: Anatomy, theta: np.ndarray) -> np.ndarray:
+    """Inner-table radius (rho units) along each angle: the skull is thicker at the front and
+    back (cos 2theta < 0 there), plus a seeded irregularity."""
     (a1, p1), (a2, p2) = anatomy.skull_harmonics
     thickness = anatomy.skull * (1.0 - a1 * np.cos(2 * theta + p1) + a2 * np.cos(3 * theta + p2))
-    rho_in = (1.0 - anatomy.scalp - thickness).astype(np.float32)
-    return _Frame(u, v, rho, theta, rho_in, rho_in - rho, math.sqrt(a * b))
+    return (1.0 - anatomy.scalp - thickness).astype(np.float32)
 
 
 def _basal_cisterns(fr: _Frame, z: float) -> np.ndarray:
@@ -411,13 +416,7 @@ def _bleed_mask(bleed: Bleed, s: float, fr: _Frame, tissue: np.ndarray,
     """Blood mask (bool) of one bleed at cross-section scale s, and an oedema mask or None."""
     brain = fr.depth > 0
     if bleed.kind in ("epidural", "subdural"):
-        delta = _angdiff(fr.theta, bleed.angle) / (bleed.extent * (0.6 + 0.4 * s))
-        inside = np.abs(delta) < 1.0
-        # Epidural: sqrt profile -> biconvex lens; subdural: flat top -> crescent.
-        power = 0.5 if bleed.kind == "epidural" else 0.25
-        profile = np.where(inside, np.clip(1.0 - delta * delta, 0.0, 1.0), 0.0) ** power
-        wobble = 1.0 + 0.08 * np.sin(3 * fr.theta + bleed.shape[0])
-        return brain & inside & (fr.depth < bleed.thickness * s * profile * wobble), None
+        return brain & (fr.depth < extra_axial_depth(bleed, s, fr.theta)), None
     if bleed.kind == "intraparenchymal":
         cu = bleed.radius * math.cos(bleed.angle)
         cv = bleed.radius * math.sin(bleed.angle)
@@ -453,6 +452,18 @@ def _bleed_mask(bleed: Bleed, s: float, fr: _Frame, tissue: np.ndarray,
     near, dist = _nearest_sulcus(_bent(fr, anatomy), fr.rho, angles)
     sulcal = (dist < 0.5 * width) & (fr.depth < depths[near])
     return brain & ((sector & (sulcal | (fr.depth < layer))) | spaces), None
+
+
+def extra_axial_depth(bleed: Bleed, s: float, theta: np.ndarray) -> np.ndarray:
+    """How deep below the inner table an epidural or subdural reaches along each angle (rho
+    units, 0 where it is absent) at cross-section scale s: a lens for epidurals (sqrt
+    profile), a flat-topped crescent for subdurals."""
+    delta = _angdiff(theta, bleed.angle) / (bleed.extent * (0.6 + 0.4 * s))
+    inside = np.abs(delta) < 1.0
+    power = 0.5 if bleed.kind == "epidural" else 0.25
+    profile = np.where(inside, np.clip(1.0 - delta * delta, 0.0, 1.0), 0.0) ** power
+    wobble = 1.0 + 0.08 * np.sin(3 * theta + bleed.shape[0])
+    return np.where(inside, bleed.thickness * s * profile * wobble, 0.0)
 
 
 def _clean(mask: np.ndarray, min_area: int) -> np.ndarray:

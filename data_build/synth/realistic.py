@@ -13,6 +13,8 @@ docs/benchmarks.md "Phantom realism"):
   would outshine are not drawn;
 - partial volume: the bleed boundary is blurred in HU (the mask is the region before the blur)
   and a bleed fades towards the ends of its z extent;
+- mass effect: epidurals, subdurals and haematomas push the brain aside (cortex off the skull,
+  sulci effaced, the midline shifted), the cues by which readers find iso-dense subdurals;
 - false-positive bait: calcified choroid plexus, pineal, falx and basal ganglia; orbits,
   sinuses, clivus and petrous bone at the skull base; beam-hardening streaks there;
 - acquisition: head size, position and rotation, field of view, reconstruction kernel (smooth
@@ -83,6 +85,20 @@ KERNELS: dict[str, tuple[float, float, tuple[float, float], float]] = {
 }
 #: How often each kernel of `KERNELS` is drawn per series.
 KERNEL_WEIGHTS = (0.3, 0.5, 0.2)
+#: Mass effect: the midline shifts away from a bleed by this many rho units (1 rho ~ 85-100
+#: mm) per rho² of epidural, subdural and intraparenchymal blood on the slice, up to
+#: `MAX_MIDLINE_SHIFT` (~10 mm). A large subdural (~0.15 rho²) shifts it ~7 mm, a 3 cm
+#: haematoma (~0.07 rho²) ~3 mm.
+MIDLINE_SHIFT_PER_AREA = 0.5
+MAX_MIDLINE_SHIFT = 0.11
+#: How far from the head centre the midline shift reaches (rho units): the falx and the
+#: ventricles move, the far cortex under the skull barely does.
+MIDLINE_SHIFT_REACH = 0.55
+MASS_KINDS = ("epidural", "subdural", "intraparenchymal")
+#: Under an epidural or subdural deeper than this (rho units, ~2 mm) the surface CSF and the
+#: sulci down to `EFFACED_SULCI` below the displaced surface are compressed shut.
+EFFACING_DEPTH = 0.02
+EFFACED_SULCI = 0.12
 
 
 @dataclass(frozen=True)
@@ -360,16 +376,44 @@ def _scale_at(bleed: Bleed, z: float) -> float:
 
 def _paint_bleeds(tissue: np.ndarray, fr: phantom._Frame, anatomy: Anatomy, z: float,
                   bleeds: Sequence[Bleed]) -> tuple[dict[str, np.ndarray], np.ndarray,
-                                                    np.ndarray]:
-    """Masks per type, blood HU [size, size] (0 off blood) and the oedema mask."""
+                                                    np.ndarray, phantom._Frame]:
+    """Masks per type, blood HU [size, size] (0 off blood), the oedema mask and the frame the
+    brain is drawn in.
+
+    Space-occupying bleeds (`MASS_KINDS`) come first; the brain is then redrawn displaced by
+    them (`_displace_brain`), in place in ``tissue``, and the bleeds that fill CSF spaces
+    (intraventricular, subarachnoid) follow the displaced ventricles and sulci.
+    """
+    bone_far = _far_from_bone(tissue)
+    drawn = _drawn_bleeds([b for b in bleeds if b.kind in MASS_KINDS], fr, tissue,
+                          anatomy, z, bone_far)
+    brain_fr = _displace_brain(tissue, fr, anatomy, z, drawn) if drawn else fr
+    drawn += _drawn_bleeds([b for b in bleeds if b.kind not in MASS_KINDS], brain_fr, tissue,
+                           anatomy, z, bone_far)
+    type_masks: dict[str, np.ndarray] = {}
+    blood_hu = np.zeros(tissue.shape, dtype=np.float32)
+    oedema_all = np.zeros(tissue.shape, dtype=bool)
+    for bleed, s, blood, oedema in drawn:
+        prior = type_masks.get(bleed.kind)
+        type_masks[bleed.kind] = blood if prior is None else (prior | blood)
+        # Partial volume along z: a bleed fades towards the ends of its extent.
+        blood_hu[blood.astype(bool)] = bleed.hu * (0.75 + 0.25 * s)
+        if oedema is not None:
+            oedema_all |= oedema
+    return type_masks, blood_hu, oedema_all, brain_fr
+
+
+_Drawn = tuple[Bleed, float, np.ndarray, "np.ndarray | None"]
+
+
+def _drawn_bleeds(bleeds: Sequence[Bleed], fr: phantom._Frame, tissue: np.ndarray,
+                  anatomy: Anatomy, z: float, bone_far: np.ndarray) -> list[_Drawn]:
+    """(bleed, z scale, blood uint8, oedema or None) of each bleed this slice shows."""
     size = tissue.shape[0]
     soft = np.isin(tissue, (CSF, GREY, WHITE, VENTRICLE))
     min_area = max(4, int(round(1.5e-4 * size * size)))
     min_px = MIN_BLEED_PX_AT_512 * (size / 512.0) ** 2
-    type_masks: dict[str, np.ndarray] = {}
-    blood_hu = np.zeros(tissue.shape, dtype=np.float32)
-    oedema_all = np.zeros(tissue.shape, dtype=bool)
-    bone_far: np.ndarray | None = None
+    out: list[_Drawn] = []
     for bleed in bleeds:
         s = _scale_at(bleed, z)
         if s == 0.0:
@@ -380,18 +424,70 @@ def _paint_bleeds(tissue: np.ndarray, fr: phantom._Frame, anatomy: Anatomy, z: f
         blood = phantom._clean(blood & soft, min_area)
         if blood.sum() < max(min_px, min_area) or _sliver(blood):
             continue  # this slice is bleed-free for this bleed
-        if bleed.kind in ("epidural", "subdural"):
-            if bone_far is None:
-                bone_far = _far_from_bone(tissue)
-            if bone_far[blood.astype(bool)].mean() < 0.4:
-                continue  # a rim that the bone's bloom outshines: no reader traces it
-        prior = type_masks.get(bleed.kind)
-        type_masks[bleed.kind] = blood if prior is None else (prior | blood)
-        # Partial volume along z: a bleed fades towards the ends of its extent.
-        blood_hu[blood.astype(bool)] = bleed.hu * (0.75 + 0.25 * s)
-        if oedema is not None:
-            oedema_all |= oedema & soft
-    return type_masks, blood_hu, oedema_all
+        if bleed.kind in ("epidural", "subdural") and bone_far[blood.astype(bool)].mean() < 0.4:
+            continue  # a rim that the bone's bloom outshines: no reader traces it
+        out.append((bleed, s, blood, None if oedema is None else oedema & soft))
+    return out
+
+
+def _displace_brain(tissue: np.ndarray, fr: phantom._Frame, anatomy: Anatomy, z: float,
+                    kept: Sequence[_Drawn]) -> phantom._Frame:
+    """Redraw the brain inside the inner table as the kept bleeds displace it; in place.
+
+    The skull and the skull base stay; what lies under an extra-axial bleed is blood over
+    compressed cortex (grey matter, no CSF: the blood's partial-volume edge mixes with it).
+    Returns the displaced frame, in which the calcifications and the CSF-filling bleeds are
+    drawn.
+    """
+    shift = _midline_shift(fr, kept)
+    depth = [(b, s) for b, s, _, _ in kept if b.kind in ("epidural", "subdural")]
+    moved, t = _displaced_frame(anatomy, fr, depth, shift)
+    redrawn = phantom._anatomy_tissue(anatomy, moved, z)
+    brain = fr.depth > 0
+    # Sulci and the surface CSF under a compressing collection are effaced.
+    effaced = (t > EFFACING_DEPTH) & (moved.depth > 0) & (moved.depth < EFFACED_SULCI)
+    redrawn[effaced & (redrawn == CSF)] = GREY
+    redrawn[brain & (moved.depth <= 0)] = GREY  # the compressed cortex under the blood
+    tissue[brain] = redrawn[brain]
+    _skull_base(tissue, fr, z)
+    return moved
+
+
+def _midline_shift(fr: phantom._Frame, kept: Sequence[_Drawn]) -> float:
+    """Signed lateral midline shift (rho units, towards -u for a bleed on the +u side)."""
+    area = sum(float(blood.sum()) for _, _, blood, _ in kept) / fr.radius_px ** 2
+    side = sum(float(fr.u[blood.astype(bool)].sum()) for _, _, blood, _ in kept)
+    return -math.copysign(min(MAX_MIDLINE_SHIFT, MIDLINE_SHIFT_PER_AREA * area), side)
+
+
+def _displaced_frame(anatomy: Anatomy, fr: phantom._Frame,
+                     extra_axial: Sequence[tuple[Bleed, float]],
+                     shift: float) -> tuple[phantom._Frame, np.ndarray]:
+    """The frame in which each pixel reads the normal brain at its source position.
+
+    Two displacements, composed: the midline (falx, ventricles, deep nuclei) moves laterally
+    by ``shift``, fading with the distance from the head centre (`MIDLINE_SHIFT_REACH`); and
+    under an epidural or subdural of depth t the brain is compressed along each ray, its
+    surface moved from the inner table to depth t, the compression strongest near the surface
+    and none at the centre (source radius rho + t (rho / (rho_in - t))²).
+
+    Returns the frame and t at each pixel (rho units, 0 away from extra-axial bleeds).
+    """
+    u = fr.u - shift * np.exp(-(fr.rho / MIDLINE_SHIFT_REACH) ** 2)
+    v = fr.v
+    rho = np.sqrt(u * u + v * v)
+    theta = np.arctan2(v, u)
+    rho_in = phantom._inner_table(anatomy, theta)
+    t = np.zeros_like(rho)
+    for bleed, s in extra_axial:
+        t = np.maximum(t, phantom.extra_axial_depth(bleed, s, theta))
+    surface = np.maximum(rho_in - t, 1e-3)
+    src = np.where(rho <= surface, rho + t * np.clip(rho / surface, 0.0, 1.0) ** 2, rho + t)
+    ratio = src / np.maximum(rho, 1e-6)
+    moved = phantom._Frame((u * ratio).astype(np.float32), (v * ratio).astype(np.float32),
+                           src.astype(np.float32), theta.astype(np.float32), rho_in,
+                           (rho_in - src).astype(np.float32), fr.radius_px)
+    return moved, t
 
 
 def render_slice(anatomy: Anatomy, style: ScanStyle, z: float, size: int,
@@ -409,14 +505,14 @@ def render_slice(anatomy: Anatomy, style: ScanStyle, z: float, size: int,
     fr = _frame(anatomy, z, size)
     tissue = phantom._anatomy_tissue(anatomy, fr, z)
     base_bone = _skull_base(tissue, fr, z)
-    type_masks, blood_hu, oedema = _paint_bleeds(tissue, fr, anatomy, z, bleeds)
+    type_masks, blood_hu, oedema, brain_fr = _paint_bleeds(tissue, fr, anatomy, z, bleeds)
     mask = np.zeros(tissue.shape, dtype=np.uint8)
     for m in type_masks.values():
         mask |= m
     tissue[oedema & (mask == 0)] = OEDEMA
     under = tissue.copy()  # what the blood displaced: the partner of its partial volume
     tissue[mask.astype(bool)] = BLOOD
-    calc_hu = _calcifications(tissue, fr, style, z)
+    calc_hu = _calcifications(tissue, brain_fr, style, z)
     hu = _hu_image(anatomy, style, fr, under, base_bone, mask, blood_hu, calc_hu, z, rng)
     types = tuple(t for t in TYPE_NAMES if t in type_masks)
     return PhantomSlice(hu, mask, types, {t: type_masks[t] for t in types}, tissue, float(z))
