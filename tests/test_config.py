@@ -85,8 +85,11 @@ def test_presets_encode_the_documented_choices() -> None:
     # attention) stays as fusion-attention, with the same recipe.
     default = preset("fusion").model
     assert (default.block, default.fusion, default.norm) == ("residual", "early", "group")
+    # Deep supervision at strides 2 and 4 won the proxy on two drops (docs/benchmarks.md).
+    assert default.deep_supervision == 2 and default.outputs[-1] == "mask_aux"
     before = preset("fusion-attention")
     assert (before.model.block, before.model.fusion) == ("residual", "attention")
+    assert before.model.deep_supervision == 0
     assert (before.loss, before.train, before.augment) == (
         preset("fusion").loss, preset("fusion").train, preset("fusion").augment)
     assert preset("demo").model.block == "plain" and preset("demo").model.fusion == "early"
