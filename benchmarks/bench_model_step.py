@@ -50,7 +50,7 @@ VARIANTS: tuple[tuple[str, str, dict[str, dict[str, Any]]], ...] = (
      {"model": {"block": "plain", "fusion": "attention", "fusion_stride": 2}}),
     ("default (fusion preset)", "fusion", {}),
     ("default + weight EMA", "fusion", {"train": {"ema_momentum": 0.98}}),
-    ("default + deep supervision", "fusion", {"model": {"deep_supervision": 2}}),
+    ("default without deep supervision", "fusion", {"model": {"deep_supervision": 0}}),
     ("default, depth 5", "fusion", {"model": {"depth": 5}}),
     ("demo (width 8)", "demo", {}),
     ("demo + BatchNorm", "demo", {"model": {"norm": "batch"}}),
