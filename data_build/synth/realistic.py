@@ -85,10 +85,10 @@ KERNELS: dict[str, tuple[float, float, tuple[float, float], float]] = {
 }
 #: How often each kernel of `KERNELS` is drawn per series.
 KERNEL_WEIGHTS = (0.3, 0.5, 0.2)
-#: Mass effect: the midline shifts away from a bleed by this many rho units (1 rho ~ 85-100
-#: mm) per rho² of epidural, subdural and intraparenchymal blood on the slice, up to
-#: `MAX_MIDLINE_SHIFT` (~10 mm). A large subdural (~0.15 rho²) shifts it ~7 mm, a 3 cm
-#: haematoma (~0.07 rho²) ~3 mm.
+#: Mass effect: the midline shifts away from a bleed by this many rho units (1 rho, the head's
+#: mean semi-axis at its widest slice, ~75-90 mm) per rho² of epidural, subdural and
+#: intraparenchymal blood on the slice, up to `MAX_MIDLINE_SHIFT` (8-10 mm). A large subdural
+#: (~0.15 rho²) shifts it ~6 mm, a 3 cm haematoma (~0.1 rho²) ~4 mm.
 MIDLINE_SHIFT_PER_AREA = 0.5
 MAX_MIDLINE_SHIFT = 0.11
 #: How far from the head centre the midline shift reaches (rho units): the falx and the
