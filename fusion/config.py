@@ -429,8 +429,9 @@ def _presets() -> dict[str, RunConfig]:
     # Deep supervision at 2 levels: on the proxy's 4 folds it was ahead on 9 of 12 fold-seed
     # pairs (two seeds on one drop, one on the drop with mass effect; +0.018 Dice on average),
     # macro AUC +0.04 on all three, and its calibrated mask cut stays near 0.5; against it,
-    # one more empty mask on the iso-dense subdurals both models miss (docs/benchmarks.md,
-    # "Deep supervision becomes the default").
+    # one or two more empty masks in 92 slices, mostly under 8 HU of contrast
+    # (docs/benchmarks.md, "The proxy on the phantom with mass effect; deep supervision
+    # becomes the default").
     fusion = RunConfig(
         preset="fusion", model=ModelConfig(fusion="early", deep_supervision=2),
         loss=LossConfig(auto_pos_weight=True), train=TrainConfig(batch_size=8, learning_rate=3e-3),

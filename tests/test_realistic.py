@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 
 from data_build.synth import phantom, realistic, stats
-from data_build.synth.phantom import AIR, BLOOD, CALCIFICATION, FAT, SKULL, PhantomError
+from data_build.synth.phantom import (
+    AIR,
+    BLOOD,
+    CALCIFICATION,
+    FAT,
+    SKULL,
+    PhantomError,
+    PhantomSlice,
+)
 from data_build.synth.writer import SynthCase, iter_synthetic_slices
 
 #: A small sample: 256 px keeps it fast; areas and the ring are scaled to 512 by `stats`.
@@ -124,7 +132,7 @@ def test_small_bleeds_and_iso_dense_subdurals_are_drawn() -> None:
         realistic.random_bleed("chronic", rng, 0.5)
 
 
-def _subdural_scene(hu: float) -> tuple[object, object, np.ndarray]:
+def _subdural_scene(hu: float) -> tuple[PhantomSlice, PhantomSlice, phantom._Frame]:
     """A centred head at mid level, a 12 %-of-radius subdural on its +u side; the slice
     with and without it and the head frame."""
     rng = np.random.default_rng(4)
@@ -145,7 +153,7 @@ def test_a_subdural_shifts_the_midline_and_effaces_the_sulci_under_it() -> None:
     assert sl.types == ("subdural",)
     np.testing.assert_array_equal(sl.mask.astype(bool), sl.tissue == BLOOD)
 
-    def ventricle_u(s: object) -> float:
+    def ventricle_u(s: PhantomSlice) -> float:
         return float(fr.u[s.tissue == phantom.VENTRICLE].mean())
 
     shift = ventricle_u(normal) - ventricle_u(sl)

@@ -384,12 +384,10 @@ def _paint_bleeds(tissue: np.ndarray, fr: phantom._Frame, anatomy: Anatomy, z: f
     them (`_displace_brain`), in place in ``tissue``, and the bleeds that fill CSF spaces
     (intraventricular, subarachnoid) follow the displaced ventricles and sulci.
     """
-    bone_far = _far_from_bone(tissue)
-    drawn = _drawn_bleeds([b for b in bleeds if b.kind in MASS_KINDS], fr, tissue,
-                          anatomy, z, bone_far)
+    drawn = _drawn_bleeds([b for b in bleeds if b.kind in MASS_KINDS], fr, tissue, anatomy, z)
     brain_fr = _displace_brain(tissue, fr, anatomy, z, drawn) if drawn else fr
     drawn += _drawn_bleeds([b for b in bleeds if b.kind not in MASS_KINDS], brain_fr, tissue,
-                           anatomy, z, bone_far)
+                           anatomy, z)
     type_masks: dict[str, np.ndarray] = {}
     blood_hu = np.zeros(tissue.shape, dtype=np.float32)
     oedema_all = np.zeros(tissue.shape, dtype=bool)
@@ -407,13 +405,14 @@ _Drawn = tuple[Bleed, float, np.ndarray, "np.ndarray | None"]
 
 
 def _drawn_bleeds(bleeds: Sequence[Bleed], fr: phantom._Frame, tissue: np.ndarray,
-                  anatomy: Anatomy, z: float, bone_far: np.ndarray) -> list[_Drawn]:
+                  anatomy: Anatomy, z: float) -> list[_Drawn]:
     """(bleed, z scale, blood uint8, oedema or None) of each bleed this slice shows."""
     size = tissue.shape[0]
     soft = np.isin(tissue, (CSF, GREY, WHITE, VENTRICLE))
     min_area = max(4, int(round(1.5e-4 * size * size)))
     min_px = MIN_BLEED_PX_AT_512 * (size / 512.0) ** 2
     out: list[_Drawn] = []
+    bone_far: np.ndarray | None = None  # a distance transform: only for extra-axial blood
     for bleed in bleeds:
         s = _scale_at(bleed, z)
         if s == 0.0:
@@ -424,8 +423,11 @@ def _drawn_bleeds(bleeds: Sequence[Bleed], fr: phantom._Frame, tissue: np.ndarra
         blood = phantom._clean(blood & soft, min_area)
         if blood.sum() < max(min_px, min_area) or _sliver(blood):
             continue  # this slice is bleed-free for this bleed
-        if bleed.kind in ("epidural", "subdural") and bone_far[blood.astype(bool)].mean() < 0.4:
-            continue  # a rim that the bone's bloom outshines: no reader traces it
+        if bleed.kind in ("epidural", "subdural"):
+            if bone_far is None:
+                bone_far = _far_from_bone(tissue)
+            if bone_far[blood.astype(bool)].mean() < 0.4:
+                continue  # a rim that the bone's bloom outshines: no reader traces it
         out.append((bleed, s, blood, None if oedema is None else oedema & soft))
     return out
 
