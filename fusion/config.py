@@ -81,6 +81,10 @@ class ModelConfig:
       groups: GroupNormalization groups (reduced to a divisor of the channel count).
       norm: "group" (GroupNormalization, independent of the batch) or "batch"
         (BatchNormalization: cheaper on CPU; statistics of the batch in training).
+      bn_momentum: momentum of BatchNormalization's moving mean and variance (with
+        ``norm="batch"``): the statistics inference uses average the last ~1 / (1 - momentum)
+        training batches. Keras' default 0.99 (~100 steps) lags the weights on a short run;
+        0.9 (~10 steps) is PyTorch's default (its ``momentum=0.1``).
       block: "residual" (pre-activation residual blocks, SiLU) or "plain" (two
         conv3x3-norm-ReLU per stage, max-pool down: the plain U-Net).
       fusion_width: channels of each per-window stem in attention fusion.
@@ -111,6 +115,7 @@ class ModelConfig:
     blocks: int = 1
     groups: int = 8
     norm: str = "group"
+    bn_momentum: float = 0.99
     block: str = "residual"
     fusion_width: int = 8
     fusion_stride: int = 1
@@ -130,6 +135,8 @@ class ModelConfig:
         _check(self.blocks >= 1, f"model.blocks must be >= 1, got {self.blocks}")
         _check(self.groups >= 1, f"model.groups must be >= 1, got {self.groups}")
         _check(self.norm in NORMS, f"model.norm must be one of {NORMS}, got {self.norm!r}")
+        _check(0.0 <= self.bn_momentum < 1.0,
+               f"model.bn_momentum must be in [0, 1), got {self.bn_momentum}")
         _check(self.block in BLOCKS, f"model.block must be one of {BLOCKS}, got {self.block!r}")
         _check(self.fusion_width >= 1, f"model.fusion_width must be >= 1, got {self.fusion_width}")
         _check(self.fusion_stride in FUSION_STRIDES,

@@ -23,14 +23,15 @@ def group_count(channels: int, groups: int) -> int:
     return math.gcd(channels, max(1, groups))
 
 
-def make_norm(norm: str, channels: int, groups: int, name: str) -> keras.layers.Layer:
-    """The normalisation layer `norm` (`fusion.config.NORMS`) for `channels` features.
+def make_norm(norm: str, channels: int, groups: int, name: str, momentum: float = 0.99) -> keras.layers.Layer:
+    """The normalisation layer `norm` (`fusion.config.NORMS`) for `channels` features
+    (`momentum`: BatchNormalization's moving statistics; unused by GroupNormalization).
 
     Raises:
       ValueError: `norm` is not "group" or "batch".
     """
     if norm == "batch":
-        return keras.layers.BatchNormalization(name=name)
+        return keras.layers.BatchNormalization(momentum=momentum, name=name)
     if norm == "group":
         return keras.layers.GroupNormalization(groups=group_count(channels, groups), name=name)
     raise ValueError(f"norm must be 'group' or 'batch', got {norm!r}")
@@ -50,6 +51,7 @@ class WindowAttentionFusion(keras.layers.Layer):
       groups: GroupNormalization groups of the stems.
       num_windows: N, the channels of the input image.
       norm: "group" (GroupNormalization) or "batch" (BatchNormalization) in the stems.
+      bn_momentum: BatchNormalization's momentum (with ``norm="batch"``).
     """
 
     def __init__(
@@ -59,6 +61,7 @@ class WindowAttentionFusion(keras.layers.Layer):
         groups: int = 4,
         num_windows: int = 4,
         norm: str = "group",
+        bn_momentum: float = 0.99,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -71,13 +74,14 @@ class WindowAttentionFusion(keras.layers.Layer):
         self.groups = groups
         self.num_windows = num_windows
         self.norm = norm
+        self.bn_momentum = bn_momentum
         # One stem per window: each window's intensities mean different tissues, so the first
         # filters are not shared.
         self.stems = [
             keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"stem_{i}")
             for i in range(num_windows)
         ]
-        self.norms = [make_norm(norm, filters, groups, f"stem_norm_{i}") for i in range(num_windows)]
+        self.norms = [make_norm(norm, filters, groups, f"stem_norm_{i}", bn_momentum) for i in range(num_windows)]
         self.query = keras.layers.Conv2D(key_dim, 1, name="query")
         self.key = keras.layers.Dense(key_dim, name="key")
 
@@ -121,6 +125,7 @@ class WindowAttentionFusion(keras.layers.Layer):
             groups=self.groups,
             num_windows=self.num_windows,
             norm=self.norm,
+            bn_momentum=self.bn_momentum,
         )
         return config
 

@@ -47,7 +47,7 @@ _MAX_WIDTH_MULTIPLIER = 8
 
 def _norm_act(x: Any, cfg: ModelConfig, name: str, activation: str = "silu") -> Any:
     suffix = "bn" if cfg.norm == "batch" else "gn"
-    x = make_norm(cfg.norm, x.shape[-1], cfg.groups, f"{name}_{suffix}")(x)
+    x = make_norm(cfg.norm, x.shape[-1], cfg.groups, f"{name}_{suffix}", cfg.bn_momentum)(x)
     return keras.layers.Activation(activation, name=f"{name}_act")(x)
 
 
@@ -107,7 +107,7 @@ def build_fusion(image: Any, cfg: ModelConfig) -> Any:
     windows = image if s == 1 else keras.layers.AveragePooling2D(s, name="fusion_pool")(image)
     fused, _ = WindowAttentionFusion(
         cfg.fusion_width, key_dim=8, groups=cfg.groups, num_windows=len(WINDOW_NAMES),
-        norm=cfg.norm, name=FUSION_LAYER,
+        norm=cfg.norm, bn_momentum=cfg.bn_momentum, name=FUSION_LAYER,
     )(windows)
     fused = keras.layers.Conv2D(cfg.width, 3, padding="same", name="fusion_proj")(fused)
     if s == 1:

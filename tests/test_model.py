@@ -60,6 +60,31 @@ def test_norm_and_block_options_build_and_round_trip(tmp_path: Path, norm: str, 
                                np.asarray(model(x, training=False)["mask"]), atol=1e-6)
 
 
+@pytest.mark.parametrize("fusion", ["early", "attention"])
+def test_bn_momentum_reaches_every_batchnorm_and_sets_the_moving_average_step(fusion: str) -> None:
+    model = build_model(tiny(norm="batch", fusion=fusion, bn_momentum=0.9))
+    norms = [layer for layer in model._flatten_layers(include_self=False)
+             if type(layer).__name__ == "BatchNormalization"]
+    assert norms and {layer.momentum for layer in norms} == {0.9}
+    x = images(2)
+    first = next(layer for layer in model.layers if type(layer).__name__ == "BatchNormalization")
+    mean_before = np.asarray(first.moving_mean).copy()
+    # Its batch mean in training mode (norms before it use their batch statistics too), read
+    # from a model that stops at its input.
+    probe = keras.Model(model.inputs, first.input)
+    batch_mean = np.asarray(probe(x, training=True)).reshape(-1, first.moving_mean.shape[0]).mean(0)
+    model(x, training=True)
+    np.testing.assert_allclose(np.asarray(first.moving_mean), 0.9 * mean_before + 0.1 * batch_mean,
+                               rtol=1e-4, atol=1e-6)
+    again = WindowAttentionFusion.from_config({**WindowAttentionFusion(6, norm="batch", bn_momentum=0.8).get_config()})
+    assert again.bn_momentum == 0.8 and again.norms[0].momentum == 0.8
+
+
+def test_bn_momentum_out_of_range_is_refused() -> None:
+    with pytest.raises(ConfigError, match="bn_momentum must be in"):
+        ModelConfig(bn_momentum=1.0)
+
+
 def test_other_sizes_divisible_by_stride_are_accepted() -> None:
     model = build_model(tiny())
     out = model(images(1, size=48), training=False)  # 48 = 12 x stride 4
