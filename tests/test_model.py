@@ -62,7 +62,7 @@ def test_norm_and_block_options_build_and_round_trip(tmp_path: Path, norm: str, 
 
 @pytest.mark.parametrize("fusion", ["early", "attention"])
 def test_bn_momentum_reaches_every_batchnorm_and_sets_the_moving_average_step(fusion: str) -> None:
-    model = build_model(tiny(norm="batch", fusion=fusion, bn_momentum=0.9))
+    model = build_model(tiny(norm="batch", fusion=fusion))  # the default: 0.9, not Keras' 0.99
     norms = [layer for layer in model._flatten_layers(include_self=False)
              if type(layer).__name__ == "BatchNormalization"]
     assert norms and {layer.momentum for layer in norms} == {0.9}

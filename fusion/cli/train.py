@@ -120,8 +120,9 @@ def build_config(
                    "(docs/benchmarks.md, \"Step cost of the candidates\").")
 @click.option("--norm", type=click.Choice(NORMS),
               help="Normalisation layers: group (GroupNorm, the fusion preset's) or batch (BatchNorm: "
-                   "cheaper per step, but with the fusion preset's recipe it collapsed to empty masks "
-                   "on the low-data proxy; docs/benchmarks.md).")
+                   "cheaper per step; its moving statistics average ~10 steps, model.bn_momentum 0.9 "
+                   "in a --config file; Keras' 0.99 lagged the weights on short runs and emptied every "
+                   "mask on the low-data proxy; docs/benchmarks.md).")
 @click.option("--block", type=click.Choice(BLOCKS),
               help="Encoder-decoder blocks: residual (pre-activation, SiLU) or plain (conv-norm-ReLU "
                    "twice, max-pool down: the plain U-Net's); docs/benchmarks.md compares them.")
