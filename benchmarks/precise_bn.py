@@ -10,8 +10,7 @@ training split (no augmentation), of the batch statistics under the model's fina
 the k-th batch the layer's momentum is 1 - 1/k, so the moving value is the running mean of the
 k batch values. docs/benchmarks.md, "BatchNorm's moving statistics", used it on the proxy's
 plain BatchNorm U-Net trained with Keras' momentum 0.99: Dice 0.000 (23 of 23 masks empty)
-before, 0.52 (none empty) after, the
-same weights.
+before, 0.52 (none empty) after, the same weights.
 """
 from __future__ import annotations
 
