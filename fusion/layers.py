@@ -51,7 +51,9 @@ class WindowAttentionFusion(keras.layers.Layer):
       groups: GroupNormalization groups of the stems.
       num_windows: N, the channels of the input image.
       norm: "group" (GroupNormalization) or "batch" (BatchNormalization) in the stems.
-      bn_momentum: BatchNormalization's momentum (with ``norm="batch"``).
+      bn_momentum: BatchNormalization's momentum (with ``norm="batch"``); Keras' 0.99 by default
+        so a layer saved before the option loads as it was saved. `fusion.model` passes
+        ``ModelConfig.bn_momentum`` (0.9).
     """
 
     def __init__(
