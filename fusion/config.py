@@ -464,8 +464,8 @@ def _presets() -> dict[str, RunConfig]:
     # The baseline issue 10 measured on real slices (Dice 0.450): stacked windows, BCE + Dice,
     # Adam (AdamW without decay) at a constant 1e-3, batch 8, no augmentation. BatchNorm at
     # `bn_momentum`'s default 0.9: with Keras' 0.99 its statistics lagged and it emptied every
-    # proxy mask (0.000); with 0.9 it scores 0.652 there, the default 1.12x it
-    # (docs/benchmarks.md, "BatchNorm's moving statistics").
+    # proxy mask (0.000); with 0.9 it scores 0.652 / 0.501 there on seeds 0 / 1, the default
+    # 0.729 / 0.732 (docs/benchmarks.md, "BatchNorm's moving statistics").
     plain_unet = RunConfig(
         preset="plain-unet",
         model=ModelConfig(fusion="early", norm="batch", block="plain"),
