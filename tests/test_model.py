@@ -76,7 +76,7 @@ def test_bn_momentum_reaches_every_batchnorm_and_sets_the_moving_average_step(fu
     model(x, training=True)
     np.testing.assert_allclose(np.asarray(first.moving_mean), 0.9 * mean_before + 0.1 * batch_mean,
                                rtol=1e-4, atol=1e-6)
-    again = WindowAttentionFusion.from_config({**WindowAttentionFusion(6, norm="batch", bn_momentum=0.8).get_config()})
+    again = WindowAttentionFusion.from_config(WindowAttentionFusion(6, norm="batch", bn_momentum=0.8).get_config())
     assert again.bn_momentum == 0.8 and again.norms[0].momentum == 0.8
 
 
