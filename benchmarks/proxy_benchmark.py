@@ -383,6 +383,9 @@ class Row:
       n_empty / n_bleeding: empty predicted masks on bleeding slices, summed over folds.
       worst_fold_empty: the highest per-fold fraction of empty predictions.
       train_seconds: wall time of ``fusion-train`` per fold.
+      epoch_seconds: per fold, the median wall time of its epochs after the first (the first
+        also traces and compiles; RUN/history.csv's ``epoch_seconds``), for the folds whose
+        history has it.
     """
 
     preset: str
@@ -396,6 +399,13 @@ class Row:
     n_bleeding: int = 0
     worst_fold_empty: float | None = None
     train_seconds: list[float] = field(default_factory=list)
+    epoch_seconds: list[float] = field(default_factory=list)
+
+
+def steady_epoch_seconds(history: Mapping[str, Sequence[float | None]]) -> float | None:
+    """Median ``epoch_seconds`` over the epochs after the first; None without two timed epochs."""
+    times = [t for t in list(history.get("epoch_seconds") or [])[1:] if t is not None]
+    return float(np.median(times)) if times else None
 
 
 def pooled_macro_auc(labels: np.ndarray, probabilities: np.ndarray) -> tuple[float | None, dict]:
@@ -437,6 +447,8 @@ def aggregate(cells: Sequence[Mapping[str, Any]]) -> list[Row]:
         rates = [e["n_empty"] / e["n_bleeding"] for e in evals if e["n_bleeding"]]
         row.worst_fold_empty = max(rates) if rates else None
         row.train_seconds = [float(c["train_seconds"]) for c in group]
+        steady = [steady_epoch_seconds(c.get("history") or {}) for c in group]
+        row.epoch_seconds = [t for t in steady if t is not None]
         rows.append(row)
     return rows
 
@@ -456,6 +468,7 @@ def seed_means(rows: Sequence[Row]) -> list[Row]:
         worst = [r.worst_fold_empty for r in mine if r.worst_fold_empty is not None]
         mean.worst_fold_empty = max(worst) if worst else None
         mean.train_seconds = [s for r in mine for s in r.train_seconds]
+        mean.epoch_seconds = [s for r in mine for s in r.epoch_seconds]
         out.append(mean)
     return out
 
@@ -473,8 +486,8 @@ def markdown_table(rows: Sequence[Row]) -> str:
     """The table of issue 10 (model, mean Dice (per fold), macro AUC, empty masks, train time)."""
     lines = [
         "| preset | seed | mean Dice (per fold) | macro AUC (5 types, pooled) | "
-        "empty predicted masks (worst fold) | train time / fold |",
-        "|---|---|---|---|---|---|",
+        "empty predicted masks (worst fold) | train time / fold | s / epoch after the first |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         per_fold = " / ".join(_f(d) for d in r.dice_per_fold)
@@ -484,7 +497,7 @@ def markdown_table(rows: Sequence[Row]) -> str:
         time_text = "—" if minutes is None else f"{minutes / 60:.1f} min"
         lines.append(
             f"| `{r.preset}` | {r.seed} | {dice} | {_f(r.macro_auc)} | "
-            f"{r.n_empty} of {r.n_bleeding}{worst} | {time_text} |"
+            f"{r.n_empty} of {r.n_bleeding}{worst} | {time_text} | {_f(_mean(r.epoch_seconds), 1)} |"
         )
     return "\n".join(lines) + "\n"
 

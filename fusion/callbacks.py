@@ -1,8 +1,10 @@
 """The callbacks of a training run: backup, best checkpoint, history, TensorBoard, LR, early stop."""
 from __future__ import annotations
 
+import csv
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -13,12 +15,14 @@ from fusion.config import RunConfig
 
 log = logging.getLogger(__name__)
 
+EPOCH_SECONDS = "epoch_seconds"  # the history.csv column `EpochTimer` writes
+
 
 def make_callbacks(run_dir: Path, cfg: RunConfig, resume: bool, verbose: int) -> list[keras.callbacks.Callback]:
     """Backup (first, so an interrupted epoch is never half-saved, and it saves the raw weights),
     LR schedule and early stop, the weight average swapped in (``train.ema_momentum``), the best
-    checkpoint, logs; the checkpoint, the plateau schedule and early stopping follow
-    ``cfg.train.monitor``."""
+    checkpoint, the epoch's wall time, logs; the checkpoint, the plateau schedule and early
+    stopping follow ``cfg.train.monitor``."""
     monitor = cfg.train.monitor
     callbacks: list[keras.callbacks.Callback | None] = [
         keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
@@ -31,6 +35,9 @@ def make_callbacks(run_dir: Path, cfg: RunConfig, resume: bool, verbose: int) ->
             # On resume, only a better epoch than those already logged may replace best.keras.
             initial_value_threshold=best_logged(run_dir / "history.csv", monitor) if resume else None,
         ),
+        # Before the logger, so history.csv has the column (after the backup and checkpoint,
+        # so the epoch's time includes saving them).
+        EpochTimer() if _history_takes_time(run_dir / "history.csv", resume) else None,
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resume),
         tensorboard_callback(run_dir / "logs"),
         keras.callbacks.TerminateOnNaN(),
@@ -76,10 +83,38 @@ class AveragedWeights(keras.callbacks.SwapEMAWeights):
             self._finalize_ema_values()
 
 
+class EpochTimer(keras.callbacks.Callback):
+    """Adds ``epoch_seconds`` to the epoch's logs: wall seconds from the epoch's start to its end
+    (training, validation, and the callbacks before this one), so RUN/history.csv says what an
+    epoch costs. The first epoch of a run also pays for tracing and compiling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._start: float | None = None
+
+    def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if logs is not None and self._start is not None:
+            logs[EPOCH_SECONDS] = time.perf_counter() - self._start
+
+
+def _history_takes_time(history_csv: Path, resume: bool) -> bool:
+    """False when a resumed run appends to a history.csv written without ``epoch_seconds``:
+    CSVLogger keeps the old header, and a new column would shift the rows under it."""
+    if not resume:
+        return True
+    try:
+        with open(history_csv, newline="", encoding="utf-8") as handle:
+            header = next(csv.reader(handle), None)
+    except OSError:
+        return True
+    return header is None or EPOCH_SECONDS in header
+
+
 def best_logged(history_csv: Path, key: str = "val_loss") -> float | None:
     """Lowest `key` in a CSVLogger file, None when there is none."""
-    import csv
-
     try:
         with open(history_csv, newline="", encoding="utf-8") as handle:
             values = [float(row[key]) for row in csv.DictReader(handle) if row.get(key)]

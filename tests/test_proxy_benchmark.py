@@ -117,6 +117,7 @@ def _cell(preset: str, seed: int, fold: int, dice: float, n: int, empty: int,
     return {"preset": preset, "seed": seed, "fold": fold, "train_seconds": seconds,
             "evaluation": PB.dataclasses.asdict(evaluation),
             "history": {"epoch": [0.0, 1.0, 2.0], "loss": [3.0, 2.0, 1.5],
+                        "epoch_seconds": [40.0, seconds / 10, seconds / 10 + 2],
                         "mask_loss": [2.3, 2.0, 1.6], "val_loss": [3.1, None, 2.2]}}
 
 
@@ -149,6 +150,13 @@ def test_aggregate_pools_slices_over_folds() -> None:
     assert row.macro_auc == pytest.approx((5 / 6 + 4 / 6) / 2)
     assert (row.n_empty, row.n_bleeding, row.worst_fold_empty) == (1, 5, 0.5)
     assert row.train_seconds == [90.0, 150.0]
+    assert row.epoch_seconds == [10.0, 16.0]  # median of each fold's epochs after the first
+
+
+def test_steady_epoch_time_leaves_out_the_first_epoch_and_old_histories() -> None:
+    assert PB.steady_epoch_seconds({"epoch_seconds": [30.0, 5.0, 7.0, 6.0]}) == 6.0
+    assert PB.steady_epoch_seconds({"epoch_seconds": [30.0]}) is None
+    assert PB.steady_epoch_seconds({"loss": [1.0, 0.5]}) is None  # a history from before the column
 
 
 def test_seed_means_and_table() -> None:
@@ -162,7 +170,7 @@ def test_seed_means_and_table() -> None:
     table = PB.markdown_table(rows + [mean])
     lines = table.splitlines()
     assert lines[0].startswith("| preset | seed | mean Dice (per fold) | macro AUC")
-    assert "| `fusion` | 0 | 0.680 (0.500 / 0.800) | 0.750 | 1 of 5 (50%) | 2.0 min |" in lines
+    assert "| `fusion` | 0 | 0.680 (0.500 / 0.800) | 0.750 | 1 of 5 (50%) | 2.0 min | 13.0 |" in lines
     assert lines[-1].startswith("| `fusion` | mean of 2 | 0.")
     assert len(lines) == 2 + 3
 
@@ -173,8 +181,8 @@ def test_loss_table_and_curves_csv() -> None:
     assert PB._curve_points([float(v) for v in range(9)]) == [0.0, 2.0, 4.0, 6.0, 8.0]
     text = PB.loss_curves_csv(_cells())
     lines = text.splitlines()
-    assert lines[0] == "preset,seed,fold,epoch,loss,mask_loss,val_loss"
-    assert lines[1] == "fusion,0,0,1,3.0,2.3,3.1" and lines[2] == "fusion,0,0,2,2.0,2.0,"
+    assert lines[0] == "preset,seed,fold,epoch,epoch_seconds,loss,mask_loss,val_loss"
+    assert lines[1] == "fusion,0,0,1,40.0,3.0,2.3,3.1" and lines[2] == "fusion,0,0,2,9.0,2.0,2.0,"
     assert len(lines) == 1 + 6
 
 

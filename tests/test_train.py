@@ -164,8 +164,28 @@ def test_interrupted_fit_resumes_from_backup(tmp_path: Path) -> None:
         np.testing.assert_allclose(a, b)
     assert not (tmp_path / "backup").exists()  # cleaned up once training finished
     with open(tmp_path / "history.csv") as handle:
-        assert [int(r["epoch"]) for r in csv.DictReader(handle)] == [0, 1, 2]
+        rows = list(csv.DictReader(handle))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    assert all(float(r["epoch_seconds"]) > 0 for r in rows)  # the epoch's wall time, resumed too
     assert (tmp_path / "best.keras").is_file()
+
+
+def test_a_history_written_without_epoch_times_stays_aligned_on_resume(tmp_path: Path) -> None:
+    """A run started before history.csv had ``epoch_seconds`` resumes without the column: the
+    logger keeps the old header, and a new column would shift every value under it."""
+    from fusion.callbacks import EpochTimer, make_callbacks
+
+    cfg = RunConfig().replace(model=LOOP, train={"epochs": 2, "patience": 0})
+    history = tmp_path / "history.csv"
+    history.write_text("epoch,loss,val_loss\n0,2.0,1.5\n")
+
+    def has_timer(resume: bool) -> bool:
+        return any(isinstance(c, EpochTimer) for c in make_callbacks(tmp_path, cfg, resume, 0))
+
+    assert not has_timer(resume=True)
+    assert has_timer(resume=False)  # a fresh run rewrites the file with the column
+    history.write_text("epoch,epoch_seconds,loss,val_loss\n0,3.2,2.0,1.5\n")
+    assert has_timer(resume=True)
 
 
 def test_a_run_with_the_weight_average_resumes_raw_weights_and_average(tmp_path: Path) -> None:
