@@ -52,6 +52,8 @@ VARIANTS: tuple[tuple[str, str, dict[str, dict[str, Any]]], ...] = (
     ("default + weight EMA", "fusion", {"train": {"ema_momentum": 0.98}}),
     ("default without deep supervision", "fusion", {"model": {"deep_supervision": 0}}),
     ("default, depth 5", "fusion", {"model": {"depth": 5}}),
+    ("default + BatchNorm", "fusion", {"model": {"norm": "batch"}}),
+    ("default, plain blocks", "fusion", {"model": {"block": "plain"}}),
     ("demo (width 8)", "demo", {}),
     ("demo + BatchNorm", "demo", {"model": {"norm": "batch"}}),
     ("demo + XLA", "demo", {"train": {"jit_compile": True}}),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fusion.config import AUX_MASK, ConfigError, ModelConfig
-from fusion.layers import TypeAttentionPooling, WindowAttentionFusion
+from fusion.layers import GroupNorm, TypeAttentionPooling, WindowAttentionFusion
 from fusion.model import FUSION_LAYER, build_model, inference_model, window_weights
 
 SIZE = 32
@@ -44,7 +44,7 @@ def test_heads_have_documented_shapes(fusion: str) -> None:
 def test_norm_and_block_options_build_and_round_trip(tmp_path: Path, norm: str, block: str, fusion: str) -> None:
     model = build_model(tiny(norm=norm, block=block, fusion=fusion))
     kinds = {type(layer).__name__ for layer in model._flatten_layers(include_self=False)}
-    assert ("BatchNormalization" in kinds, "GroupNormalization" in kinds) == (norm == "batch", norm == "group")
+    assert ("BatchNormalization" in kinds, "GroupNorm" in kinds) == (norm == "batch", norm == "group")
     assert ("MaxPooling2D" in kinds) == (block == "plain")
     x = images(2)
     out = model(x, training=False)
@@ -83,6 +83,66 @@ def test_bn_momentum_reaches_every_batchnorm_and_sets_the_moving_average_step(fu
 def test_bn_momentum_out_of_range_is_refused() -> None:
     with pytest.raises(ConfigError, match="bn_momentum must be in"):
         ModelConfig(bn_momentum=1.0)
+
+
+def _group_norm_pair(channels: int, groups: int, seed: int = 0) -> tuple[GroupNorm, keras.layers.Layer]:
+    """Our GroupNorm and Keras' GroupNormalization with the same random gamma and beta."""
+    ours, theirs = GroupNorm(groups=groups), keras.layers.GroupNormalization(groups=groups)
+    rng = np.random.default_rng(seed)
+    weights = [rng.normal(1.0, 0.5, channels).astype("float32"), rng.normal(0.0, 0.5, channels).astype("float32")]
+    for layer in (ours, theirs):
+        layer.build((None, 8, 8, channels))
+        layer.set_weights(weights)
+    return ours, theirs
+
+
+@pytest.mark.parametrize("channels, groups", [(16, 8), (12, 3), (8, 1), (6, 6)])
+def test_group_norm_equals_keras_group_normalization(channels: int, groups: int) -> None:
+    """Same outputs as Keras' layer, features with a mean far from 0 included (the variance is
+    E[x²] - E[x]²), and the same gradients for the inputs and both weights."""
+    ours, theirs = _group_norm_pair(channels, groups)
+    rng = np.random.default_rng(1)
+    x = (rng.normal(0.0, 1.0, (3, 9, 7, channels)) * rng.uniform(0.1, 3.0, channels)
+         + rng.uniform(-20.0, 20.0, channels)).astype("float32")
+    np.testing.assert_allclose(np.asarray(ours(x)), np.asarray(theirs(x)), atol=2e-4)
+    assert ours.get_config() == {**theirs.get_config(), "name": ours.name}
+    if keras.backend.backend() != "tensorflow":
+        return
+    import tensorflow as tf
+
+    def gradients(layer: keras.layers.Layer) -> list[np.ndarray]:
+        xv = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(xv)
+            loss = tf.reduce_sum(layer(xv) * tf.constant(rng_out))
+        return [np.asarray(g) for g in tape.gradient(loss, [xv, *layer.trainable_weights])]
+
+    rng_out = np.random.default_rng(2).normal(size=x.shape).astype("float32")
+    for a, b in zip(gradients(ours), gradients(theirs)):
+        np.testing.assert_allclose(a, b, atol=2e-3, rtol=1e-3)
+
+
+def test_group_norm_under_mixed_precision_keeps_float32_statistics() -> None:
+    ours, theirs = _group_norm_pair(8, 4)
+    x = np.random.default_rng(3).normal(5.0, 2.0, (2, 6, 6, 8)).astype("float32")
+    expected = np.asarray(theirs(x))
+    half = GroupNorm(groups=4, dtype="mixed_float16")
+    half.build((None, 6, 6, 8))
+    half.set_weights(ours.get_weights())
+    out = half(x.astype("float16"))
+    assert keras.backend.standardize_dtype(out.dtype) == "float16"
+    np.testing.assert_allclose(np.asarray(out, dtype="float32"), expected, atol=2e-2)
+
+
+def test_group_norm_outside_its_fast_layout_is_keras_layer() -> None:
+    """Channels first, or no centre / scale: Keras' own computation."""
+    x = np.random.default_rng(4).normal(size=(2, 8, 5, 5)).astype("float32")
+    ours, theirs = GroupNorm(groups=4, axis=1), keras.layers.GroupNormalization(groups=4, axis=1)
+    np.testing.assert_allclose(np.asarray(ours(x)), np.asarray(theirs(x)), atol=1e-5)
+    plain = GroupNorm(groups=2, center=False)
+    y = x.transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(np.asarray(plain(y)),
+                               np.asarray(keras.layers.GroupNormalization(groups=2, center=False)(y)), atol=1e-5)
 
 
 def test_other_sizes_divisible_by_stride_are_accepted() -> None:
