@@ -434,8 +434,9 @@ def _presets() -> dict[str, RunConfig]:
     # (docs/benchmarks.md, "Low-data proxy").
     # Early fusion: on the proxy's 4 folds (seed 0) the window attention (`fusion-attention`)
     # brought no Dice (0.698 against 0.719) and a higher pooled type AUC (0.682 against 0.634,
-    # 3 folds of 4) for a quarter of the step; without it the step is ~1.4x `plain-unet`'s,
-    # inside issue 10's 1.5x (docs/benchmarks.md, "Which fusion and which blocks").
+    # 3 folds of 4) for a quarter of the step (docs/benchmarks.md, "Which fusion and which
+    # blocks"). Its epochs take 1.2-1.3x `plain-unet`'s on 2 idle cores with the 4-D
+    # GroupNorm (issue 10's goal: 1.5x; "Training time against the plain U-Net").
     # Deep supervision at 2 levels: on the proxy's 4 folds it was ahead on 9 of 12 fold-seed
     # pairs (two seeds on one drop, one on the drop with mass effect; +0.018 Dice on average),
     # macro AUC +0.04 on all three, and its calibrated mask cut stays near 0.5; against it,
