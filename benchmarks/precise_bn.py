@@ -32,6 +32,7 @@ def main() -> None:
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     import keras
 
+    import fusion.layers  # noqa: F401  (registers the custom layers with keras.saving)
     from fusion.reader import ShardSequence
 
     model = keras.saving.load_model(args.model, compile=False)
