@@ -40,7 +40,8 @@ def make_norm(norm: str, channels: int, groups: int, name: str, momentum: float 
 @keras.saving.register_keras_serializable(package="fusion")
 class GroupNorm(keras.layers.GroupNormalization):
     """Keras' GroupNormalization computed in 4-D: same weights, config and outputs (to float32
-    rounding), 1.3-2.3x faster forward and backward on TensorFlow's CPU kernels.
+    rounding); forward and backward cost 0.5-0.9x Keras' on TensorFlow's CPU kernels, the more
+    the larger the feature map (benchmarks/bench_group_norm.py).
 
     Keras reshapes [B, H, W, C] to [B, H, W, G, C/G] and reduces and broadcasts in 5-D, which
     those kernels are slow at. Here the means per (sample, channel) are reduced over H and W in
