@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from bench_model_step import make_step  # noqa: E402
 
 from fusion import layers  # noqa: E402
 from fusion.config import preset  # noqa: E402
@@ -62,8 +63,6 @@ def median_ms(steps: dict[str, Callable[[], Any]], repeats: int, calls: int) -> 
 
 def keras_group_norm_step(cfg: Any) -> Callable[[], Any]:
     """The model's step built with Keras' own GroupNormalization computation."""
-    from bench_model_step import make_step
-
     fast = layers.GroupNorm.call
     layers.GroupNorm.call = keras.layers.GroupNormalization.call  # type: ignore[method-assign]
     try:
@@ -89,8 +88,6 @@ def main() -> None:
               f"{ms['ours'] / ms['keras']:.2f}x | {ms['bn']:.1f} |")
     if args.layers_only:
         return
-    from bench_model_step import make_step
-
     default = preset("fusion").replace(model={"image_size": 256})
     steps = {"default, Keras GroupNormalization": keras_group_norm_step(default),
              "default, fusion GroupNorm": make_step(default),
