@@ -139,6 +139,18 @@ def test_monitor_is_checked_against_the_heads() -> None:
     assert preset("peer-cls").replace(train={"monitor": "val_class_loss"}).train.monitor == "val_class_loss"
 
 
+def test_the_default_checkpoints_on_the_mask_loss() -> None:
+    # The default preset picks its checkpoint and stops on the mask head's validation loss
+    # (docs/benchmarks.md, "The checkpoint follows the mask loss"); taking the mask head away
+    # says which setting to change instead of training without a checkpoint to pick.
+    assert preset("fusion").train.monitor == "val_mask_loss"
+    assert preset("fusion-attention").train.monitor == "val_mask_loss"
+    with pytest.raises(ConfigError, match="needs the mask head .*use 'val_loss'"):
+        preset("fusion").replace(model={"heads": ["class", "area"], "deep_supervision": 0})
+    assert preset("fusion").replace(model={"heads": ["class", "area"], "deep_supervision": 0},
+                                    train={"monitor": "val_loss"}).train.monitor == "val_loss"
+
+
 def test_configs_are_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         preset("demo").train.epochs = 3  # type: ignore[misc]
