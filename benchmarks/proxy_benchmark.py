@@ -59,6 +59,7 @@ import numpy as np  # noqa: E402
 
 from data_build.files import atomic_write_text  # noqa: E402
 from data_build.schema import TYPE_NAMES  # noqa: E402
+from fusion.inference import DEFAULT_TTA, TTA_MODES  # noqa: E402
 
 #: The presets compared by default: the project's default against the peer-shaped U-Net.
 DEFAULT_PRESETS: tuple[str, ...] = ("fusion", "peer-unet")
@@ -755,7 +756,7 @@ def run_cell(out: Path, preset: str, seed: int, fold: int, shards: tuple[Path, P
         cell / "train.log")
     evaluate_seconds = run_command(
         ["fusion-evaluate", str(cell / "run"), str(shards[1]), "--split", "test", "--out",
-         str(cell / "eval"), "--bootstrap", "0", "--overwrite"],
+         str(cell / "eval"), "--bootstrap", "0", "--tta", args.tta, "--overwrite"],
         cell / "evaluate.log")
     evaluation = read_evaluation(cell / "eval")
     mask_threshold = read_mask_threshold(cell / "eval")
@@ -776,7 +777,8 @@ def run_cell(out: Path, preset: str, seed: int, fold: int, shards: tuple[Path, P
 EVAL_AT_HALF = "eval-at-0.5"
 
 
-def recalibrate_cell(out: Path, preset: str, seed: int, fold: int, shards: tuple[Path, Path]) -> dict[str, Any]:
+def recalibrate_cell(out: Path, preset: str, seed: int, fold: int, shards: tuple[Path, Path],
+                     tta: str) -> dict[str, Any]:
     """A finished cell from before mask-threshold calibration (its result.json has no
     ``mask_threshold``): calibrate the run's thresholds on the fold's val split and evaluate
     again. The first evaluation moves to EVAL_AT_HALF and ``evaluation_at_0.5``; a killed
@@ -788,7 +790,8 @@ def recalibrate_cell(out: Path, preset: str, seed: int, fold: int, shards: tuple
     run_command(["fusion-train", str(shards[0]), "--out", str(cell / "run"), "--export-only", "--recalibrate"],
                 cell / "recalibrate.log")
     run_command(["fusion-evaluate", str(cell / "run"), str(shards[1]), "--split", "test", "--out",
-                 str(cell / "eval.recalibrated"), "--bootstrap", "0", "--overwrite"], cell / "evaluate.log")
+                 str(cell / "eval.recalibrated"), "--bootstrap", "0", "--tta", tta, "--overwrite"],
+                cell / "evaluate.log")
     if not (cell / EVAL_AT_HALF).exists():
         (cell / "eval").rename(cell / EVAL_AT_HALF)
     shutil.rmtree(cell / "eval", ignore_errors=True)
@@ -810,7 +813,7 @@ def protocol_of(args: argparse.Namespace) -> dict[str, Any]:
         "drop": drop, "target_slices": args.target_slices, "folds": args.folds,
         "fold_salt": FOLD_SALT, "val_share": args.val_share,
         "image_size": args.image_size, "epochs": args.epochs,
-        "extra_train_args": args.extra_train_args,
+        "extra_train_args": args.extra_train_args, "evaluate_tta": args.tta,
     }
 
 
@@ -823,6 +826,8 @@ def check_protocol(out: Path, protocol: Mapping[str, Any]) -> None:
     path = out / "protocol.json"
     if path.exists():
         stored = json.loads(path.read_text(encoding="utf-8"))
+        if "evaluate_tta" in protocol:  # recorded before --tta existed: evaluated without TTA
+            stored.setdefault("evaluate_tta", "none")
         changed = sorted(k for k in set(stored) | set(protocol) if stored.get(k) != protocol.get(k))
         if changed:
             details = "; ".join(f"{k}: {stored.get(k)!r} then, {protocol.get(k)!r} now"
@@ -877,6 +882,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "closely as whole patients allow [0.15, as the real protocol].")
     p.add_argument("--extra-train-args", default="",
                    help="More fusion-train options, one quoted string, e.g. '--batch-size 8'.")
+    p.add_argument("--tta", choices=TTA_MODES, default=DEFAULT_TTA,
+                   help=f"fusion-evaluate --tta [{DEFAULT_TTA}, its default]; results evaluated "
+                        "before this option existed used 'none' (resume them with --tta none).")
     p.add_argument("--plan-only", action="store_true", help="Write the drop, print the folds, stop.")
     p.add_argument("--report-only", action="store_true",
                    help="Train nothing: summarise the cells already finished.")
@@ -1145,7 +1153,7 @@ def run(args: argparse.Namespace) -> None:
         kept = (cell_dir(out, preset, seed, fold) / RESULT_FILE).exists()
         cell = run_cell(out, preset, seed, fold, shards, len(plan.folds[fold]), args)
         if args.recalibrate:
-            cell = recalibrate_cell(out, preset, seed, fold, shards)
+            cell = recalibrate_cell(out, preset, seed, fold, shards, args.tta)
         elapsed = (time.perf_counter() - started) / 60
         print(f"[{i + 1}/{len(todo)}] fold {fold} {preset} seed {seed}: Dice "
               f"{_f(cell['evaluation']['dice_mean'])}, train {cell['train_seconds'] / 60:.1f} min"

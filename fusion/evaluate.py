@@ -33,7 +33,7 @@ from data_build.files import atomic_write_text
 from data_build.schema import LABEL_NAMES
 from fusion import metrics as M
 from fusion.errors import FusionError
-from fusion.inference import Predictor
+from fusion.inference import DEFAULT_TTA, Predictor
 from fusion.report import overlay_png, render_html
 from fusion.scoring import Collected, collapse_note, collect, compute_metrics
 
@@ -127,7 +127,7 @@ def evaluate(
     model_name: str = "",
     shards: str = "",
     split: str = "test",
-    tta: str = "none",
+    tta: str = DEFAULT_TTA,
     batch_size: int = 8,
     n_boot: int = 1000,
     seed: int = 0,

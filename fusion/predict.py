@@ -51,7 +51,7 @@ from data_build.schema import LABEL_NAMES
 from fusion import mask_formats as MF
 from fusion import series as series_geometry
 from fusion.errors import FusionError
-from fusion.inference import Predictor
+from fusion.inference import DEFAULT_TTA, Predictor
 from fusion.outputs import write_marker
 from fusion.predict_inputs import (
     Inputs,
@@ -283,7 +283,7 @@ def run_predictions(
     inputs: Sequence[str | Path],
     out: Path,
     *,
-    tta: str = "none",
+    tta: str = DEFAULT_TTA,
     batch_size: int = 8,
     progress: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
@@ -322,7 +322,7 @@ def run_predictions(
         raise PredictError(f"--out {out} is also an input folder: its outputs would be mixed "
                            f"with the inputs; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    write_marker(out, {"mask_formats": list(formats)})
+    write_marker(out, {"mask_formats": list(formats), "tta": tta})
     found = discover(inputs, on_file, exclude=[out])
     series_list = group_series(
         found.dicom, lambda path, reason, detail: found.skipped.append(SkipRecord(path, reason, detail))

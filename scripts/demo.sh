@@ -45,7 +45,8 @@ PY="${BIN}python"; command -v "$PY" >/dev/null || PY=python3
 import json, sys
 m = json.load(open(sys.argv[1]))
 c, s = m["classification"], m.get("segmentation", {})
-print("\nHeld-out test split: %d slices (phantom setting: %s)" % (m["n_slices"], sys.argv[2]))
+print("\nHeld-out test split: %d slices (phantom setting: %s; test-time augmentation: %s)"
+      % (m["n_slices"], sys.argv[2], m.get("tta", "none")))
 print("  %-18s %6s %6s %6s %6s %6s" % ("type", "AUC", "AUPRC", "sens", "spec", "F1"))
 for name, r in c["per_class"].items():
     f = lambda v: "   n/a" if v is None else "%6.3f" % v

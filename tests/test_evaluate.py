@@ -293,16 +293,17 @@ def test_cli_evaluate(model_dir: Path, tmp_path: Path, monkeypatch: pytest.Monke
     shards.mkdir()
     out = tmp_path / "rep"
     runner = CliRunner()
-    args = [str(model_dir), str(shards), "--out", str(out), "--bootstrap", "10", "--tta", "flip"]
+    args = [str(model_dir), str(shards), "--out", str(out), "--bootstrap", "10"]
     res = runner.invoke(cli.main, args)
     assert res.exit_code == 0, res.output
     assert seen == {"split": "test", "image_size": S, "batch_size": 8}
     assert (out / "metrics.json").is_file() and (out / "report.html").is_file()
-    assert json.loads((out / "metrics.json").read_text())["tta"] == "flip"
+    assert json.loads((out / "metrics.json").read_text())["tta"] == "flip"  # the default
     # refuses to overwrite without --overwrite
     res = runner.invoke(cli.main, args)
     assert res.exit_code != 0 and "--overwrite" in res.output
-    assert runner.invoke(cli.main, [*args, "--overwrite"]).exit_code == 0
+    assert runner.invoke(cli.main, [*args, "--overwrite", "--tta", "none"]).exit_code == 0
+    assert json.loads((out / "metrics.json").read_text())["tta"] == "none"
     # a missing model is a clean error, not a traceback
     res = runner.invoke(cli.main, [str(tmp_path / "nope"), str(shards), "--out", str(out / "b")])
     assert res.exit_code != 0 and "does not exist" in res.output

@@ -237,6 +237,7 @@ def test_cli_mixed_and_bad_inputs(model_dir: Path, tmp_path: Path) -> None:
                                           str(out), "--overwrite"])
     assert again.exit_code == 0, again.output
     assert [p.name for p in (out / "masks").iterdir()] == ["windows.png"]
+    assert json.loads((out / "fusion_predict.json").read_text())["tta"] == "flip"  # the default
 
 
 def test_cli_nothing_predictable_exits_1(model_dir: Path, tmp_path: Path) -> None:
@@ -391,6 +392,7 @@ def test_earlier_outputs_inside_the_input_are_not_read(model_dir: Path, tmp_path
     first = CliRunner().invoke(cli.main, [str(model_dir), str(inp), "--out", str(inp / "pred")])
     assert first.exit_code == 0, first.output
     assert len(list((inp / "pred" / "masks").glob("*.png"))) == 3
+    assert json.loads((inp / "pred" / "fusion_predict.json").read_text())["tta"] == "flip"
     # the same --out again: its own files are not inputs
     again = CliRunner().invoke(cli.main, [str(model_dir), str(inp), "--out", str(inp / "pred"),
                                           "--overwrite"])

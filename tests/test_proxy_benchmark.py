@@ -237,6 +237,14 @@ def test_protocol_change_is_refused(tmp_path: Path) -> None:
         PB.check_protocol(tmp_path, {"epochs": 12, "image_size": 256})
 
 
+def test_a_protocol_from_before_tta_was_evaluated_without_it(tmp_path: Path) -> None:
+    PB.check_protocol(tmp_path, {"epochs": 40})  # recorded before --tta existed
+    PB.check_protocol(tmp_path, {"epochs": 40, "evaluate_tta": "none"})
+    with pytest.raises(PB.ProxyError, match="evaluate_tta: 'none' then, 'flip' now"):
+        PB.check_protocol(tmp_path, {"epochs": 40, "evaluate_tta": "flip"})
+    assert PB.parse_args(["--out", "x"]).tta == "flip"  # fusion-evaluate's default
+
+
 def test_quick_defaults_and_explicit_options() -> None:
     quick = PB.parse_args(["--out", "x", "--quick"])
     assert (quick.image_size, quick.epochs, quick.only_fold) == (128, 12, 0)
@@ -300,7 +308,7 @@ def test_recalibrate_cell_keeps_the_first_evaluation_and_runs_once(
     monkeypatch.setattr(PB, "read_evaluation", lambda folder: PB.Evaluation(23, 0.6, 23, 0, [], []))
     monkeypatch.setattr(PB, "read_mask_threshold", lambda folder: 0.7)
     shards = (tmp_path / "train-shards", tmp_path / "test-shards")
-    result = PB.recalibrate_cell(tmp_path, "fusion", 0, 1, shards)
+    result = PB.recalibrate_cell(tmp_path, "fusion", 0, 1, shards, "flip")
     assert commands[0] == ["fusion-train", str(shards[0]), "--out", str(cell / "run"), "--export-only",
                            "--recalibrate"]
     assert commands[1][:3] == ["fusion-evaluate", str(cell / "run"), str(shards[1])]
@@ -308,7 +316,7 @@ def test_recalibrate_cell_keeps_the_first_evaluation_and_runs_once(
     assert result["mask_threshold"] == 0.7
     assert (cell / PB.EVAL_AT_HALF / "first").read_text() == "at 0.5" and (cell / "eval").is_dir()
     assert json.loads((cell / PB.RESULT_FILE).read_text()) == result
-    assert PB.recalibrate_cell(tmp_path, "fusion", 0, 1, shards) == result and len(commands) == 2
+    assert PB.recalibrate_cell(tmp_path, "fusion", 0, 1, shards, "flip") == result and len(commands) == 2
 
 
 @pytest.mark.parametrize("supported, asked, expected", [

@@ -1,0 +1,116 @@
+"""Flip test-time augmentation against none, paired on finished proxy-benchmark cells.
+
+For each cell folder (``OUT/cells/PRESET/seedS/foldF`` of `proxy_benchmark.py`) the cell's
+trained run scores its fold's held-out test split twice, with ``tta="none"`` and ``"flip"``,
+through the same predictor and reader that ``fusion-evaluate`` uses, masks cut at the run's
+calibrated mask threshold. Printed: per cell the mean per-slice Dice and the empty predicted
+masks on bleeding slices of both; per preset and seed the macro AUC over the 5 types pooled
+over its folds (as the proxy table pools it); the count of cells where flip raised Dice.
+
+    python benchmarks/tta_pairs.py OUT/cells/*/seed*/fold* [--json pairs.json]
+
+Needs a Keras backend that loads the runs (TensorFlow by default). The figures quoted in
+docs/benchmarks.md ("Flip test-time augmentation by default") come from this script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from data_build.files import atomic_write_text  # noqa: E402
+from fusion import metrics as M  # noqa: E402
+
+MODES = ("none", "flip")
+
+
+def score_cell(cell: Path, image_size: int) -> dict[str, Any]:
+    """Both modes on one cell: Dice per slice, empty masks on bleeding slices, probabilities."""
+    from fusion.keras_predictor import open_model
+    from fusion.reader import ShardSequence
+
+    predictor = open_model(cell / "run", "tensorflow")
+    shards = cell.parents[3] / "folds" / cell.name / "test-shards"
+    batches = ShardSequence(shards, "test", image_size=image_size, batch_size=8, as_dicts=True)
+    dice: dict[str, list[np.ndarray]] = {m: [] for m in MODES}
+    empty = dict.fromkeys(MODES, 0)
+    probabilities: dict[str, list[np.ndarray]] = {m: [] for m in MODES}
+    labels = []
+    for batch in batches:
+        images = np.asarray(batch["image"], np.float32)
+        truth = np.asarray(batch["mask"])[..., 0] >= 0.5
+        labels.append(np.asarray(batch["labels"], np.float64))
+        for mode in MODES:
+            out = predictor.predict(images, batch_size=8, tta=mode)
+            pred = out["mask"][..., 0] >= predictor.mask_threshold
+            both, n_pred, n_true = M.pixel_counts(pred, truth)
+            dice[mode].append(M.dice_from_counts(both, n_pred, n_true))
+            empty[mode] += int(((n_pred == 0) & (n_true > 0)).sum())
+            probabilities[mode].append(out["probabilities"].astype(np.float64))
+    # group: OUT:PRESET/seedS (two OUT folders may hold the same preset name)
+    return {
+        "cell": str(cell), "group": f"{cell.parents[3].name}:{cell.parents[1].name}/{cell.parent.name}",
+        "dice": {m: float(np.mean(np.concatenate(dice[m]))) for m in MODES},
+        "empty": empty, "labels": np.concatenate(labels),
+        "probabilities": {m: np.concatenate(probabilities[m]) for m in MODES},
+    }
+
+
+def macro_auc(labels: np.ndarray, probabilities: np.ndarray) -> float | None:
+    """Mean ROC AUC over the 5 types (column 0 is "any") that have both classes."""
+    aucs = [M.roc_auc(labels[:, j], probabilities[:, j]) for j in range(1, labels.shape[1])
+            if 0 < labels[:, j].sum() < len(labels)]
+    return float(np.mean(aucs)) if aucs else None
+
+
+def summarise(cells: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per-cell pairs, per-group pooled macro AUC and the count of cells flip improved."""
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for c in cells:
+        groups[c["group"]].append(c)
+    auc = {
+        g: {m: macro_auc(np.concatenate([c["labels"] for c in cs]),
+                         np.concatenate([c["probabilities"][m] for c in cs])) for m in MODES}
+        for g, cs in groups.items()
+    }
+    diffs = [c["dice"]["flip"] - c["dice"]["none"] for c in cells]
+    return {
+        "cells": [{"cell": c["cell"], "dice": c["dice"], "empty": c["empty"]} for c in cells],
+        "macro_auc": auc,
+        "flip_higher": sum(d > 0 for d in diffs), "n": len(diffs),
+        "mean_dice_change": float(np.mean(diffs)) if diffs else None,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("cells", nargs="+", type=Path, help="Proxy cell folders (OUT/cells/P/seedS/foldF).")
+    p.add_argument("--image-size", type=int, default=256, help="The protocol's size [256].")
+    p.add_argument("--json", type=Path, help="Also write the figures here.")
+    args = p.parse_args(argv)
+    cells = []
+    for cell in args.cells:
+        c = score_cell(cell, args.image_size)
+        print(f"{c['group']}/{cell.name}: Dice none {c['dice']['none']:.3f} flip "
+              f"{c['dice']['flip']:.3f} ({c['dice']['flip'] - c['dice']['none']:+.3f}); "
+              f"empty {c['empty']['none']} / {c['empty']['flip']}", flush=True)
+        cells.append(c)
+    result = summarise(cells)
+    for g, a in result["macro_auc"].items():
+        print(f"{g}: pooled macro AUC none {a['none']:.3f} flip {a['flip']:.3f}")
+    print(f"flip raised Dice in {result['flip_higher']} of {result['n']} cells, mean "
+          f"{result['mean_dice_change']:+.4f}")
+    if args.json:
+        atomic_write_text(args.json, json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
