@@ -6,8 +6,10 @@ through the same predictor and reader that ``fusion-evaluate`` uses, masks cut a
 calibrated mask threshold. Printed: per cell the mean per-slice Dice and the empty predicted
 masks on bleeding slices of both; per preset and seed the macro AUC over the 5 types pooled
 over its folds (as the proxy table pools it); the count of cells where flip raised Dice.
+With ``--flip-calibration`` also the mask threshold that `fusion.metrics.calibrate_mask_threshold`
+picks on the fold's validation split from flipped passes, and the held-out flip Dice at it.
 
-    python benchmarks/tta_pairs.py OUT/cells/*/seed*/fold* [--json pairs.json]
+    python benchmarks/tta_pairs.py OUT/cells/*/seed*/fold* [--json pairs.json] [--flip-calibration]
 
 Needs a Keras backend that loads the runs (TensorFlow by default). The figures quoted in
 docs/benchmarks.md ("Flip test-time augmentation by default") come from this script.
@@ -64,6 +66,34 @@ def score_cell(cell: Path, image_size: int) -> dict[str, Any]:
     }
 
 
+def flip_calibrated(cell: Path, image_size: int) -> dict[str, float]:
+    """The run's threshold against one calibrated on flipped validation passes; held-out flip
+    Dice at both (the run's own is calibrated on un-augmented passes, as fusion-train does)."""
+    from fusion.keras_predictor import open_model
+    from fusion.reader import ShardSequence
+
+    predictor = open_model(cell / "run", "tensorflow")
+    folds = cell.parents[3] / "folds" / cell.name
+
+    def flipped(shards: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+        probs, truth = [], []
+        for b in ShardSequence(shards, split, image_size=image_size, batch_size=8, as_dicts=True):
+            probs.append(predictor.predict(np.asarray(b["image"], np.float32), tta="flip")["mask"][..., 0])
+            truth.append(np.asarray(b["mask"])[..., 0] >= 0.5)
+        return np.concatenate(probs), np.concatenate(truth)
+
+    prob_val, true_val = flipped(folds / "train-shards", "val")
+    hit, pred = M.grid_pixel_counts(prob_val, true_val, M.MASK_GRID)
+    threshold, _ = M.calibrate_mask_threshold(hit, pred, true_val.reshape(len(true_val), -1).sum(1))
+    prob_test, true_test = flipped(folds / "test-shards", "test")
+
+    def dice(t: float) -> float:
+        return float(np.mean(M.dice_from_counts(*M.pixel_counts(prob_test >= t, true_test))))
+
+    return {"run_threshold": predictor.mask_threshold, "flip_threshold": threshold,
+            "dice_at_run_threshold": dice(predictor.mask_threshold), "dice_at_flip_threshold": dice(threshold)}
+
+
 def macro_auc(labels: np.ndarray, probabilities: np.ndarray) -> float | None:
     """Mean ROC AUC over the 5 types (column 0 is "any") that have both classes."""
     aucs = [M.roc_auc(labels[:, j], probabilities[:, j]) for j in range(1, labels.shape[1])
@@ -95,15 +125,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("cells", nargs="+", type=Path, help="Proxy cell folders (OUT/cells/P/seedS/foldF).")
     p.add_argument("--image-size", type=int, default=256, help="The protocol's size [256].")
     p.add_argument("--json", type=Path, help="Also write the figures here.")
+    p.add_argument("--flip-calibration", action="store_true",
+                   help="Also calibrate the mask threshold on flipped validation passes.")
     args = p.parse_args(argv)
-    cells = []
+    cells, calibrations = [], {}
     for cell in args.cells:
         c = score_cell(cell, args.image_size)
         print(f"{c['group']}/{cell.name}: Dice none {c['dice']['none']:.3f} flip "
               f"{c['dice']['flip']:.3f} ({c['dice']['flip'] - c['dice']['none']:+.3f}); "
               f"empty {c['empty']['none']} / {c['empty']['flip']}", flush=True)
         cells.append(c)
-    result = summarise(cells)
+        if args.flip_calibration:
+            k = calibrations[str(cell)] = flip_calibrated(cell, args.image_size)
+            print(f"  mask threshold {k['run_threshold']:.2f} (run) / {k['flip_threshold']:.2f} (flipped "
+                  f"validation): flip Dice {k['dice_at_run_threshold']:.4f} / {k['dice_at_flip_threshold']:.4f}",
+                  flush=True)
+    result = {**summarise(cells), "flip_calibration": calibrations}
     for g, a in result["macro_auc"].items():
         print(f"{g}: pooled macro AUC none {a['none']:.3f} flip {a['flip']:.3f}")
     print(f"flip raised Dice in {result['flip_higher']} of {result['n']} cells, mean "
