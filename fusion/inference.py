@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 #: Test-time augmentations understood by `Predictor`.
 TTA_MODES: tuple[str, ...] = ("none", "flip")
 #: What fusion-evaluate and fusion-predict use unless told otherwise. Flip TTA (nnU-Net's
-#: default, mirroring) raised held-out Dice in 31 of 40 proxy runs (mean +0.008 on the default
+#: default, mirroring) raised held-out Dice in 31 of 40 proxy runs (mean +0.009 on the default
 #: preset, +0.027 on plain-unet); macro AUC moved both ways by up to 0.018 (docs/benchmarks.md,
 #: "Flip test-time augmentation by default"). It costs a second model pass per slice.
 DEFAULT_TTA = "flip"
