@@ -31,74 +31,76 @@ import numpy as np  # noqa: E402
 from data_build.files import atomic_write_text  # noqa: E402
 from fusion import metrics as M  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from proxy_benchmark import pooled_macro_auc  # noqa: E402
+
 MODES = ("none", "flip")
 
 
-def score_cell(cell: Path, image_size: int) -> dict[str, Any]:
-    """Both modes on one cell: Dice per slice, empty masks on bleeding slices, probabilities."""
-    from fusion.keras_predictor import open_model
+def _batches(shards: Path, split: str, image_size: int) -> Any:
     from fusion.reader import ShardSequence
 
-    predictor = open_model(cell / "run", "tensorflow")
-    shards = cell.parents[3] / "folds" / cell.name / "test-shards"
-    batches = ShardSequence(shards, "test", image_size=image_size, batch_size=8, as_dicts=True)
-    dice: dict[str, list[np.ndarray]] = {m: [] for m in MODES}
-    empty = dict.fromkeys(MODES, 0)
-    probabilities: dict[str, list[np.ndarray]] = {m: [] for m in MODES}
-    labels = []
-    for batch in batches:
-        images = np.asarray(batch["image"], np.float32)
-        truth = np.asarray(batch["mask"])[..., 0] >= 0.5
-        labels.append(np.asarray(batch["labels"], np.float64))
-        for mode in MODES:
-            out = predictor.predict(images, batch_size=8, tta=mode)
-            pred = out["mask"][..., 0] >= predictor.mask_threshold
-            both, n_pred, n_true = M.pixel_counts(pred, truth)
-            dice[mode].append(M.dice_from_counts(both, n_pred, n_true))
-            empty[mode] += int(((n_pred == 0) & (n_true > 0)).sum())
-            probabilities[mode].append(out["probabilities"].astype(np.float64))
-    # group: OUT:PRESET/seedS (two OUT folders may hold the same preset name)
-    return {
-        "cell": str(cell), "group": f"{cell.parents[3].name}:{cell.parents[1].name}/{cell.parent.name}",
-        "dice": {m: float(np.mean(np.concatenate(dice[m]))) for m in MODES},
-        "empty": empty, "labels": np.concatenate(labels),
-        "probabilities": {m: np.concatenate(probabilities[m]) for m in MODES},
-    }
+    return ShardSequence(shards, split, image_size=image_size, batch_size=8, as_dicts=True)
 
 
-def flip_calibrated(cell: Path, image_size: int) -> dict[str, float]:
-    """The run's threshold against one calibrated on flipped validation passes; held-out flip
-    Dice at both (the run's own is calibrated on un-augmented passes, as fusion-train does)."""
+def score_cell(cell: Path, image_size: int, flip_calibration: bool = False) -> dict[str, Any]:
+    """Both modes on one cell: mean Dice, empty masks on bleeding slices, probabilities; with
+    ``flip_calibration`` also `flip_calibrated`'s figures (the model loaded, the test split read
+    once)."""
     from fusion.keras_predictor import open_model
-    from fusion.reader import ShardSequence
 
     predictor = open_model(cell / "run", "tensorflow")
     folds = cell.parents[3] / "folds" / cell.name
+    masks: dict[str, list[np.ndarray]] = {m: [] for m in MODES}
+    probabilities: dict[str, list[np.ndarray]] = {m: [] for m in MODES}
+    labels, truth = [], []
+    for batch in _batches(folds / "test-shards", "test", image_size):
+        images = np.asarray(batch["image"], np.float32)
+        truth.append(np.asarray(batch["mask"])[..., 0] >= 0.5)
+        labels.append(np.asarray(batch["labels"], np.float64))
+        for mode in MODES:
+            out = predictor.predict(images, batch_size=8, tta=mode)
+            masks[mode].append(out["mask"][..., 0])
+            probabilities[mode].append(out["probabilities"].astype(np.float64))
+    true = np.concatenate(truth)
+    prob = {m: np.concatenate(masks[m]) for m in MODES}
+    bleeding = true.reshape(len(true), -1).any(axis=1)
+    cut = {m: prob[m] >= predictor.mask_threshold for m in MODES}
+    # group: OUT:PRESET/seedS (two OUT folders may hold the same preset name)
+    return {
+        "cell": str(cell), "group": f"{cell.parents[3].name}:{cell.parents[1].name}/{cell.parent.name}",
+        "dice": {m: float(np.mean(M.dice(cut[m], true))) for m in MODES},
+        "empty": {m: int((bleeding & ~cut[m].reshape(len(true), -1).any(axis=1)).sum()) for m in MODES},
+        "labels": np.concatenate(labels),
+        "probabilities": {m: np.concatenate(probabilities[m]) for m in MODES},
+        **({"calibration": flip_calibrated(predictor, folds, image_size, prob["flip"], true)}
+           if flip_calibration else {}),
+    }
 
-    def flipped(shards: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-        probs, truth = [], []
-        for b in ShardSequence(shards, split, image_size=image_size, batch_size=8, as_dicts=True):
-            probs.append(predictor.predict(np.asarray(b["image"], np.float32), tta="flip")["mask"][..., 0])
-            truth.append(np.asarray(b["mask"])[..., 0] >= 0.5)
-        return np.concatenate(probs), np.concatenate(truth)
 
-    prob_val, true_val = flipped(folds / "train-shards", "val")
+def flip_calibrated(predictor: Any, folds: Path, image_size: int, prob_test: np.ndarray,
+                    true_test: np.ndarray) -> dict[str, float]:
+    """The run's threshold against one calibrated on flipped validation passes; held-out flip
+    Dice (``prob_test``, the flipped test masks) at both. The run's own is calibrated on
+    un-augmented passes, as fusion-train does."""
+    probs, truth = [], []
+    for b in _batches(folds / "train-shards", "val", image_size):
+        probs.append(predictor.predict(np.asarray(b["image"], np.float32), tta="flip")["mask"][..., 0])
+        truth.append(np.asarray(b["mask"])[..., 0] >= 0.5)
+    prob_val, true_val = np.concatenate(probs), np.concatenate(truth)
     hit, pred = M.grid_pixel_counts(prob_val, true_val, M.MASK_GRID)
     threshold, _ = M.calibrate_mask_threshold(hit, pred, true_val.reshape(len(true_val), -1).sum(1))
-    prob_test, true_test = flipped(folds / "test-shards", "test")
 
     def dice(t: float) -> float:
-        return float(np.mean(M.dice_from_counts(*M.pixel_counts(prob_test >= t, true_test))))
+        return float(np.mean(M.dice(prob_test >= t, true_test)))
 
     return {"run_threshold": predictor.mask_threshold, "flip_threshold": threshold,
             "dice_at_run_threshold": dice(predictor.mask_threshold), "dice_at_flip_threshold": dice(threshold)}
 
 
 def macro_auc(labels: np.ndarray, probabilities: np.ndarray) -> float | None:
-    """Mean ROC AUC over the 5 types (column 0 is "any") that have both classes."""
-    aucs = [M.roc_auc(labels[:, j], probabilities[:, j]) for j in range(1, labels.shape[1])
-            if 0 < labels[:, j].sum() < len(labels)]
-    return float(np.mean(aucs)) if aucs else None
+    """`proxy_benchmark.pooled_macro_auc` on the 5 types (column 0, "any", left out)."""
+    return pooled_macro_auc(labels[:, 1:], probabilities[:, 1:])[0]
 
 
 def summarise(cells: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -130,13 +132,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = p.parse_args(argv)
     cells, calibrations = [], {}
     for cell in args.cells:
-        c = score_cell(cell, args.image_size)
+        c = score_cell(cell, args.image_size, args.flip_calibration)
         print(f"{c['group']}/{cell.name}: Dice none {c['dice']['none']:.3f} flip "
               f"{c['dice']['flip']:.3f} ({c['dice']['flip'] - c['dice']['none']:+.3f}); "
               f"empty {c['empty']['none']} / {c['empty']['flip']}", flush=True)
         cells.append(c)
         if args.flip_calibration:
-            k = calibrations[str(cell)] = flip_calibrated(cell, args.image_size)
+            k = calibrations[str(cell)] = c["calibration"]
             print(f"  mask threshold {k['run_threshold']:.2f} (run) / {k['flip_threshold']:.2f} (flipped "
                   f"validation): flip Dice {k['dice_at_run_threshold']:.4f} / {k['dice_at_flip_threshold']:.4f}",
                   flush=True)
