@@ -10,7 +10,9 @@ SHARDS is a `fusion-build` output (e.g. the demo's `demo/tfrecords`). Measures, 
   threads) iterated without the model, and its ratio
   to what training consumes (goal: >= 3x, so training never waits for data);
 - SavedModel latency per slice on `serving_default`, batch 1 and 8, at 256 and 512 px inputs
-  (the export resizes to the training size in-graph and returns the mask at the input size).
+  (the export resizes to the training size in-graph and returns the mask at the input size),
+  for an export with flip TTA in its graph (the default) and one without, timed alternately
+  (``--latency-only`` skips the training figures; the model keeps its random weights).
 
 Prints a Markdown table for docs/benchmarks.md.
 """
@@ -23,6 +25,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -43,6 +46,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--latency-only", action="store_true", help="only the SavedModel latency")
     args = parser.parse_args()
 
     cfg = config.preset(args.preset).replace(
@@ -54,49 +58,60 @@ def main() -> None:
     model = optim.compile_model(
         build_model(cfg.model), train.resolve_loss_config(cfg, manifest), args.steps
     )
-    batch = args.batch_size
+    print(f"\npreset {args.preset}, image {args.image_size}, batch {args.batch_size}, "
+          f"{model.count_params():,} parameters, {os.cpu_count()} cores, TF {tf.__version__}\n")
+    print("| measure | value |")
+    print("|---|---|")
+    if not args.latency_only:
+        training_rates(model, train_seq, args.steps, args.batch_size, args.repeats)
+    savedmodel_latency(model, args.image_size, manifest.presets)
+
+
+def training_rates(model: Any, train_seq: Any, steps: int, batch: int, repeats: int) -> None:
+    """Print training and input-pipeline slices/s (medians of `repeats`) and their ratio."""
     model.fit(train_seq, epochs=1, steps_per_epoch=3, verbose=0)  # trace and warm up
     pool = ThreadPoolExecutor(reader_workers())  # the reader's threads, as in fit
 
     fit_rates, pipe_rates = [], []
-    for _ in range(args.repeats):
+    for _ in range(repeats):
         start = time.perf_counter()
-        model.fit(train_seq, epochs=1, steps_per_epoch=args.steps, verbose=0)
-        fit_rates.append(args.steps * batch / (time.perf_counter() - start))
+        model.fit(train_seq, epochs=1, steps_per_epoch=steps, verbose=0)
+        fit_rates.append(steps * batch / (time.perf_counter() - start))
         start = time.perf_counter()
-        n = args.steps * 3
+        n = steps * 3
         for _ in pool.map(train_seq.__getitem__, (i % len(train_seq) for i in range(n))):
             pass
         pipe_rates.append(n * batch / (time.perf_counter() - start))
-
     fit_rate, pipe_rate = statistics.median(fit_rates), statistics.median(pipe_rates)
-    params = model.count_params()
-    print(f"\npreset {args.preset}, image {args.image_size}, batch {batch}, {params:,} parameters, "
-          f"{os.cpu_count()} cores, TF {tf.__version__}\n")
-    print("| measure | value |")
-    print("|---|---|")
-    print(f"| training slices/s at {args.image_size} | {fit_rate:.1f} |")
+    print(f"| training slices/s at {model.input_shape[1]} | {fit_rate:.1f} |")
     print(f"| input pipeline slices/s (augmented, no model) | {pipe_rate:.1f} |")
     print(f"| pipeline headroom (pipeline / training) | {pipe_rate / fit_rate:.1f}x |")
 
+
+def savedmodel_latency(model: Any, image_size: int, presets: Any) -> None:
+    """Print `serving_default`'s latency per slice (median) for a flip-TTA export and a one-pass
+    export of `model`, timed alternately, and their ratio."""
     with tempfile.TemporaryDirectory() as tmp:
-        folder = export.write_savedmodel(
-            model, Path(tmp) / "export" / "1", args.image_size, Thresholds.from_array([0.5] * 6),
-            manifest.presets,
-        )
-        serve = tf.saved_model.load(str(folder)).signatures["serving_default"]
+        serve = {}
+        for tta in ("none", "flip"):
+            folder = export.write_savedmodel(
+                model, Path(tmp) / tta / "1", image_size, Thresholds.from_array([0.5] * 6), presets, tta)
+            serve[tta] = tf.saved_model.load(str(folder)).signatures["serving_default"]
         for size in (256, 512):
             for n in (1, 8):
                 images = tf.random.uniform([n, size, size, 4])
-                for _ in range(3):
-                    serve(images=images)
-                times = []
+                times: dict[str, list[float]] = {"none": [], "flip": []}
+                for fn in serve.values():
+                    for _ in range(3):
+                        fn(images=images)
                 for _ in range(max(5, 20 // n)):
-                    start = time.perf_counter()
-                    serve(images=images)
-                    times.append((time.perf_counter() - start) / n)
-                print(f"| SavedModel latency per slice, {size} px input, batch {n} | "
-                      f"{statistics.median(times) * 1000:.1f} ms |")
+                    for tta, fn in serve.items():
+                        start = time.perf_counter()
+                        fn(images=images)
+                        times[tta].append((time.perf_counter() - start) / n)
+                med = {k: statistics.median(v) * 1000 for k, v in times.items()}
+                print(f"| SavedModel latency per slice, {size} px input, batch {n}: one pass / flip "
+                      f"TTA | {med['none']:.1f} / {med['flip']:.1f} ms ({med['flip'] / med['none']:.2f}x) |")
 
 
 if __name__ == "__main__":

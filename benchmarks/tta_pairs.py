@@ -49,7 +49,8 @@ def score_cell(cell: Path, image_size: int, flip_calibration: bool = False) -> d
     once)."""
     from fusion.keras_predictor import open_model
 
-    predictor = open_model(cell / "run", "tensorflow")
+    # "none": a predictor that can run both modes (a flip export's run: its model.keras).
+    predictor = open_model(cell / "run", "tensorflow", "none")
     folds = cell.parents[3] / "folds" / cell.name
     masks: dict[str, list[np.ndarray]] = {m: [] for m in MODES}
     probabilities: dict[str, list[np.ndarray]] = {m: [] for m in MODES}

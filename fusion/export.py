@@ -11,7 +11,11 @@ The SavedModel (written with `keras.export.ExportArchive`) has two signatures:
 - ``serve_hu(hu: float32 [B, H, W, 1])`` Hounsfield units, windowed in the graph with
   `data_build.windows.apply_windows` and the run's presets (from the shards' manifest).
 
-Both resize the input to the training size (bilinear) in the graph and return:
+Both resize the input to the training size (bilinear) in the graph, run the model on it and,
+with flip test-time augmentation (``tta="flip"``, the default, as in fusion-evaluate and
+fusion-predict), on its left-right mirror too, averaging the two passes (the mask un-mirrored
+first) before the thresholds cut them; ``tta="none"`` (``fusion-train --export-tta none``) is
+one pass, half the compute. ``fusion_export.json`` records which. They return:
 
 | key | shape | dtype | meaning |
 |---|---|---|---|
@@ -45,6 +49,7 @@ from data_build.manifest import Manifest, ManifestError
 from data_build.schema import LABEL_NAMES
 from fusion.config import RunConfig
 from fusion.errors import FusionError
+from fusion.inference import DEFAULT_TTA, TTA_MODES
 from fusion.model import inference_model
 from fusion.run_folder import EXPORT_NOTE, find_checkpoint, save_keras
 from fusion.targets import AREA_SCALE, target_to_area
@@ -67,8 +72,27 @@ SIGNATURES: dict[str, str] = {
 }
 
 
+#: What README.md of the export says about each `tta` (fusion_export.json holds the mode).
+TTA_README: dict[str, str] = {
+    "flip": ("Test-time augmentation: flip. Each call runs the model on the image and on its "
+             "left-right mirror and averages the two (as fusion-evaluate and fusion-predict do by "
+             "default), so its outputs are those the run's held-out figures were measured with; "
+             "twice the compute of one pass (re-export with `fusion-train --export-only "
+             "--export-tta none` for one)."),
+    "none": ("Test-time augmentation: none. One model pass per call; fusion-evaluate's default "
+             "figures average a mirrored pass too (`fusion-train --export-only --export-tta flip` "
+             "puts it in the graph)."),
+}
+
+
 class ExportError(FusionError):
     """A run folder cannot be exported (missing checkpoint, thresholds or config)."""
+
+
+def check_tta(tta: str) -> None:
+    """ExportError unless `tta` is one of `TTA_MODES`."""
+    if tta not in TTA_MODES:
+        raise ExportError(f"export tta must be one of {', '.join(TTA_MODES)}; got {tta!r}")
 
 
 def _window_list(presets: Sequence[windows.Window] | None) -> list[windows.Window]:
@@ -81,35 +105,51 @@ def make_serving_fns(
     image_size: int,
     thresholds: Thresholds,
     presets: Sequence[windows.Window] | None = None,
+    tta: str = DEFAULT_TTA,
 ) -> tuple[Any, Any]:
     """The two serving functions (plain Python callables on tf tensors).
+
+    Args:
+      tta: "flip" averages the model's outputs on the image and on its left-right mirror (as
+        `fusion.inference.Predictor` does on the host for a single-pass export); "none" runs
+        the model once.
 
     Returns:
       (serve_images(images [B, H, W, 4]), serve_hu(hu [B, H, W, 1])) each returning the dict of
       the module docstring.
     """
+    check_tta(tta)
     thresholds_t = tf.constant(thresholds.array.astype(np.float32).reshape(1, len(LABEL_NAMES)))
     mask_threshold = float(thresholds.mask)
     window_list = _window_list(presets)
     size = int(image_size)
 
+    def one_pass(resized: tf.Tensor) -> dict[str, tf.Tensor]:
+        """probabilities [B, 6], area_fraction [B] and mask [B, size, size, 1] (the last two
+        only for a model with those heads)."""
+        out = model(resized, training=False)
+        result = {"probabilities": tf.cast(out["class"], tf.float32)}
+        if "area" in out:
+            result["area_fraction"] = target_to_area(tf.cast(out["area"], tf.float32)[:, 0], xp=tnp)
+        if "mask" in out:
+            result["mask"] = tf.cast(out["mask"], tf.float32)
+        return result
+
     def run(images: tf.Tensor) -> dict[str, tf.Tensor]:
         in_hw = tf.shape(images)[1:3]
         batch = tf.shape(images)[0]
         resized = tf.image.resize(images, [size, size], method="bilinear")
-        out = model(resized, training=False)
-        probs = tf.cast(out["class"], tf.float32)  # [B, 6]
-        result = {
-            "probabilities": probs,
-            "decisions": tf.cast(probs >= thresholds_t, tf.int32),
-        }
-        if "area" in out:
-            target = tf.cast(out["area"], tf.float32)[:, 0]  # [B]
-            result["area_fraction"] = target_to_area(target, xp=tnp)
-        else:
+        result = one_pass(resized)
+        if tta == "flip":  # the same average as Predictor's host-side flip
+            mirrored = one_pass(tf.reverse(resized, axis=[2]))
+            if "mask" in mirrored:
+                mirrored["mask"] = tf.reverse(mirrored["mask"], axis=[2])
+            result = {k: (v + mirrored[k]) / 2.0 for k, v in result.items()}
+        result["decisions"] = tf.cast(result["probabilities"] >= thresholds_t, tf.int32)
+        if "area_fraction" not in result:
             result["area_fraction"] = tf.fill([batch], float("nan"))
-        if "mask" in out:
-            mask = tf.image.resize(tf.cast(out["mask"], tf.float32), in_hw, method="bilinear")
+        if "mask" in result:
+            mask = tf.image.resize(result["mask"], in_hw, method="bilinear")
             result["mask"] = tf.clip_by_value(mask, 0.0, 1.0)  # [B, H, W, 1]
         else:
             result["mask"] = tf.fill(tf.concat([[batch], in_hw, [1]], 0), float("nan"))
@@ -134,9 +174,11 @@ def write_savedmodel(
     image_size: int,
     thresholds: Thresholds,
     presets: Sequence[windows.Window] | None = None,
+    tta: str = DEFAULT_TTA,
 ) -> Path:
-    """Write the SavedModel to `path` atomically (temporary folder, then rename)."""
-    serve_images, serve_hu = make_serving_fns(model, image_size, thresholds, presets)
+    """Write the SavedModel to `path` atomically (temporary folder, then rename); `tta` as
+    for `make_serving_fns`."""
+    serve_images, serve_hu = make_serving_fns(model, image_size, thresholds, presets, tta)
     archive = keras.export.ExportArchive()
     archive.track(model)
     # serving_default first: the first endpoint is also TF-Serving's default.
@@ -155,7 +197,7 @@ def write_savedmodel(
     tmp = make_temp_dir(path.parent, f".{path.name}.")  # readable by others as the umask allows
     try:
         archive.write_out(str(tmp), verbose=False)
-        _write_sidecars(tmp, image_size, thresholds, presets)
+        _write_sidecars(tmp, image_size, thresholds, presets, tta)
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
             os.replace(path, old / path.name)
@@ -170,7 +212,8 @@ def write_savedmodel(
 
 
 def _write_sidecars(
-    folder: Path, image_size: int, thresholds: Thresholds, presets: Sequence[windows.Window] | None
+    folder: Path, image_size: int, thresholds: Thresholds, presets: Sequence[windows.Window] | None,
+    tta: str,
 ) -> None:
     """thresholds.json (the same writer as the run folder's) and fusion_export.json."""
     thresholds.save(folder)
@@ -184,6 +227,7 @@ def _write_sidecars(
         "signatures": SIGNATURES,
         "outputs": ["probabilities", "decisions", "area_fraction", "mask", "mask_uint8"],
         "mask_threshold": float(thresholds.mask),
+        "tta": tta,
     }
     atomic_write_text(folder / "fusion_export.json", json.dumps(info, indent=2) + "\n")
     atomic_write_text(folder / "README.md", _readme(info))
@@ -198,7 +242,8 @@ def _readme(info: Mapping[str, Any]) -> str:
     lines += ["", f"Window presets (level, width HU): {info['presets']}",
               f"Outputs: probabilities [B, 6] ({', '.join(info['label_names'])}), decisions "
               f"[B, 6] int32, area_fraction [B], mask [B, H, W, 1] float32, mask_uint8 "
-              f"[B, H, W, 1] (mask >= {info['mask_threshold']}; thresholds.json says how it was set).", ""]
+              f"[B, H, W, 1] (mask >= {info['mask_threshold']}; thresholds.json says how it was set).", "",
+              TTA_README[info["tta"]], ""]
     return "\n".join(lines)
 
 
@@ -209,8 +254,10 @@ def export_model(
     thresholds: Thresholds,
     presets: Sequence[windows.Window] | None = None,
     version: int = DEFAULT_EXPORT_VERSION,
+    tta: str = DEFAULT_TTA,
 ) -> Path:
-    """Save ``RUN/model.keras`` and write ``RUN/export/<version>``. Returns that folder."""
+    """Save ``RUN/model.keras`` and write ``RUN/export/<version>`` (`tta` as for
+    `make_serving_fns`). Returns that folder."""
     run_dir = Path(run_dir)
     target = export_dir(run_dir, version)
     save_keras(model, run_dir / "model.keras")
@@ -218,7 +265,7 @@ def export_model(
         # An unversioned export of this run (before versions): TF Serving cannot load it and
         # load_predictor would keep preferring the versioned one, so replace it.
         shutil.rmtree(run_dir / "export")
-    path = write_savedmodel(model, target, cfg.model.image_size, thresholds, presets)
+    path = write_savedmodel(model, target, cfg.model.image_size, thresholds, presets, tta)
     (run_dir / EXPORT_NOTE).unlink(missing_ok=True)  # a run trained without TensorFlow: done now
     return path
 
@@ -232,7 +279,7 @@ def export_dir(run_dir: str | Path, version: int = DEFAULT_EXPORT_VERSION) -> Pa
 
 
 def export_run(run_dir: str | Path, shards_dir: str | Path | None = None,
-               version: int = DEFAULT_EXPORT_VERSION) -> Path:
+               version: int = DEFAULT_EXPORT_VERSION, tta: str = DEFAULT_TTA) -> Path:
     """Re-export a finished run from its files (best.keras, thresholds.json, config.json).
 
     Args:
@@ -240,12 +287,14 @@ def export_run(run_dir: str | Path, shards_dir: str | Path | None = None,
       shards_dir: shards whose manifest gives the window presets (default: the standard
         presets of `data_build.windows`).
       version: the servable version folder, ``RUN/export/<version>``.
+      tta: test-time augmentation in the signatures, as for `make_serving_fns`.
 
     Raises:
       ExportError: a file of the run is missing or unreadable.
     """
     run_dir = Path(run_dir)
-    export_dir(run_dir, version)  # refuse a bad version before loading anything
+    export_dir(run_dir, version)  # refuse a bad version or tta before loading anything
+    check_tta(tta)
     for name in ("config.json", "thresholds.json"):
         if not (run_dir / name).is_file():
             raise ExportError(f"{run_dir / name} is missing: is {run_dir} a finished fusion-train run?")
@@ -264,4 +313,4 @@ def export_run(run_dir: str | Path, shards_dir: str | Path | None = None,
         except ManifestError as err:
             raise ExportError(str(err)) from None
     model = inference_model(keras.saving.load_model(model_path, compile=False))  # best.keras trains
-    return export_model(model, run_dir, cfg, thresholds, presets, version)
+    return export_model(model, run_dir, cfg, thresholds, presets, version, tta)

@@ -7,6 +7,13 @@ each returning ``probabilities [B, 6]``, ``decisions [B, 6] int32``, ``area_frac
 folder, its ``export/`` base folder (highest version) or the SavedModel folder itself; an
 unversioned ``RUN/export`` of an older run is still found.
 
+Flip test-time augmentation: an export records in ``fusion_export.json`` whether its
+signatures already average a left-right mirrored pass (``"tta": "flip"``, `fusion.export`'s
+default) or run one pass (``"none"``, and every export from before the key). `Predictor` runs
+what is asked: the signature as it is when it matches, a mirrored second call on the host when
+the export runs one pass; a flip export cannot run one pass (`fusion.keras_predictor.open_model`
+then loads the run's model.keras instead).
+
 Thresholds (needed to turn TTA-averaged probabilities back into decisions, and by the
 evaluation) are looked up in this order: a ``thresholds`` variable on the SavedModel,
 ``thresholds.json`` inside the SavedModel folder, then in its parent (the run folder). The
@@ -179,6 +186,8 @@ class Predictor:
         with few validation positives); [] when none.
       mask_threshold: mask probability at which a pixel is bleed (``thresholds.json``'s
         calibrated one; `MASK_THRESHOLD` for runs from before mask calibration).
+      graph_tta: the test-time augmentation the signatures run themselves (``fusion_export.json``'s
+        ``tta``; "none" for exports from before it was recorded, and for `KerasPredictor`).
     """
 
     path: Path
@@ -190,6 +199,7 @@ class Predictor:
     export_info: dict[str, Any] = field(default_factory=dict)
     threshold_notes: list[str] = field(default_factory=list)
     mask_threshold: float = MASK_THRESHOLD
+    graph_tta: str = "none"
     _loaded: Any = None
     _signatures: dict[str, Any] = field(default_factory=dict)
 
@@ -204,6 +214,12 @@ class Predictor:
         if self.input_size is not None:
             return self.input_size[0]
         return find_image_size(self.export_info) or find_image_size(self.config)
+
+    @property
+    def exported_tta(self) -> str:
+        """The export's test-time augmentation (``fusion_export.json``), what `predict` runs
+        unless told otherwise: "none" when no export says."""
+        return tta_of_export(self.export_info)
 
     # -- running ------------------------------------------------------------------------------
 
@@ -237,9 +253,15 @@ class Predictor:
     def _run_tta(
         self, signature: str, key: str, batch: np.ndarray, tta: str
     ) -> dict[str, np.ndarray]:
+        if tta == self.graph_tta:
+            return self._run(signature, key, batch)
+        if self.graph_tta != "none":
+            raise PredictInputError(
+                f"{self.path} runs tta={self.graph_tta} in its graph (fusion_export.json) and cannot "
+                f"run tta={tta}: load the run's model.keras (fusion.keras_predictor."
+                f"load_keras_predictor; fusion-evaluate and fusion-predict do it for --tta none) or "
+                f"re-export with fusion-train --export-only --export-tta none")
         base = self._run(signature, key, batch)
-        if tta == "none":
-            return base
         # Horizontal flip (left-right; the head's midline symmetry makes it label-preserving).
         flipped = self._run(signature, key, batch[:, :, ::-1, :].copy())
         out = {
@@ -256,8 +278,9 @@ class Predictor:
         return out
 
     def _batched(
-        self, signature: str, key: str, arr: np.ndarray, batch_size: int, tta: str
+        self, signature: str, key: str, arr: np.ndarray, batch_size: int, tta: str | None
     ) -> dict[str, np.ndarray]:
+        tta = self.exported_tta if tta is None else tta
         if tta not in TTA_MODES:
             raise PredictInputError(f"tta must be one of {TTA_MODES}, got {tta!r}")
         if batch_size < 1:
@@ -277,14 +300,15 @@ class Predictor:
         return {k: np.concatenate([p[k] for p in parts], axis=0) for k in OUTPUT_KEYS}
 
     def predict(
-        self, images: np.ndarray, batch_size: int = 8, tta: str = "none"
+        self, images: np.ndarray, batch_size: int = 8, tta: str | None = None
     ) -> dict[str, np.ndarray]:
         """Run ``serving_default`` on windowed images.
 
         Args:
           images: [N, H, W, 4] float32 in [0, 1], channels in `windows.WINDOW_NAMES` order.
           batch_size: slices per model call.
-          tta: "none" or "flip" (average with the horizontally flipped image).
+          tta: "none" or "flip" (average with the horizontally flipped image); None: the
+            export's (`exported_tta`), what its SavedModel signatures return.
 
         Returns:
           ``probabilities [N, 6] float32, decisions [N, 6] int32, area_fraction [N] float32
@@ -302,7 +326,7 @@ class Predictor:
         return self._batched("serving_default", "images", arr, batch_size, tta)
 
     def predict_hu(
-        self, hu: np.ndarray, batch_size: int = 8, tta: str = "none"
+        self, hu: np.ndarray, batch_size: int = 8, tta: str | None = None
     ) -> dict[str, np.ndarray]:
         """Run ``serve_hu`` on Hounsfield units (the model windows them itself).
 
@@ -319,6 +343,16 @@ class Predictor:
         if arr.ndim != 4 or arr.shape[-1] != 1:
             raise PredictInputError(f"hu must be [N, H, W] or [N, H, W, 1]; got {arr.shape}")
         return self._batched("serve_hu", "hu", arr, batch_size, tta)
+
+
+def tta_of_export(export_info: Mapping[str, Any]) -> str:
+    """``fusion_export.json``'s test-time augmentation; "none" for exports from before it was
+    recorded (their signatures run one pass)."""
+    tta = export_info.get("tta", "none")
+    if tta not in TTA_MODES:
+        raise ModelLoadError(f"fusion_export.json names tta {tta!r}, which this version of fusion "
+                             f"does not know ({', '.join(TTA_MODES)}); upgrade fusion or re-export")
+    return str(tta)
 
 
 def _signature_input(fn: Any) -> tuple[str, tuple[int | None, ...]]:
@@ -371,6 +405,7 @@ def load_predictor(path: str | os.PathLike[str]) -> Predictor:
     if thresholds is None:
         thresholds = from_files
     config = read_run_config(run_dir) if run_dir is not None else {}
+    export_info = read_json_dict(folder / "fusion_export.json")
     return Predictor(
         path=folder,
         run_dir=run_dir,
@@ -378,9 +413,10 @@ def load_predictor(path: str | os.PathLike[str]) -> Predictor:
         input_size=input_size,
         config=config,
         resize_to=input_size,
-        export_info=read_json_dict(folder / "fusion_export.json"),
+        export_info=export_info,
         threshold_notes=notes,
         mask_threshold=mask_threshold,
+        graph_tta=tta_of_export(export_info),
         _loaded=loaded,
         _signatures=signatures,
     )

@@ -17,7 +17,8 @@ the serving functions' contract (`fusion.export.make_serving_fns`) rebuilt aroun
   output turned into a fraction (`fusion.targets.target_to_area`), the mask resized back to
   the input size and clipped to [0, 1]; NaN where the model has no such head.
 
-Batching, input checks and flip TTA are `Predictor`'s. Import this module only after the
+Batching, input checks and flip TTA are `Predictor`'s (on the host: the Keras model is one
+pass, whatever the run's export does in its graph). Import this module only after the
 backend is selected (`fusion.backend.select_backend`): loading a model imports keras.
 """
 from __future__ import annotations
@@ -34,11 +35,13 @@ from data_build import windows
 from fusion.inference import (
     ModelLoadError,
     Predictor,
+    _find_savedmodel,
     latest_version,
     load_predictor,
     read_json_dict,
     read_run_config,
     read_thresholds,
+    tta_of_export,
 )
 from fusion.run_folder import WINDOWS_FILE
 from fusion.targets import target_to_area
@@ -186,13 +189,16 @@ def savedmodel_refusal(path: Path, backend: str, model_file: Path | None) -> str
             f"or install TensorFlow and use --backend tensorflow")
 
 
-def open_model(path: str | os.PathLike[str], backend: str) -> Predictor:
-    """The predictor for MODEL on the running Keras `backend`.
+def open_model(path: str | os.PathLike[str], backend: str, tta: str | None = None) -> Predictor:
+    """The predictor for MODEL on the running Keras `backend`, able to run `tta` (None: the
+    export's own).
 
     On TensorFlow: a run folder's SavedModel (``RUN/export/<N>``) or a SavedModel folder, as
     before; a ``.keras`` file, or a run folder with model.keras but no export (trained on JAX
-    or PyTorch), through `KerasPredictor`. On other backends: a ``.keras`` file or a run folder,
-    always through `KerasPredictor`; a SavedModel folder is refused.
+    or PyTorch), through `KerasPredictor`; a run folder whose export averages a mirrored pass
+    in its graph when `tta` is "none" (one pass), through `KerasPredictor` too. On other
+    backends: a ``.keras`` file or a run folder, always through `KerasPredictor`; a SavedModel
+    folder is refused.
 
     Raises:
       ModelLoadError: nothing loadable at `path` (one line saying what to pass instead).
@@ -206,7 +212,15 @@ def open_model(path: str | os.PathLike[str], backend: str) -> Predictor:
             given / "export" / "saved_model.pb").is_file()
         if keras_file is not None and (given.is_file() or not has_export):
             return load_keras_predictor(keras_file)
-        return load_predictor(given)
+        graph_tta = tta_of_export(read_json_dict(_find_savedmodel(given) / "fusion_export.json"))
+        if tta is None or tta == graph_tta or graph_tta == "none":
+            return load_predictor(given)
+        if keras_file is not None:
+            return load_keras_predictor(keras_file)
+        raise ModelLoadError(
+            f"{given} averages a mirrored pass in its graph (exported with --export-tta {graph_tta}) "
+            f"and cannot run --tta {tta}: pass the run folder or its model.keras, or re-export with "
+            f"fusion-train --export-only --export-tta {tta}")
     if keras_file is None and is_savedmodel(given):
         run = _run_of_export(given)
         raise ModelLoadError(savedmodel_refusal(given, backend, find_keras_model(run) if run else None))

@@ -42,6 +42,7 @@ from fusion import backend, metrics, scoring
 from fusion.callbacks import EpochCounter, make_callbacks
 from fusion.config import RunConfig
 from fusion.errors import TrainError
+from fusion.inference import DEFAULT_TTA
 from fusion.model import build_model, inference_model
 from fusion.optim import compile_model
 from fusion.run_folder import (
@@ -200,6 +201,7 @@ def train(
     callbacks: Iterable[keras.callbacks.Callback] = (),
     export_version: int = 1,
     cache_dir: str | Path | None = None,
+    export_tta: str = DEFAULT_TTA,
 ) -> TrainResult:
     """Train, calibrate, evaluate on val and export (see the module docstring).
 
@@ -217,6 +219,7 @@ def train(
       callbacks: extra Keras callbacks (tests use them to interrupt a run).
       export_version: TF Serving version folder of the export (a positive integer).
       cache_dir: ``--cache``: the decoded cache folder (`fusion.decoded_cache`), None for none.
+      export_tta: test-time augmentation the SavedModel runs in its graph (`fusion.export`).
 
     Raises:
       TrainError: bad shards, run folder or strategy.
@@ -246,7 +249,7 @@ def train(
     finally:
         keras.mixed_precision.set_global_policy("float32")
     return finish_run(model, run_data.val_batches, run_dir, cfg, manifest, epochs, export, export_version,
-                      shards_dir=shards_dir)
+                      shards_dir=shards_dir, export_tta=export_tta)
 
 
 def validate(
@@ -300,6 +303,7 @@ def finish_run(
     export: bool = True,
     export_version: int = 1,
     shards_dir: Path | None = None,
+    export_tta: str = DEFAULT_TTA,
 ) -> TrainResult:
     """Calibrate on val, write thresholds.json and metrics.json, save and export the model.
 
@@ -324,11 +328,12 @@ def finish_run(
     elif export:
         from fusion.export import export_model  # TF SavedModel; imported late (heavy)
 
-        export_model(model, run_dir, cfg, thresholds, manifest.presets, export_version)
+        export_model(model, run_dir, cfg, thresholds, manifest.presets, export_version, export_tta)
     return TrainResult(run_dir=run_dir, metrics=result, thresholds=thresholds.array, epochs_run=len(epochs))
 
 
-def recalibrate(run_dir: str | Path, shards_dir: str | Path, export_version: int = 1) -> TrainResult:
+def recalibrate(run_dir: str | Path, shards_dir: str | Path, export_version: int = 1,
+                export_tta: str = DEFAULT_TTA) -> TrainResult:
     """``fusion-train --export-only --recalibrate``: calibrate a finished run's thresholds again
     on the val split of `shards_dir` (type and mask thresholds: a run from before mask
     calibration gets one), rewrite ``RUN/thresholds.json`` and ``RUN/metrics.json``, export.
@@ -350,4 +355,4 @@ def recalibrate(run_dir: str | Path, shards_dir: str | Path, export_version: int
     except (OSError, ValueError, KeyError, TypeError):
         epochs_run = 0  # unknown: metrics.json missing or from another version
     return finish_run(model, val, run_dir, cfg, manifest, range(epochs_run), export=True,
-                      export_version=export_version, shards_dir=shards_dir)
+                      export_version=export_version, shards_dir=shards_dir, export_tta=export_tta)

@@ -18,6 +18,7 @@ from data_build.schema import LABEL_NAMES
 from data_build.windows import Window
 from fusion.config import RunConfig
 from fusion.export import ExportError, export_dir, export_model, export_run
+from fusion.inference import ModelLoadError
 from fusion.model import build_model
 from fusion.thresholds import Thresholds
 
@@ -55,17 +56,23 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, keras.Mode
     return run, model, cfg
 
 
-def keras_reference(model: keras.Model, images: np.ndarray) -> dict[str, np.ndarray]:
+def keras_reference(model: keras.Model, images: np.ndarray, tta: str = "flip") -> dict[str, np.ndarray]:
+    """What a signature should return, from the Keras model: one pass, or (``tta="flip"``, the
+    export's default) the mean of the image's pass and its mirror's, the mask un-mirrored."""
     h, w = images.shape[1:3]
-    resized = tf.image.resize(images, [SIZE, SIZE], method="bilinear")
-    out = model(resized, training=False)
-    probs = np.asarray(out["class"])
-    mask = tf.image.resize(np.asarray(out["mask"]), [h, w], method="bilinear").numpy()
+    resized = tf.image.resize(images, [SIZE, SIZE], method="bilinear").numpy()
+    passes = [(resized, lambda m: m)]
+    if tta == "flip":
+        passes.append((resized[:, :, ::-1].copy(), lambda m: m[:, :, ::-1]))
+    outs = [model(x, training=False) for x, _ in passes]
+    probs = np.mean([np.asarray(o["class"]) for o in outs], axis=0)
+    area = np.mean([np.clip(np.expm1(np.asarray(o["area"])[:, 0]) / 1e3, 0, 1) for o in outs], axis=0)
+    mask = np.mean([unflip(np.asarray(o["mask"])) for o, (_, unflip) in zip(outs, passes)], axis=0)
     return {
         "probabilities": probs,
         "decisions": (probs >= THRESHOLDS.array.astype(np.float32)).astype(np.int32),
-        "area_fraction": np.clip(np.expm1(np.asarray(out["area"])[:, 0]) / 1e3, 0, 1),
-        "mask": mask,
+        "area_fraction": area,
+        "mask": tf.image.resize(mask, [h, w], method="bilinear").numpy(),
     }
 
 
@@ -85,6 +92,7 @@ def test_files_written(exported: tuple[Path, keras.Model, RunConfig]) -> None:
     thresholds = json.loads((version / "thresholds.json").read_text())["thresholds"]
     assert list(thresholds) == list(LABEL_NAMES)
     assert info["mask_threshold"] == 0.52 and "(mask >= 0.52;" in readme
+    assert info["tta"] == "flip" and "Test-time augmentation: flip" in readme  # the default
     assert json.loads((version / "thresholds.json").read_text())["mask_threshold"] == 0.52
     assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no temporary leftovers
 
@@ -193,3 +201,51 @@ def test_load_predictor_finds_versions_and_old_exports(
 def test_export_version_must_be_a_positive_integer(bad: object, tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="positive integer"):
         export_dir(tmp_path, bad)  # type: ignore[arg-type]
+
+
+def test_flip_in_the_graph_equals_flip_on_the_host(
+    exported: tuple[Path, keras.Model, RunConfig], tmp_path: Path
+) -> None:
+    """--export-tta none: one pass per call, and the Predictor's host-side flip on it gives
+    what the default export's graph gives; a flip export refuses a one-pass request and
+    open_model reads the run's model.keras for it instead."""
+    from fusion.inference import PredictInputError, load_predictor
+    from fusion.keras_predictor import KerasPredictor, open_model
+
+    run, model, cfg = exported
+    single = tmp_path / "single"
+    single.mkdir()
+    export_model(model, single, cfg, THRESHOLDS, PRESETS, tta="none")
+    info = json.loads((single / "export" / "1" / "fusion_export.json").read_text())
+    assert info["tta"] == "none"
+    assert "Test-time augmentation: none" in (single / "export" / "1" / "README.md").read_text()
+    x = np.random.default_rng(1).random((3, 40, 24, 4), dtype=np.float32)
+    in_graph, on_host = load_predictor(run), load_predictor(single)
+    assert (in_graph.graph_tta, in_graph.exported_tta, on_host.graph_tta) == ("flip", "flip", "none")
+    graph_flip = in_graph.predict(x)  # the export's own: flip
+    host_flip = on_host.predict(x, tta="flip")
+    for k in ("probabilities", "area_fraction", "mask"):
+        np.testing.assert_allclose(graph_flip[k], host_flip[k], atol=1e-5, err_msg=k)
+    np.testing.assert_array_equal(graph_flip["decisions"], host_flip["decisions"])
+    one_pass = on_host.predict(x)  # that export's own: one pass
+    ref = keras_reference(model, x, tta="none")
+    np.testing.assert_allclose(one_pass["mask"], ref["mask"], atol=1e-4)
+    assert not np.allclose(one_pass["mask"], graph_flip["mask"], atol=1e-4)  # the flip did something
+    with pytest.raises(PredictInputError, match="export-tta none"):
+        in_graph.predict(x, tta="none")
+    reader = open_model(run, "tensorflow", "none")
+    assert isinstance(reader, KerasPredictor)
+    np.testing.assert_allclose(reader.predict(x, tta="none")["mask"], one_pass["mask"], atol=1e-4)
+    assert open_model(run, "tensorflow", "flip").path == run / "export" / "1"
+    alone = tmp_path / "alone"  # a flip SavedModel without its run folder: a clear refusal
+    import shutil
+
+    shutil.copytree(run / "export" / "1", alone)
+    with pytest.raises(ModelLoadError, match="cannot run --tta none"):
+        open_model(alone, "tensorflow", "none")
+
+
+def test_export_tta_must_be_known(exported: tuple[Path, keras.Model, RunConfig]) -> None:
+    run, _, _ = exported
+    with pytest.raises(ExportError, match="tta must be one of none, flip"):
+        export_run(run, tta="mirror")

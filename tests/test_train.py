@@ -350,7 +350,8 @@ def test_cli_trains_calibrates_and_exports(tmp_path: Path) -> None:
     assert any("mask threshold left at 0.5" in n for n in saved["notes"])
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["segmentation"]["mask_threshold"] == saved["mask_threshold"]
-    assert json.loads((run / "export/1/fusion_export.json").read_text())["mask_threshold"] == 0.5
+    exported = json.loads((run / "export/1/fusion_export.json").read_text())
+    assert exported["mask_threshold"] == 0.5 and exported["tta"] == "flip"  # flip in the graph by default
     assert metrics["split"] == "val" and metrics["n_slices"] == 8
     assert set(metrics["classification"]["per_class"]) == set(schema.LABEL_NAMES)
     assert metrics["segmentation"]["n"] == 6  # val slices with a known mask
@@ -359,10 +360,13 @@ def test_cli_trains_calibrates_and_exports(tmp_path: Path) -> None:
     again = invoke(*args)
     assert again.exit_code == 2 and "--resume" in again.output
     # Re-export as servable version 3, next to version 1 (TF Serving serves the highest).
-    result = invoke(str(shards), "--out", str(run), "--export-only", "--export-version", "3")
+    result = invoke(str(shards), "--out", str(run), "--export-only", "--export-version", "3",
+                    "--export-tta", "none")
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (run / "export").iterdir()) == ["1", "3"]
     assert (run / "export" / "3" / "saved_model.pb").is_file()
+    assert json.loads((run / "export/3/fusion_export.json").read_text())["tta"] == "none"
+    assert invoke(str(shards), "--out", str(run), "--export-only", "--export-tta", "mirror").exit_code == 2
     # A run from before mask calibration (thresholds.json without it) gets one with --recalibrate.
     (run / "thresholds.json").write_text(json.dumps({"thresholds": saved["thresholds"]}))
     assert invoke(str(shards), "--out", str(run), "--recalibrate").exit_code == 2  # needs --export-only

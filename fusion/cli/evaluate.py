@@ -32,7 +32,8 @@ TTA_OPTION = click.option(
     show_default=True,
     help="Test-time augmentation: 'flip' averages the model's outputs on the image and on its "
          "left-right mirror (two passes; it raised held-out Dice in 31 of 40 proxy runs, "
-         "docs/benchmarks.md); 'none' is one pass, as the SavedModel's signatures give.",
+         "docs/benchmarks.md), what fusion-train's SavedModel runs in its graph by default; 'none' is "
+         "one pass (a run whose export runs the mirror in its graph is read from its model.keras).",
 )
 BATCH_OPTION = click.option(
     "--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
@@ -137,7 +138,7 @@ def main(
             f"{out / 'metrics.json'} already exists; pass --overwrite or choose another --out"
         )
     try:
-        predictor = open_model(model, backend)
+        predictor = open_model(model, backend, tta)
     except FusionError as err:
         raise click.ClickException(str(err)) from err
     manifest = _manifest(shards)

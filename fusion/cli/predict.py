@@ -86,7 +86,7 @@ def main(model: Path, inputs: tuple[Path, ...], out: Path, mask_format: tuple[st
             for stale in (out / sub).glob(pattern) if (out / sub).is_dir() else ():
                 stale.unlink()
     try:
-        predictor = open_model(model, backend)
+        predictor = open_model(model, backend, tta)
     except ModelLoadError as err:
         raise click.ClickException(str(err)) from err
     headers = tqdm(unit="file", desc="read headers", delay=0.5)

@@ -31,6 +31,7 @@ from fusion.config import (
     preset,
 )
 from fusion.errors import FusionError, TrainError
+from fusion.inference import DEFAULT_TTA, TTA_MODES
 from fusion.run_folder import EXPORT_NOTE
 
 
@@ -156,6 +157,11 @@ def build_config(
 @click.option("--export-version", type=click.IntRange(min=1), default=1, show_default=True,
               help="Servable version: the SavedModel goes to RUN/export/<N>/, the layout TF Serving "
                    "loads (--model_base_path=RUN/export serves the highest N).")
+@click.option("--export-tta", type=click.Choice(TTA_MODES), default=DEFAULT_TTA, show_default=True,
+              help="Test-time augmentation inside the SavedModel's signatures: flip runs the model on "
+                   "each image and its left-right mirror and averages them (what fusion-evaluate and "
+                   "fusion-predict measure by default, so TF Serving returns the figures you "
+                   "measured); none is one pass, half the compute per call.")
 @click.option("--quiet", is_flag=True, help="One line per epoch instead of a progress bar.")
 def main(
     shards: Path,
@@ -183,6 +189,7 @@ def main(
     export_only: bool,
     recalibrate: bool,
     export_version: int,
+    export_tta: str,
     quiet: bool,
 ) -> None:
     """Train the multi-task hemorrhage model on SHARDS (a fusion-build output folder)."""
@@ -213,7 +220,7 @@ def main(
         if export_only and recalibrate:
             from fusion.train import recalibrate as recalibrate_run
 
-            result = recalibrate_run(run_dir, shards, export_version)
+            result = recalibrate_run(run_dir, shards, export_version, export_tta)
             seg = result.metrics.get("segmentation") or {}
             click.echo(f"recalibrated on {shards} (val): mask threshold {seg.get('mask_threshold')}, "
                        f"mean val Dice {(seg.get('dice') or {}).get('mean')}; exported "
@@ -222,7 +229,7 @@ def main(
         if export_only:
             from fusion.export import export_run
 
-            path = export_run(run_dir, shards, version=export_version)
+            path = export_run(run_dir, shards, version=export_version, tta=export_tta)
             click.echo(f"exported {path}")
             return
         check_inputs(shards, cfg)  # fail fast, before TensorFlow builds anything
@@ -233,7 +240,7 @@ def main(
         result = train(
             shards, run_dir, cfg, resume=resume, overwrite=overwrite, strategy=strategy,
             export=not no_export, verbose=2 if quiet or not sys.stdout.isatty() else 1,
-            export_version=export_version, cache_dir=cache_dir,
+            export_version=export_version, cache_dir=cache_dir, export_tta=export_tta,
         )
     except (TrainError, ConfigError) as err:
         raise click.UsageError(str(err)) from None
