@@ -54,7 +54,6 @@ def main() -> None:
         train={"batch_size": args.batch_size, "steps_per_epoch": args.steps},
     )
     manifest = Manifest.load(args.shards)
-    train_seq = make_run_data(args.shards, cfg).train  # what fusion-train reads: fusion.reader
     model = optim.compile_model(
         build_model(cfg.model), train.resolve_loss_config(cfg, manifest), args.steps
     )
@@ -63,6 +62,7 @@ def main() -> None:
     print("| measure | value |")
     print("|---|---|")
     if not args.latency_only:
+        train_seq = make_run_data(args.shards, cfg).train  # what fusion-train reads: fusion.reader
         training_rates(model, train_seq, args.steps, args.batch_size, args.repeats)
     savedmodel_latency(model, args.image_size, manifest.presets)
 
