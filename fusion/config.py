@@ -45,7 +45,7 @@ NORMS: tuple[str, ...] = ("group", "batch")
 #: Encoder/decoder blocks: pre-activation residual (ours) or the plain U-Net's two
 #: conv-norm-ReLU (the peer-shaped baseline).
 BLOCKS: tuple[str, ...] = ("residual", "plain")
-CLASS_POOLINGS: tuple[str, ...] = ("global", "attention")
+CLASS_POOLINGS: tuple[str, ...] = ("global", "attention", "mask")
 #: Resolutions the attention fusion may run at: full (1), half (2) or a quarter (4).
 FUSION_STRIDES: tuple[int, ...] = (1, 2, 4)
 #: Optional keras.applications backbones and their total stride.
@@ -108,7 +108,9 @@ class ModelConfig:
         training-only: `fusion.model.inference_model` drops them before calibration and export.
       class_pooling: "global" (the class head reads globally pooled features) or "attention"
         (it also reads one attention-pooled vector per label from the decoder's features,
-        `fusion.layers.TypeAttentionPooling`; needs the mask or area head's decoder).
+        `fusion.layers.TypeAttentionPooling`; needs the mask or area head's decoder), or "mask"
+        (it also reads the decoder's features averaged under the model's own mask probabilities,
+        `fusion.layers.MaskWeightedPooling`; needs the mask head).
     """
 
     image_size: int = 256
@@ -152,6 +154,8 @@ class ModelConfig:
                f"model.class_pooling must be one of {CLASS_POOLINGS}, got {self.class_pooling!r}")
         _check(self.class_pooling == "global" or "mask" in self.heads or "area" in self.heads,
                "model.class_pooling 'attention' reads the decoder: it needs the mask or area head")
+        _check(self.class_pooling != "mask" or "mask" in self.heads,
+               "model.class_pooling 'mask' pools under the predicted mask: it needs the mask head")
         _check(
             self.backbone is None or self.backbone in BACKBONES,
             f"model.backbone must be None or one of {sorted(BACKBONES)}, got {self.backbone!r}",

@@ -25,7 +25,7 @@ import numpy as np
 from data_build.schema import LABEL_NAMES
 from data_build.windows import WINDOW_NAMES
 from fusion.config import AUX_MASK, HEADS, ModelConfig
-from fusion.layers import TypeAttentionPooling, WindowAttentionFusion, make_norm
+from fusion.layers import MaskWeightedPooling, TypeAttentionPooling, WindowAttentionFusion, make_norm
 
 #: Name of the attention-fusion layer (its second output holds the window weights).
 FUSION_LAYER = "window_fusion"
@@ -222,6 +222,12 @@ def _validate(cfg: ModelConfig) -> None:
         )
 
 
+def mask_head(decoded: Any) -> Any:
+    """Bleed probability per pixel [B, H, W, 1] (float32) from the decoder's features."""
+    mask_logits = keras.layers.Conv2D(1, 1, name="mask_logits")(decoded)
+    return keras.layers.Activation("sigmoid", dtype="float32", name="mask")(mask_logits)
+
+
 def build_model(cfg: ModelConfig) -> keras.Model:
     """Build the multi-task model described in the module docstring.
 
@@ -257,14 +263,17 @@ def build_model(cfg: ModelConfig) -> keras.Model:
         dense_avg = keras.layers.GlobalAveragePooling2D(name="dense_pool")(decoded)
         dense_max = keras.layers.GlobalMaxPooling2D(name="dense_pool_max")(decoded)
         class_in = keras.layers.Concatenate(name="class_in")([summary, dense_avg, dense_max])
+    if cfg.class_pooling == "mask":  # the class head reads the mask, so it is built first
+        outputs["mask"] = mask_head(decoded)
+        under_mask = MaskWeightedPooling(name="mask_pool")([decoded, outputs["mask"]])
+        class_in = keras.layers.Concatenate(name="class_in_mask")([class_in, under_mask])
     logits = keras.layers.Dense(len(LABEL_NAMES), name="class_logits")(class_in)
     if cfg.class_pooling == "attention" and decoded is not None:
         per_label = TypeAttentionPooling(len(LABEL_NAMES), name="type_attention")(decoded)
         logits = keras.layers.Add(name="class_logits_sum")([logits, per_label])
     outputs["class"] = keras.layers.Activation("sigmoid", dtype="float32", name="class")(logits)
-    if "mask" in cfg.heads:
-        mask_logits = keras.layers.Conv2D(1, 1, name="mask_logits")(decoded)
-        outputs["mask"] = keras.layers.Activation("sigmoid", dtype="float32", name="mask")(mask_logits)
+    if "mask" in cfg.heads and "mask" not in outputs:
+        outputs["mask"] = mask_head(decoded)
     if "area" in cfg.heads:
         # Area sees the full-resolution decoder features (where the bleed is) and the summary.
         area = keras.layers.Concatenate(name="area_in")([summary, dense_avg])

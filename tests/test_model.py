@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fusion.config import AUX_MASK, ConfigError, ModelConfig
-from fusion.layers import GroupNorm, TypeAttentionPooling, WindowAttentionFusion
+from fusion.layers import GroupNorm, MaskWeightedPooling, TypeAttentionPooling, WindowAttentionFusion
 from fusion.model import FUSION_LAYER, build_model, inference_model, window_weights
 
 SIZE = 32
@@ -278,6 +278,43 @@ def test_attention_class_pooling_builds_saves_and_needs_a_decoder(tmp_path: Path
         tiny(class_pooling="attention", heads=("class",))
     with pytest.raises(ValueError, match="class_pooling"):
         tiny(class_pooling="max")
+
+
+def test_mask_weighted_pooling_describes_the_predicted_bleed() -> None:
+    features = np.zeros((2, 8, 8, 2), np.float32)
+    features[:, 2:4, 2:4] = [3.0, -1.0]  # the bleed's pixels look like this ...
+    features[:, 5:, 5:] = [0.0, 7.0]  # ... the rest of the slice otherwise
+    probabilities = np.zeros((2, 8, 8, 1), np.float32)
+    probabilities[0, 2:4, 2:4] = 1.0  # slice 0: bleed predicted on those 4 pixels; slice 1: none
+    pooled = np.asarray(MaskWeightedPooling()([features, probabilities]))
+    assert pooled.shape == (2, 2) and pooled.dtype == np.float32
+    np.testing.assert_allclose(pooled[0], [3.0 * 4 / 5, -1.0 * 4 / 5], rtol=1e-6)  # sum / (4 + 1)
+    np.testing.assert_allclose(pooled[1], [0.0, 0.0])  # nothing predicted: about zero
+    # Global average pooling would mix in the rest of the slice: 7 * 9 / 64 in channel 1.
+
+
+def test_mask_class_pooling_builds_saves_and_leaves_the_mask_to_its_loss(tmp_path: Path) -> None:
+    model = build_model(tiny(class_pooling="mask", deep_supervision=1))
+    assert "mask_pool" in [layer.name for layer in model.layers]
+    x = images(2)
+    before = model(x, training=False)
+    model.save(tmp_path / "m.keras")
+    after = keras.saving.load_model(tmp_path / "m.keras")(x, training=False)
+    for key in ("class", "mask"):
+        np.testing.assert_allclose(np.asarray(after[key]), np.asarray(before[key]), atol=1e-6)
+    assert sorted(inference_model(model).output_names) == ["area", "class", "mask"]
+    with pytest.raises(ValueError, match="needs the mask head"):
+        tiny(class_pooling="mask", heads=("class", "area"))
+    if keras.backend.backend() != "tensorflow":
+        return
+    import tensorflow as tf
+
+    # The class loss reaches the decoder through the pooled features, not the mask's own 1x1 conv.
+    head, reader = model.get_layer("mask_logits").kernel, model.get_layer("class_logits").kernel
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(model(x, training=True)["class"])
+    to_head, to_reader = tape.gradient(loss, [head.value, reader.value])
+    assert to_head is None and to_reader is not None  # no path into the mask head; one into the class head
 
 
 def test_deep_supervision_adds_a_training_output_that_inference_drops(tmp_path: Path) -> None:
