@@ -2,7 +2,9 @@
 
 For each cell folder (``OUT/cells/PRESET/seedS/foldF`` of `proxy_benchmark.py`) the cell's
 trained run scores its fold's held-out test split twice, with ``tta="none"`` and ``"flip"``,
-through the same predictor and reader that ``fusion-evaluate`` uses, masks cut at the run's
+through the predictor ``fusion-evaluate --tta none`` opens (the SavedModel of a run exported
+one pass, the run's model.keras when its export flips in its graph; both run the two modes,
+and agree to float rounding) and its reader, masks cut at the run's
 calibrated mask threshold. Printed: per cell the mean per-slice Dice and the empty predicted
 masks on bleeding slices of both; per preset and seed the macro AUC over the 5 types pooled
 over its folds (as the proxy table pools it); the count of cells where flip raised Dice.

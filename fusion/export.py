@@ -15,7 +15,7 @@ Both resize the input to the training size (bilinear) in the graph, run the mode
 with flip test-time augmentation (``tta="flip"``, the default, as in fusion-evaluate and
 fusion-predict), on its left-right mirror too, averaging the two passes (the mask un-mirrored
 first) before the thresholds cut them; ``tta="none"`` (``fusion-train --export-tta none``) is
-one pass, half the compute. ``fusion_export.json`` records which. They return:
+one pass, ~0.6x the latency. ``fusion_export.json`` records which. They return:
 
 | key | shape | dtype | meaning |
 |---|---|---|---|
@@ -49,7 +49,7 @@ from data_build.manifest import Manifest, ManifestError
 from data_build.schema import LABEL_NAMES
 from fusion.config import RunConfig
 from fusion.errors import FusionError
-from fusion.inference import DEFAULT_TTA, TTA_MODES
+from fusion.inference import DEFAULT_TTA, TTA_MODES, ModelLoadError, latest_version, read_json_dict, tta_of_export
 from fusion.model import inference_model
 from fusion.run_folder import EXPORT_NOTE, find_checkpoint, save_keras
 from fusion.targets import AREA_SCALE, target_to_area
@@ -77,11 +77,11 @@ TTA_README: dict[str, str] = {
     "flip": ("Test-time augmentation: flip. Each call runs the model on the image and on its "
              "left-right mirror and averages the two (as fusion-evaluate and fusion-predict do by "
              "default), so its outputs are those the run's held-out figures were measured with; "
-             "twice the compute of one pass (re-export with `fusion-train --export-only "
-             "--export-tta none` for one)."),
+             "1.6-1.9x the latency of one pass on CPU (one pass: `fusion-train SHARDS --out RUN "
+             "--export-only --export-tta none --export-version N`)."),
     "none": ("Test-time augmentation: none. One model pass per call; fusion-evaluate's default "
-             "figures average a mirrored pass too (`fusion-train --export-only --export-tta flip` "
-             "puts it in the graph)."),
+             "figures average a mirrored pass too (`fusion-train SHARDS --out RUN --export-only "
+             "--export-tta flip --export-version N` puts it in the graph)."),
 }
 
 
@@ -262,6 +262,7 @@ def export_model(
     `make_serving_fns`). Returns that folder."""
     run_dir = Path(run_dir)
     target = export_dir(run_dir, version)
+    check_tta(tta)  # before anything is written
     save_keras(model, run_dir / "model.keras")
     if (run_dir / "export" / "saved_model.pb").is_file():
         # An unversioned export of this run (before versions): TF Serving cannot load it and
@@ -270,6 +271,22 @@ def export_model(
     path = write_savedmodel(model, target, cfg.model.image_size, thresholds, presets, tta)
     (run_dir / EXPORT_NOTE).unlink(missing_ok=True)  # a run trained without TensorFlow: done now
     return path
+
+
+def reexport_tta(run_dir: str | Path, given: str | None) -> str:
+    """The test-time augmentation a re-export of `run_dir` writes: `given`, else that of the
+    run's latest export (one pass for an export from before the choice was recorded), else
+    `DEFAULT_TTA`: re-exporting never changes what a run serves unless asked to."""
+    if given is not None:
+        check_tta(given)
+        return given
+    latest = latest_version(Path(run_dir) / "export")
+    if latest is None:
+        return DEFAULT_TTA
+    try:
+        return tta_of_export(read_json_dict(latest / "fusion_export.json"), latest)
+    except ModelLoadError as err:
+        raise ExportError(str(err)) from None
 
 
 def export_dir(run_dir: str | Path, version: int = DEFAULT_EXPORT_VERSION) -> Path:

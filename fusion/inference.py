@@ -257,10 +257,8 @@ class Predictor:
             return self._run(signature, key, batch)
         if self.graph_tta != "none":
             raise PredictInputError(
-                f"{self.path} runs tta={self.graph_tta} in its graph (fusion_export.json) and cannot "
-                f"run tta={tta}: load the run's model.keras (fusion.keras_predictor."
-                f"load_keras_predictor; fusion-evaluate and fusion-predict do it for --tta none) or "
-                f"re-export with fusion-train --export-only --export-tta none")
+                f"{self.path} runs tta={self.graph_tta} in its graph and cannot run tta={tta}: load "
+                f"the run's model.keras (fusion.keras_predictor.open_model(RUN, backend, '{tta}'))")
         base = self._run(signature, key, batch)
         # Horizontal flip (left-right; the head's midline symmetry makes it label-preserving).
         flipped = self._run(signature, key, batch[:, :, ::-1, :].copy())
@@ -345,13 +343,14 @@ class Predictor:
         return self._batched("serve_hu", "hu", arr, batch_size, tta)
 
 
-def tta_of_export(export_info: Mapping[str, Any]) -> str:
-    """``fusion_export.json``'s test-time augmentation; "none" for exports from before it was
-    recorded (their signatures run one pass)."""
+def tta_of_export(export_info: Mapping[str, Any], folder: Path | None = None) -> str:
+    """``fusion_export.json``'s test-time augmentation (of the export in `folder`, named in the
+    error); "none" for exports from before it was recorded (their signatures run one pass)."""
     tta = export_info.get("tta", "none")
     if tta not in TTA_MODES:
-        raise ModelLoadError(f"fusion_export.json names tta {tta!r}, which this version of fusion "
-                             f"does not know ({', '.join(TTA_MODES)}); upgrade fusion or re-export")
+        where = folder / "fusion_export.json" if folder is not None else "fusion_export.json"
+        raise ModelLoadError(f"{where} names tta {tta!r}, which this version of fusion does not know "
+                             f"({', '.join(TTA_MODES)}); upgrade fusion or re-export the run")
     return str(tta)
 
 
@@ -406,6 +405,7 @@ def load_predictor(path: str | os.PathLike[str]) -> Predictor:
         thresholds = from_files
     config = read_run_config(run_dir) if run_dir is not None else {}
     export_info = read_json_dict(folder / "fusion_export.json")
+    graph_tta = tta_of_export(export_info, folder)
     return Predictor(
         path=folder,
         run_dir=run_dir,
@@ -416,7 +416,7 @@ def load_predictor(path: str | os.PathLike[str]) -> Predictor:
         export_info=export_info,
         threshold_notes=notes,
         mask_threshold=mask_threshold,
-        graph_tta=tta_of_export(export_info),
+        graph_tta=graph_tta,
         _loaded=loaded,
         _signatures=signatures,
     )

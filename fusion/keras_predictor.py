@@ -168,6 +168,8 @@ def load_keras_predictor(path: str | os.PathLike[str]) -> KerasPredictor:
     run_dir = folder if (folder / "config.json").is_file() else None
     export = latest_version(folder / "export")
     export_info = read_json_dict(export / "fusion_export.json") if export is not None else {}
+    if export is not None:
+        tta_of_export(export_info, export)  # an unknown mode is refused now, not at predict()
     thresholds, notes, mask_threshold = read_thresholds((folder / THRESHOLDS_FILE,))
     predictor = KerasPredictor(
         path=model_path, run_dir=run_dir, thresholds=thresholds, input_size=None,
@@ -212,15 +214,19 @@ def open_model(path: str | os.PathLike[str], backend: str, tta: str | None = Non
             given / "export" / "saved_model.pb").is_file()
         if keras_file is not None and (given.is_file() or not has_export):
             return load_keras_predictor(keras_file)
-        graph_tta = tta_of_export(read_json_dict(_find_savedmodel(given) / "fusion_export.json"))
+        found = _find_savedmodel(given)
+        graph_tta = tta_of_export(read_json_dict(found / "fusion_export.json"), found)
         if tta is None or tta == graph_tta or graph_tta == "none":
             return load_predictor(given)
-        if keras_file is not None:
-            return load_keras_predictor(keras_file)
+        run = _run_of_export(found)
+        model_file = keras_file or (find_keras_model(run) if run is not None else None)
+        if model_file is not None:
+            return load_keras_predictor(model_file)
         raise ModelLoadError(
-            f"{given} averages a mirrored pass in its graph (exported with --export-tta {graph_tta}) "
-            f"and cannot run --tta {tta}: pass the run folder or its model.keras, or re-export with "
-            f"fusion-train --export-only --export-tta {tta}")
+            f"{found} runs --tta {graph_tta} in its graph and has no model.keras or best.keras beside it "
+            f"to run --tta {tta}: pass a run folder that holds one, or export one pass (fusion-train "
+            f"SHARDS --out RUN --export-only --export-tta {tta} --export-version N; a new N leaves the "
+            f"served version as it is)")
     if keras_file is None and is_savedmodel(given):
         run = _run_of_export(given)
         raise ModelLoadError(savedmodel_refusal(given, backend, find_keras_model(run) if run else None))

@@ -88,14 +88,15 @@ def save_keras(model: keras.Model, path: Path) -> None:
             os.unlink(tmp)
 
 
-def export_later_note(run_dir: Path, shards_dir: Path, backend: str) -> str:
-    """What RUN/EXPORT_LATER.txt says: how to write the SavedModel on a machine with TensorFlow."""
+def export_later_note(run_dir: Path, shards_dir: Path, backend: str, export_tta: str = "flip") -> str:
+    """What RUN/EXPORT_LATER.txt says: how to write the SavedModel on a machine with TensorFlow
+    (with the test-time augmentation the run was asked to export, `fusion.export`)."""
     return (
         f"This run trained on the {backend} backend, without TensorFlow, so it has no SavedModel "
         f"(RUN/export).\n{run_dir / 'model.keras'} holds the trained model (the best epoch's weights).\n"
         "To write the SavedModel (TF Serving, its two signatures), run on a machine with "
         "TensorFlow:\n\n"
-        f"    fusion-train {shards_dir} --out {run_dir} --export-only\n"
+        f"    fusion-train {shards_dir} --out {run_dir} --export-only --export-tta {export_tta}\n"
     )
 
 
@@ -113,9 +114,10 @@ def write_windows(run_dir: Path, presets: Sequence[windows.Window]) -> Path:
     return path
 
 
-def save_without_export(model: keras.Model, run_dir: Path, shards_dir: Path, backend: str) -> str:
+def save_without_export(model: keras.Model, run_dir: Path, shards_dir: Path, backend: str,
+                        export_tta: str = "flip") -> str:
     """Save RUN/model.keras and write RUN/EXPORT_LATER.txt. Returns the note's text."""
     save_keras(model, run_dir / "model.keras")
-    note = export_later_note(run_dir, shards_dir, backend)
+    note = export_later_note(run_dir, shards_dir, backend, export_tta)
     atomic_write_text(run_dir / EXPORT_NOTE, note)
     return note

@@ -41,7 +41,7 @@ class ModelPredictor:
     def __init__(self, model: Any) -> None:
         self.model = model
 
-    def predict(self, images: np.ndarray, batch_size: int = 8, tta: str = "none") -> dict[str, np.ndarray]:
+    def predict(self, images: np.ndarray, batch_size: int = 8, tta: str | None = None) -> dict[str, np.ndarray]:
         del batch_size, tta  # one call per reader batch; no test-time augmentation in validation
         out = self.model.predict_on_batch(images)
         n = len(images)
@@ -156,7 +156,7 @@ def _keep(heap: list[Any], item: tuple[Any, ...], k: int) -> None:
 def collect(
     predictor: Predictor | ModelPredictor,
     batches: Iterable[Mapping[str, Any]],
-    tta: str = "none",
+    tta: str | None = None,
     batch_size: int = 8,
     n_overlays: int = N_OVERLAYS,
     progress: Callable[[int], None] | None = None,
@@ -170,7 +170,7 @@ def collect(
       batches: iterable of dicts with image [B, S, S, 4], labels [B, 6], has_labels, mask
         [B, S, S, 1], has_mask, area_fraction, has_area, area_mm2, has_area_mm2,
         pixel_spacing [B, 2] (mm at size S), has_spacing, id.
-      tta: "none" or "flip".
+      tta: "none" or "flip"; None: the predictor's own (`Predictor.predict`'s default).
       batch_size: slices per model call.
       n_overlays: best and worst slices kept for the report.
       progress: called with the number of slices done after each batch.

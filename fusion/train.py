@@ -42,7 +42,7 @@ from fusion import backend, metrics, scoring
 from fusion.callbacks import EpochCounter, make_callbacks
 from fusion.config import RunConfig
 from fusion.errors import TrainError
-from fusion.inference import DEFAULT_TTA
+from fusion.inference import DEFAULT_TTA, TTA_MODES
 from fusion.model import build_model, inference_model
 from fusion.optim import compile_model
 from fusion.run_folder import (
@@ -226,6 +226,8 @@ def train(
       fusion.config.ConfigError: an invalid config.
     """
     shards_dir, run_dir = Path(shards_dir), Path(run_dir)
+    if export_tta not in TTA_MODES:  # refused before training, not after it
+        raise TrainError(f"export tta must be one of {', '.join(TTA_MODES)}; got {export_tta!r}")
     dist = backend.make_strategy(strategy)
     manifest = check_inputs(shards_dir, cfg)
     cfg = prepare_run_dir(run_dir, cfg, resume, overwrite)
@@ -322,7 +324,7 @@ def finish_run(
     write_metrics(run_dir, result)
     write_windows(run_dir, manifest.presets)  # every run: model.keras / best.keras need them too
     if export and not backend.uses_tensorflow():
-        save_without_export(model, run_dir, Path(shards_dir or "SHARDS"), backend.current_backend())
+        save_without_export(model, run_dir, Path(shards_dir or "SHARDS"), backend.current_backend(), export_tta)
         log.warning("no SavedModel on the %s backend: %s says how to export later",
                     backend.current_backend(), run_dir / EXPORT_NOTE)
     elif export:

@@ -231,21 +231,41 @@ def test_flip_in_the_graph_equals_flip_on_the_host(
     ref = keras_reference(model, x, tta="none")
     np.testing.assert_allclose(one_pass["mask"], ref["mask"], atol=1e-4)
     assert not np.allclose(one_pass["mask"], graph_flip["mask"], atol=1e-4)  # the flip did something
-    with pytest.raises(PredictInputError, match="export-tta none"):
+    with pytest.raises(PredictInputError, match="cannot run tta=none: load the run.s model.keras"):
         in_graph.predict(x, tta="none")
     reader = open_model(run, "tensorflow", "none")
     assert isinstance(reader, KerasPredictor)
     np.testing.assert_allclose(reader.predict(x, tta="none")["mask"], one_pass["mask"], atol=1e-4)
     assert open_model(run, "tensorflow", "flip").path == run / "export" / "1"
-    alone = tmp_path / "alone"  # a flip SavedModel without its run folder: a clear refusal
     import shutil
 
+    full = tmp_path / "full"  # a run folder as fusion-train leaves it (config.json marks it)
+    shutil.copytree(run, full)
+    cfg.save(full / "config.json")
+    assert isinstance(open_model(full / "export" / "1", "tensorflow", "none"), KerasPredictor)  # its run's
+    alone = tmp_path / "alone"  # a flip SavedModel without its run folder: a clear refusal
     shutil.copytree(run / "export" / "1", alone)
-    with pytest.raises(ModelLoadError, match="cannot run --tta none"):
+    with pytest.raises(ModelLoadError, match="no model.keras or best.keras beside it to run --tta none"):
         open_model(alone, "tensorflow", "none")
 
 
-def test_export_tta_must_be_known(exported: tuple[Path, keras.Model, RunConfig]) -> None:
+def test_export_tta_must_be_known(exported: tuple[Path, keras.Model, RunConfig], tmp_path: Path) -> None:
+    import shutil
+
+    from fusion.export import reexport_tta
+
     run, _, _ = exported
     with pytest.raises(ExportError, match="tta must be one of none, flip"):
         export_run(run, tta="mirror")
+    assert reexport_tta(tmp_path, None) == "flip"  # no export yet: the default
+    assert reexport_tta(run, None) == "flip" and reexport_tta(run, "none") == "none"
+    old = tmp_path / "old"  # an export from before the key: one pass, and a re-export keeps it
+    shutil.copytree(run / "export" / "1", old / "export" / "1")
+    info = json.loads((old / "export" / "1" / "fusion_export.json").read_text())
+    del info["tta"]
+    (old / "export" / "1" / "fusion_export.json").write_text(json.dumps(info))
+    assert reexport_tta(old, None) == "none"
+    info["tta"] = "rot90"
+    (old / "export" / "1" / "fusion_export.json").write_text(json.dumps(info))
+    with pytest.raises(ExportError, match=r"1/fusion_export.json names tta 'rot90'"):
+        reexport_tta(old, None)

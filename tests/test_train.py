@@ -378,6 +378,9 @@ def test_cli_trains_calibrates_and_exports(tmp_path: Path) -> None:
     assert len(again["mask_dice_by_threshold"]) == 13
     assert json.loads((run / "metrics.json").read_text())["epochs_run"] == 1
     assert (run / "export" / "4" / "saved_model.pb").is_file()
+    # Without --export-tta a re-export keeps what the latest export (3) serves: one pass.
+    assert json.loads((run / "export/4/fusion_export.json").read_text())["tta"] == "none"
+    assert "(test-time augmentation: none)" in result.output
 
 
 def test_resume_rules_and_best_so_far(tmp_path: Path) -> None:

@@ -112,12 +112,13 @@ def test_jax_run_trains_without_tensorflow(shards: Path, tiny_config: Path, tmp_
     presets = json.loads((run / "windows.json").read_text())["presets"]  # for HU inputs until exported
     assert presets == {n: [w.level, w.width] for n, w in zip(WINDOW_NAMES, Manifest.load(shards).presets)}
     note = (run / "EXPORT_LATER.txt").read_text()
-    command = f"fusion-train {shards} --out {run} --export-only"
+    command = f"fusion-train {shards} --out {run} --export-only --export-tta flip"
     assert command in note and command in proc.stdout  # written and printed
     # The note's command, here on TensorFlow: the JAX-trained .keras exports as a SavedModel.
     result = CliRunner().invoke(main, [str(shards), "--out", str(run), "--export-only", "--backend", "tensorflow"])
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert (run / "export" / "1" / "saved_model.pb").is_file() and not (run / "EXPORT_LATER.txt").exists()
+    assert json.loads((run / "export" / "1" / "fusion_export.json").read_text())["tta"] == "flip"
 
 
 @needs_jax

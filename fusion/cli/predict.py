@@ -53,8 +53,9 @@ def main(model: Path, inputs: tuple[Path, ...], out: Path, mask_format: tuple[st
     series, the bleed volume in mL and the ABC/2 estimate are written to series.csv.
     Unreadable inputs are listed in skipped.json and skipped; exit status 0 when anything
     was predicted, 1 when nothing could be.
-    With --tta flip (the default) and no calibrated thresholds next to the model, decisions
-    are those of the un-flipped image. Masks are written as each series finishes; a long run
+    With --tta flip (the default) on a model that does not flip in its own graph (an export
+    from before it did, or a run's model.keras) and no calibrated thresholds next to it,
+    decisions are those of the un-flipped image. Masks are written as each series finishes; a long run
     also saves its tables every minute as predictions.partial.csv and the like, so a killed
     run keeps what it finished (the final tables replace them). Folders holding an earlier
     fusion-predict output (fusion_predict.json, or predictions.csv with series.csv) are not

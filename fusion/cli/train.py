@@ -158,11 +158,13 @@ def build_config(
 @click.option("--export-version", type=click.IntRange(min=1), default=1, show_default=True,
               help="Servable version: the SavedModel goes to RUN/export/<N>/, the layout TF Serving "
                    "loads (--model_base_path=RUN/export serves the highest N).")
-@click.option("--export-tta", type=click.Choice(TTA_MODES), default=DEFAULT_TTA, show_default=True,
-              help="Test-time augmentation inside the SavedModel's signatures: flip runs the model on "
-                   "each image and its left-right mirror and averages them (what fusion-evaluate and "
-                   "fusion-predict measure by default, so TF Serving returns the figures you "
-                   "measured); none is one pass, half the compute per call.")
+@click.option("--export-tta", type=click.Choice(TTA_MODES), default=None,
+              help=f"Test-time augmentation inside the SavedModel's signatures: flip runs the model on "
+                   f"each image and its left-right mirror and averages them (what fusion-evaluate and "
+                   f"fusion-predict measure by default, so TF Serving returns the figures you "
+                   f"measured); none is one pass, ~0.6x the latency. [default: {DEFAULT_TTA} when "
+                   f"training; with --export-only, what the run's latest export runs (one pass for "
+                   f"exports from before this option), so a re-export serves what it did]")
 @click.option("--quiet", is_flag=True, help="One line per epoch instead of a progress bar.")
 def main(
     shards: Path,
@@ -190,7 +192,7 @@ def main(
     export_only: bool,
     recalibrate: bool,
     export_version: int,
-    export_tta: str,
+    export_tta: str | None,
     quiet: bool,
 ) -> None:
     """Train the multi-task hemorrhage model on SHARDS (a fusion-build output folder)."""
@@ -219,19 +221,22 @@ def main(
     data_loss = data_loss_error(backend)
     try:
         if export_only and recalibrate:
+            from fusion.export import reexport_tta
             from fusion.train import recalibrate as recalibrate_run
 
-            result = recalibrate_run(run_dir, shards, export_version, export_tta)
+            tta = reexport_tta(run_dir, export_tta)
+            result = recalibrate_run(run_dir, shards, export_version, tta)
             seg = result.metrics.get("segmentation") or {}
             click.echo(f"recalibrated on {shards} (val): mask threshold {seg.get('mask_threshold')}, "
                        f"mean val Dice {(seg.get('dice') or {}).get('mean')}; exported "
-                       f"{run_dir / 'export' / str(export_version)}")
+                       f"{run_dir / 'export' / str(export_version)} (test-time augmentation: {tta})")
             return
         if export_only:
-            from fusion.export import export_run
+            from fusion.export import export_run, reexport_tta
 
-            path = export_run(run_dir, shards, version=export_version, tta=export_tta)
-            click.echo(f"exported {path}")
+            tta = reexport_tta(run_dir, export_tta)
+            path = export_run(run_dir, shards, version=export_version, tta=tta)
+            click.echo(f"exported {path} (test-time augmentation: {tta})")
             return
         check_inputs(shards, cfg)  # fail fast, before TensorFlow builds anything
         if cache_dir is not None and not resume:  # (a resumed run's size is in RUN/config.json)
@@ -241,7 +246,7 @@ def main(
         result = train(
             shards, run_dir, cfg, resume=resume, overwrite=overwrite, strategy=strategy,
             export=not no_export, verbose=2 if quiet or not sys.stdout.isatty() else 1,
-            export_version=export_version, cache_dir=cache_dir, export_tta=export_tta,
+            export_version=export_version, cache_dir=cache_dir, export_tta=export_tta or DEFAULT_TTA,
         )
     except (TrainError, ConfigError) as err:
         raise click.UsageError(str(err)) from None
