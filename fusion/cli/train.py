@@ -135,7 +135,8 @@ def build_config(
 @click.option("--class-pooling", type=click.Choice(CLASS_POOLINGS),
               help="How the class head pools: global; also one attention map per label (attention; "
                    "docs/benchmarks.md: no gain on the synthetic demo); or also the decoder's features "
-                   "under the model's own mask (mask: a small bleed's look is not averaged away).")
+                   "under the model's own mask (mask: meant for small bleeds; on the proxy it lowered macro AUC, "
+                   "docs/benchmarks.md).")
 @click.option("--backend", type=click.Choice(BACKENDS), default=None,
               help="Keras backend [default: $KERAS_BACKEND, else tensorflow]. jax and torch read shards "
                    "without TensorFlow and write RUN/model.keras but no SavedModel (export later with "
