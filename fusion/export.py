@@ -298,7 +298,7 @@ def export_dir(run_dir: str | Path, version: int = DEFAULT_EXPORT_VERSION) -> Pa
 
 
 def export_run(run_dir: str | Path, shards_dir: str | Path | None = None,
-               version: int = DEFAULT_EXPORT_VERSION, tta: str = DEFAULT_TTA) -> Path:
+               version: int = DEFAULT_EXPORT_VERSION, tta: str | None = None) -> Path:
     """Re-export a finished run from its files (best.keras, thresholds.json, config.json).
 
     Args:
@@ -306,14 +306,15 @@ def export_run(run_dir: str | Path, shards_dir: str | Path | None = None,
       shards_dir: shards whose manifest gives the window presets (default: the standard
         presets of `data_build.windows`).
       version: the servable version folder, ``RUN/export/<version>``.
-      tta: test-time augmentation in the signatures, as for `make_serving_fns`.
+      tta: test-time augmentation in the signatures, as for `make_serving_fns`; None: what the
+        run's latest export runs (`reexport_tta`).
 
     Raises:
       ExportError: a file of the run is missing or unreadable.
     """
     run_dir = Path(run_dir)
     export_dir(run_dir, version)  # refuse a bad version or tta before loading anything
-    check_tta(tta)
+    tta = reexport_tta(run_dir, tta)
     for name in ("config.json", "thresholds.json"):
         if not (run_dir / name).is_file():
             raise ExportError(f"{run_dir / name} is missing: is {run_dir} a finished fusion-train run?")

@@ -265,7 +265,13 @@ def test_export_tta_must_be_known(exported: tuple[Path, keras.Model, RunConfig],
     del info["tta"]
     (old / "export" / "1" / "fusion_export.json").write_text(json.dumps(info))
     assert reexport_tta(old, None) == "none"
-    info["tta"] = "rot90"
-    (old / "export" / "1" / "fusion_export.json").write_text(json.dumps(info))
-    with pytest.raises(ExportError, match=r"1/fusion_export.json names tta 'rot90'"):
+    shutil.copy(run / "model.keras", old / "model.keras")  # export_run keeps it too (the Python API)
+    cfg = RunConfig().replace(model={"image_size": SIZE, "width": 4, "depth": 2, "fusion_width": 4})
+    cfg.save(old / "config.json")
+    THRESHOLDS.save(old)
+    export_run(old, version=2)
+    assert json.loads((old / "export" / "2" / "fusion_export.json").read_text())["tta"] == "none"
+    info["tta"] = "rot90"  # in the latest export, 2
+    (old / "export" / "2" / "fusion_export.json").write_text(json.dumps(info))
+    with pytest.raises(ExportError, match=r"2/fusion_export.json names tta 'rot90'"):
         reexport_tta(old, None)
