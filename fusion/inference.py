@@ -65,7 +65,7 @@ def latest_version(base: Path) -> Path | None:
     return max(versions, key=lambda p: int(p.name)) if versions else None
 
 
-def _find_savedmodel(path: Path) -> Path:
+def find_savedmodel(path: Path) -> Path:
     """The SavedModel folder for a run folder (``RUN/export/<N>``, else an unversioned
     ``RUN/export``), an export base folder (``RUN/export``) or a SavedModel folder."""
     if (path / "saved_model.pb").is_file():
@@ -370,7 +370,7 @@ def load_predictor(path: str | os.PathLike[str]) -> Predictor:
     """
     import tensorflow as tf
 
-    folder = _find_savedmodel(Path(path))
+    folder = find_savedmodel(Path(path))
     run_dir = _run_dir_of(folder, Path(path))
     try:
         loaded = tf.saved_model.load(str(folder))

@@ -35,7 +35,7 @@ from data_build import windows
 from fusion.inference import (
     ModelLoadError,
     Predictor,
-    _find_savedmodel,
+    find_savedmodel,
     latest_version,
     load_predictor,
     read_json_dict,
@@ -214,7 +214,7 @@ def open_model(path: str | os.PathLike[str], backend: str, tta: str | None = Non
             given / "export" / "saved_model.pb").is_file()
         if keras_file is not None and (given.is_file() or not has_export):
             return load_keras_predictor(keras_file)
-        found = _find_savedmodel(given)
+        found = find_savedmodel(given)
         graph_tta = tta_of_export(read_json_dict(found / "fusion_export.json"), found)
         if tta is None or tta == graph_tta or graph_tta == "none":
             return load_predictor(given)
