@@ -63,11 +63,11 @@ def main() -> None:
     print("|---|---|")
     if not args.latency_only:
         train_seq = make_run_data(args.shards, cfg).train  # what fusion-train reads: fusion.reader
-        training_rates(model, train_seq, args.steps, args.batch_size, args.repeats)
+        training_rates(model, train_seq, args.image_size, args.steps, args.batch_size, args.repeats)
     savedmodel_latency(model, args.image_size, manifest.presets)
 
 
-def training_rates(model: Any, train_seq: Any, steps: int, batch: int, repeats: int) -> None:
+def training_rates(model: Any, train_seq: Any, size: int, steps: int, batch: int, repeats: int) -> None:
     """Print training and input-pipeline slices/s (medians of `repeats`) and their ratio."""
     model.fit(train_seq, epochs=1, steps_per_epoch=3, verbose=0)  # trace and warm up
     pool = ThreadPoolExecutor(reader_workers())  # the reader's threads, as in fit
@@ -83,7 +83,7 @@ def training_rates(model: Any, train_seq: Any, steps: int, batch: int, repeats: 
             pass
         pipe_rates.append(n * batch / (time.perf_counter() - start))
     fit_rate, pipe_rate = statistics.median(fit_rates), statistics.median(pipe_rates)
-    print(f"| training slices/s at {model.input_shape[1]} | {fit_rate:.1f} |")
+    print(f"| training slices/s at {size} | {fit_rate:.1f} |")
     print(f"| input pipeline slices/s (augmented, no model) | {pipe_rate:.1f} |")
     print(f"| pipeline headroom (pipeline / training) | {pipe_rate / fit_rate:.1f}x |")
 
