@@ -141,8 +141,8 @@ def make_serving_fns(
         resized = tf.image.resize(images, [size, size], method="bilinear")
         result = one_pass(resized)
         if tta == "flip":  # the same average as Predictor's host-side flip
-            # Two calls: on 2 CPU cores 1.62x one pass at batch 1, against 1.82x for one call on
-            # the image and its mirror stacked (docs/benchmarks.md, "Flip TTA inside the SavedModel").
+            # Two calls: on 2 CPU cores 1.61x one pass at batch 1, against 1.81x for one call on
+            # the image and its mirror stacked (benchmarks/flip_forms.py; docs/benchmarks.md).
             mirrored = one_pass(tf.reverse(resized, axis=[2]))
             if "mask" in mirrored:
                 mirrored["mask"] = tf.reverse(mirrored["mask"], axis=[2])
