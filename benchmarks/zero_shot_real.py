@@ -1,0 +1,156 @@
+"""A trained run on real head-CT DICOMs it has never seen: label-free false-positive figures.
+
+Issue 10 reports the demo model's zero-shot figures on real slices (Dice 0.10, "any" 0.99 on
+every slice with the easy phantom). Real slices with masks are not here, but real DICOMs are
+(``../shared/data/real/rsna-dicom``: 59 RSNA slices from the skull base to above the vertex,
+labels unknown for most). Their Hounsfield units say where a predicted mask cannot be blood,
+so a model trained on a phantom can be checked on real scans without labels:
+
+- ``implausible``: the share of predicted mask pixels whose HU no bleed has, below 0 (fat, air)
+  or above 120 (bone, calcification, metal; acute blood reads ~40-90 HU, partial volume with
+  bone at a mask's edge stays under it). Pooled over slices.
+- ``no brain``: slices with under 2 % of their pixels in brain's 15-45 HU after a 5x5 median
+  (above the vertex, the bone cap, the table; neck slices keep muscle and count as brain):
+  any mask there is a false positive.
+- the "any" probability and how many slices get a mask at all (most RSNA slices do not bleed:
+  ~14 % of the challenge's slices).
+
+Runs the project's own ``fusion-predict RUN DICOMS --out OUT/predict`` (the run's thresholds,
+its export's TTA), then scores its mask PNGs against the DICOMs' HU. Prints a table, writes
+``OUT/zero_shot_real.json`` (per slice and pooled).
+
+    python benchmarks/zero_shot_real.py RUN [RUN ...] --out OUT [--dicoms ../shared/data/real/rsna-dicom]
+
+Several runs are predicted one after another on the same slices and printed side by side. These
+are not accuracy figures: a model that marks true bleeds scores the same as one that marks
+brain at random, as long as both avoid bone, air and empty slices. They catch what a phantom
+teaches that real CT contradicts (docs/benchmarks.md, "Zero-shot on real DICOMs").
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+from data_build import dicom  # noqa: E402
+from data_build.files import atomic_write_text  # noqa: E402
+
+DEFAULT_DICOMS = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "rsna-dicom"
+#: HU no bleed reads: below fat/air's upper end, above acute blood plus partial volume.
+BLOOD_HU_RANGE = (0.0, 120.0)
+#: Brain parenchyma HU (after a 5x5 median, so noise and thin bone edges do not count).
+BRAIN_HU_RANGE = (15.0, 45.0)
+#: A slice with less of its pixels in `BRAIN_HU_RANGE` holds no brain worth a mask.
+MIN_BRAIN_SHARE = 0.02
+
+
+def slice_figures(hu: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
+    """Label-free figures of one predicted mask (bool or 0/255 [H, W]) on its slice's HU."""
+    if hu.shape != mask.shape:
+        mask = cv2.resize(mask.astype(np.uint8), (hu.shape[1], hu.shape[0]),
+                          interpolation=cv2.INTER_NEAREST)
+    on = mask.astype(bool)
+    lo, hi = BLOOD_HU_RANGE
+    smooth = cv2.medianBlur(np.clip(hu, -1024, 3071).astype(np.float32), 5)
+    brain = (smooth >= BRAIN_HU_RANGE[0]) & (smooth <= BRAIN_HU_RANGE[1])
+    return {
+        "mask_pixels": int(on.sum()),
+        "implausible_pixels": int((on & ((hu < lo) | (hu > hi))).sum()),
+        "brain_share": round(float(brain.mean()), 4),
+        "no_brain": bool(brain.mean() < MIN_BRAIN_SHARE),
+    }
+
+
+def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Pooled figures of `score_run`'s per-slice rows."""
+    masked = [r for r in rows if r["mask_pixels"] > 0]
+    empty_head = [r for r in rows if r["no_brain"]]
+    pixels = sum(r["mask_pixels"] for r in rows)
+    p_any = np.array([r["p_any"] for r in rows], dtype=np.float64)
+    return {
+        "slices": len(rows),
+        "p_any_median": round(float(np.median(p_any)), 3) if rows else None,
+        "called_any": sum(r["decision_any"] for r in rows),
+        "slices_with_mask": len(masked),
+        "mask_pixels_median": int(np.median([r["mask_pixels"] for r in masked])) if masked else 0,
+        "implausible_share": round(sum(r["implausible_pixels"] for r in rows) / pixels, 4) if pixels else 0.0,
+        "no_brain_slices": len(empty_head),
+        "no_brain_with_mask": sum(r["mask_pixels"] > 0 for r in empty_head),
+        "no_brain_called_any": sum(r["decision_any"] for r in empty_head),
+    }
+
+
+def predict(run: Path, dicoms: Path, out: Path) -> Path:
+    """``fusion-predict RUN DICOMS --out OUT`` (the project's own command); its predictions.csv."""
+    exe = Path(sys.executable).with_name("fusion-predict")
+    cmd = [str(exe) if exe.exists() else "fusion-predict", str(run), str(dicoms), "--out", str(out),
+           "--overwrite"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"fusion-predict failed on {run}:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    return out / "predictions.csv"
+
+
+def score_run(predictions: Path) -> list[dict[str, Any]]:
+    """Per-slice figures: each row of predictions.csv against its DICOM's HU."""
+    rows = []
+    with predictions.open(newline="") as f:
+        for rec in csv.DictReader(f):
+            hu, _ = dicom.read_hu(rec["path"])
+            mask = cv2.imread(str(predictions.parent / rec["mask_png"]), cv2.IMREAD_GRAYSCALE)
+            if mask is None:
+                raise SystemExit(f"cannot read the predicted mask {rec['mask_png']} of {rec['id']}")
+            rows.append({"id": rec["id"], "p_any": float(rec["p_any"]),
+                         "decision_any": int(rec["decision_any"]), **slice_figures(hu, mask)})
+    return rows
+
+
+COLUMNS = (("slices", "slices"), ("p_any_median", "median p(any)"), ("called_any", "called any"),
+           ("slices_with_mask", "slices with a mask"), ("mask_pixels_median", "mask px, median"),
+           ("implausible_share", "mask px on HU < 0 or > 120"), ("no_brain_slices", "slices without brain"),
+           ("no_brain_with_mask", "of them with a mask"), ("no_brain_called_any", "of them called any"))
+
+
+def table(results: dict[str, dict[str, Any]]) -> str:
+    """Markdown table, one row per run."""
+    lines = ["| run | " + " | ".join(title for _, title in COLUMNS) + " |",
+             "|---|" + "---|" * len(COLUMNS)]
+    for run, res in results.items():
+        s = res["summary"]
+        lines.append(f"| {run} | " + " | ".join(str(s[key]) for key, _ in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="+", type=Path, help="fusion-train run folders (or their exports)")
+    p.add_argument("--dicoms", type=Path, default=DEFAULT_DICOMS, help=f"real DICOM slices [{DEFAULT_DICOMS}]")
+    p.add_argument("--out", type=Path, required=True, help="work and result folder")
+    args = p.parse_args(argv)
+    if not args.dicoms.is_dir():
+        raise SystemExit(f"no DICOM folder at {args.dicoms}: pass --dicoms with real head-CT slices")
+    results: dict[str, dict[str, Any]] = {}
+    for i, run in enumerate(args.runs):
+        name = f"{i}:{run}"
+        rows = score_run(predict(run, args.dicoms, args.out / f"predict-{i}"))
+        results[name] = {"summary": summarise(rows), "slices": rows}
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out / "zero_shot_real.json", json.dumps(
+        {"dicoms": str(args.dicoms), "blood_hu_range": BLOOD_HU_RANGE, "brain_hu_range": BRAIN_HU_RANGE,
+         "min_brain_share": MIN_BRAIN_SHARE, "runs": results}, indent=1) + "\n")
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,97 @@
+"""benchmarks/zero_shot_real.py: label-free false-positive figures of a run on real DICOMs."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.factories import write_ct
+
+
+def _load_module():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "zero_shot_real.py"
+    spec = importlib.util.spec_from_file_location("zero_shot_real", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["zero_shot_real"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+ZS = _load_module()
+
+
+def _head(size: int = 64) -> np.ndarray:
+    """HU: air, a bone ring, brain at 35 HU inside it, a 60 HU bleed."""
+    hu = np.full((size, size), -1000.0, dtype=np.float32)
+    ys, xs = np.mgrid[0:size, 0:size]
+    r = np.hypot(ys - size / 2, xs - size / 2)
+    hu[r < 28] = 1200.0
+    hu[r < 24] = 35.0
+    hu[(ys > 28) & (ys < 36) & (xs > 20) & (xs < 28)] = 60.0
+    return hu
+
+
+def test_mask_pixels_on_bone_or_air_are_implausible() -> None:
+    hu = _head()
+    mask = np.zeros(hu.shape, dtype=np.uint8)
+    mask[28:36, 20:28] = 255  # the bleed: 64 plausible pixels
+    mask[5:7, 30:34] = 255  # bone ring: 8 pixels
+    mask[0:2, 0:4] = 255  # air: 8 pixels
+    fig = ZS.slice_figures(hu, mask)
+    assert fig["mask_pixels"] == 80 and fig["implausible_pixels"] == 16
+    assert not fig["no_brain"] and fig["brain_share"] > 0.3
+    # A mask at another size is resized onto the HU grid (nearest).
+    small = cv2.resize(mask, (32, 32), interpolation=cv2.INTER_NEAREST)
+    assert ZS.slice_figures(hu, small)["mask_pixels"] > 0
+
+
+def test_a_slice_of_bone_and_air_has_no_brain() -> None:
+    hu = np.full((64, 64), -1000.0, dtype=np.float32)
+    hu[20:40, 20:40] = 900.0  # a bone cap above the vertex
+    hu[30, 30] = 30.0  # one noisy pixel is not brain (median filtered)
+    fig = ZS.slice_figures(hu, np.zeros((64, 64), np.uint8))
+    assert fig["no_brain"] and fig["mask_pixels"] == 0
+
+
+def test_summary_pools_slices() -> None:
+    rows = [
+        {"p_any": 0.9, "decision_any": 1, "mask_pixels": 100, "implausible_pixels": 50, "no_brain": False},
+        {"p_any": 0.2, "decision_any": 0, "mask_pixels": 0, "implausible_pixels": 0, "no_brain": False},
+        {"p_any": 0.6, "decision_any": 1, "mask_pixels": 300, "implausible_pixels": 0, "no_brain": True},
+    ]
+    s = ZS.summarise(rows)
+    assert (s["slices"], s["called_any"], s["slices_with_mask"]) == (3, 2, 2)
+    assert s["p_any_median"] == 0.6 and s["mask_pixels_median"] == 200
+    assert s["implausible_share"] == 0.125
+    assert (s["no_brain_slices"], s["no_brain_with_mask"], s["no_brain_called_any"]) == (1, 1, 1)
+    assert "| 0:r |" in ZS.table({"0:r": {"summary": s}})
+
+
+def test_score_run_reads_predictions_against_the_dicoms(tmp_path: Path) -> None:
+    hu = _head()
+    dcm = write_ct(tmp_path / "dcms" / "a.dcm", hu + 1024.0)  # stored = HU - intercept (-1024)
+    out = tmp_path / "predict"
+    (out / "masks").mkdir(parents=True)
+    mask = np.zeros(hu.shape, dtype=np.uint8)
+    mask[28:36, 20:28] = 255
+    cv2.imwrite(str(out / "masks" / "a.png"), mask)
+    with (out / "predictions.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, ["id", "path", "p_any", "decision_any", "mask_png"])
+        w.writeheader()
+        w.writerow({"id": "a", "path": str(dcm), "p_any": 0.7, "decision_any": 1, "mask_png": "masks/a.png"})
+    (row,) = ZS.score_run(out / "predictions.csv")
+    assert (row["mask_pixels"], row["implausible_pixels"], row["p_any"]) == (64, 0, 0.7)
+    (out / "masks" / "a.png").unlink()
+    with pytest.raises(SystemExit, match="cannot read the predicted mask"):
+        ZS.score_run(out / "predictions.csv")
+
+
+def test_a_missing_dicom_folder_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="no DICOM folder"):
+        ZS.main([str(tmp_path / "run"), "--out", str(tmp_path / "o"), "--dicoms", str(tmp_path / "none")])
