@@ -204,10 +204,75 @@ def test_pose_field_of_view_and_kernel_vary_between_patients() -> None:
     assert kernels == set(realistic.KERNELS)
 
 
-def test_normal_series_reach_the_skull_base_and_the_vertex() -> None:
+def test_normal_series_reach_the_skull_base_and_above_the_vertex() -> None:
     rng = np.random.default_rng(3)
     zs = np.concatenate([realistic.patient_z_range("normal", 6, rng) for _ in range(200)])
-    assert zs.min() < 0.1 and zs.max() > 0.9
+    assert zs.min() < 0.1 and zs.max() > 1.05  # bone caps, then the holder alone in air
+
+
+def _centred_head(seed: int = 0) -> tuple[phantom.Anatomy, realistic.ScanStyle]:
+    rng = np.random.default_rng(seed)
+    anatomy, _ = realistic.random_anatomy(rng)
+    return replace(anatomy, center=(0.5, 0.5), rotation=0.0), realistic.random_style(rng)
+
+
+def test_the_skull_widens_towards_the_vertex_and_ends_in_a_disc_of_bone() -> None:
+    # Real slices near the vertex cut the skull obliquely: a thick bone ring round a small
+    # brain, then a disc of bone, then nothing (../shared/data/real/rsna-dicom).
+    anatomy, style = _centred_head()
+    style = replace(style, holder=None)
+    brain_codes = (phantom.GREY, phantom.WHITE, phantom.CSF, phantom.VENTRICLE)
+
+    def shares(z: float) -> tuple[float, float]:
+        sl = realistic.render_slice(anatomy, style, z, 256, (), np.random.default_rng(0))
+        head = (sl.tissue != AIR).sum()
+        return ((sl.tissue == SKULL).sum() / max(head, 1),
+                np.isin(sl.tissue, brain_codes).sum() / max(head, 1))
+
+    bone_mid, brain_mid = shares(0.5)
+    bone_high, brain_high = shares(0.9)
+    assert bone_high > 2.0 * bone_mid and brain_high < brain_mid
+    bone_cap, brain_cap = shares(1.01)
+    assert brain_cap == 0.0 and bone_cap > 0.5  # a disc of bone under the scalp
+    above = realistic.render_slice(anatomy, style, 1.07, 256, (), np.random.default_rng(0))
+    assert (above.tissue == AIR).all() and above.hu.max() < -500.0
+    assert realistic.inner_scale(0.45) == 1.0 and realistic.inner_scale(1.0) == 0.0
+
+
+def test_a_slice_averages_the_oblique_skull_across_its_thickness() -> None:
+    anatomy, _ = _centred_head()
+    for z, smeared in ((0.45, False), (0.93, True)):
+        sample = replace(anatomy, inner_scale=realistic.inner_scale(z))
+        fr = realistic._frame(sample, z, 256)
+        share = realistic._bone_fraction(sample, fr, z)
+        partial = (share > 0.02) & (share < 0.98)
+        assert bool(partial.sum() > 200) is smeared, (z, int(partial.sum()))
+        # The slice's own skull is where the average is at least half bone.
+        own = (fr.rho >= fr.rho_in) & (fr.rho <= 1.0 - anatomy.scalp)
+        assert ((share >= 0.5) == own).mean() > 0.98
+
+
+def test_a_head_holder_under_most_heads_and_no_other_draw_moved(monkeypatch) -> None:
+    rng = np.random.default_rng(5)
+    styles = [realistic.random_style(rng) for _ in range(300)]
+    assert 0.75 < np.mean([s.holder is not None for s in styles]) < 0.95
+    # The holder draws from its own generator: the series' other draws are what they were.
+    for share in (0.0, 1.0):
+        monkeypatch.setattr(realistic, "HOLDER_SHARE", share)
+        rng = np.random.default_rng(7)
+        drawn = replace(realistic.random_style(rng), holder=None)
+        after = rng.random()
+        if share == 0.0:
+            before = (drawn, after)
+    assert (drawn, after) == before
+    anatomy, style = _centred_head(2)
+    style = replace(style, holder=(0.0, 0.02, 0.012, 300.0, 0.2), noise_sigma=0.1)
+    sl = realistic.render_slice(anatomy, style, 0.5, 256, (), np.random.default_rng(0))
+    fr = realistic._frame(anatomy, 0.5, 256)
+    outside = (fr.rho > 1.2) & (sl.hu > 100.0)  # bright, away from the head
+    ys = np.nonzero(outside)[0]
+    # Under the occiput (the image bottom) and up the sides no higher than its walls (0.2).
+    assert outside.sum() > 50 and ys.max() > 150 and ys.min() >= 128 - 0.2 * 256 - 3
 
 
 def test_same_seed_same_pixels_other_seed_differs() -> None:

@@ -77,6 +77,8 @@ class Anatomy:
       ventricle_scale: size factor of the ventricles (hydrocephalus > 1).
       hu: tissue name -> mean HU (scalp, csf, grey, white, ventricle).
       noise_sigma: Gaussian image noise, HU.
+      inner_scale: the inner table's radius as a fraction of its usual one: 1 except near the
+        vertex of the "real" phantom, where a slice cuts the skull obliquely (`realistic`).
     """
 
     center: tuple[float, float]
@@ -92,6 +94,7 @@ class Anatomy:
     ventricle_scale: float
     hu: Mapping[str, float]
     noise_sigma: float
+    inner_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -305,7 +308,10 @@ def _inner_table(anatomy: Anatomy, theta: np.ndarray) -> np.ndarray:
     back (cos 2theta < 0 there), plus a seeded irregularity."""
     (a1, p1), (a2, p2) = anatomy.skull_harmonics
     thickness = anatomy.skull * (1.0 - a1 * np.cos(2 * theta + p1) + a2 * np.cos(3 * theta + p2))
-    return (1.0 - anatomy.scalp - thickness).astype(np.float32)
+    inner = 1.0 - anatomy.scalp - thickness
+    if anatomy.inner_scale != 1.0:
+        inner = inner * anatomy.inner_scale
+    return inner.astype(np.float32)
 
 
 def _basal_cisterns(fr: _Frame, z: float) -> np.ndarray:

@@ -18,8 +18,11 @@ docs/benchmarks.md "Phantom realism"):
 - false-positive bait: calcified choroid plexus, pineal, falx and basal ganglia; orbits,
   sinuses, clivus and petrous bone at the skull base; beam-hardening streaks there;
 - acquisition: head size, position and rotation, field of view, reconstruction kernel (smooth
-  or sharp, with correlated noise), scanner calibration offset, and normal slices from the
-  skull base to the vertex.
+  or sharp, with correlated noise), scanner calibration offset, the head holder under the
+  occiput, and normal slices from the skull base to above the vertex;
+- the skull cut obliquely: towards the vertex the inner table's top lies below the outer
+  table's, so the bone band widens in-plane until a slice holds only a disc of bone, and a 5 mm
+  slice averages bone and brain across it (through-plane partial volume of the tables).
 
 All randomness comes from the generator passed in, so a seed fixes every pixel.
 """
@@ -99,6 +102,21 @@ MASS_KINDS = ("epidural", "subdural", "intraparenchymal")
 #: sulci down to `EFFACED_SULCI` below the displaced surface are compressed shut.
 EFFACING_DEPTH = 0.02
 EFFACED_SULCI = 0.12
+#: The outer head surface ends at z = 1.05 (`head_scale`); the inner table's top lies this much
+#: lower (z units: 0.05 is one 5 mm slice, so ~6 mm of scalp and skull at the vertex).
+INNER_TOP_GAP = 0.06
+#: Slice thickness in z units (0.05 ~ 5 mm, RSNA's usual): a slice averages the bone across
+#: it, so where the skull runs oblique to the slice the tables smear in-plane (`_bone_fraction`).
+SLICE_THICKNESS = 0.05
+#: Head holder under the occiput, drawn in most series (`ScanStyle.holder`): its gap to the
+#: head and shell thickness (fractions of the image: 1.5-3.5 mm at a 250 mm field) and HU
+#: (carbon fibre and plastic read ~100-500 HU: a white arc in a brain window, as under most
+#: of the 59 RSNA slices in ../shared/data/real).
+HOLDER_SHARE = 0.85
+HOLDER_GAP = (0.005, 0.05)
+HOLDER_THICKNESS = (0.006, 0.014)
+HOLDER_HU = (150.0, 450.0)
+_HOLDER_SALT = 0x686F6C64
 
 
 @dataclass(frozen=True)
@@ -125,6 +143,8 @@ class ScanStyle:
       falx: (v lo, v hi, HU) of a calcified falx segment, or None.
       streaks: beam-hardening strength (0..1) at the skull base.
       hu_offset: the scanner's calibration offset, HU, added to the whole image.
+      holder: the head holder as (centre x offset, gap, thickness, HU, side wall height),
+        all but the HU fractions of the image; None: no holder in the field.
     """
 
     kernel: str
@@ -134,6 +154,7 @@ class ScanStyle:
     falx: tuple[float, float, float] | None
     streaks: float
     hu_offset: float = 0.0
+    holder: tuple[float, float, float, float, float] | None = None
 
 
 def random_anatomy(rng: np.random.Generator) -> tuple[Anatomy, float]:
@@ -178,14 +199,35 @@ def random_style(rng: np.random.Generator) -> ScanStyle:
         falx = (lo, lo + float(rng.uniform(0.1, 0.4)), float(rng.uniform(120.0, 500.0)))
     # Water reads 0 +- a few HU on a calibrated scanner (the ACR phantom allows +-7 HU).
     offset = float(rng.uniform(-5.0, 3.0))
-    return ScanStyle(kernel, noise, float(rng.uniform(0.6, 1.2)), tuple(calcs), falx,
-                     float(rng.uniform(0.3, 1.0)), offset)
+    style = ScanStyle(kernel, noise, float(rng.uniform(0.6, 1.2)), tuple(calcs), falx,
+                      float(rng.uniform(0.3, 1.0)), offset)
+    # The holder has its own generator, seeded from this series' draws, so that adding it left
+    # every other draw of a seeded drop (patients, bleeds, noise) as it was.
+    own = np.random.default_rng([int(noise * 1e9), int((offset + 10.0) * 1e9), _HOLDER_SALT])
+    if own.random() < HOLDER_SHARE:
+        holder = (float(own.normal(0.0, 0.01)), float(own.uniform(*HOLDER_GAP)),
+                  float(own.uniform(*HOLDER_THICKNESS)), float(own.uniform(*HOLDER_HU)),
+                  float(own.uniform(0.0, 0.3)))
+        style = replace(style, holder=holder)
+    return style
 
 
 def head_scale(z: float) -> float:
-    """Head cross-section size at z relative to the widest slice: small near the vertex."""
+    """Head cross-section size at z relative to the widest slice: 0 above the vertex (1.05)."""
     d = (z - 0.45) / (0.6 if z > 0.45 else 1.1)
-    return math.sqrt(max(0.06, 1.0 - d * d))
+    return math.sqrt(max(0.0, 1.0 - d * d))
+
+
+def inner_scale(z: float) -> float:
+    """The inner table's radius at z as a fraction of its usual one (`Anatomy.inner_scale`):
+    1 up to the widest slice, then falling to 0 at `INNER_TOP_GAP` below the vertex, so the
+    skull widens in-plane as a slice cuts it more obliquely (0: a disc of bone, no brain)."""
+    if z <= 0.45:
+        return 1.0
+    outer = head_scale(z)
+    d = (z - 0.45) / (0.6 - INNER_TOP_GAP)
+    inner = math.sqrt(max(0.0, 1.0 - d * d))
+    return inner / outer if outer > 0.0 else 0.0
 
 
 def random_bleed(kind: str, rng: np.random.Generator, z_center: float,
@@ -256,10 +298,11 @@ def patient_bleeds(folder_type: str, rng: np.random.Generator, z_lo: float,
 
 
 def patient_z_range(folder_type: str, n_slices: int, rng: np.random.Generator) -> np.ndarray:
-    """Consecutive slice positions: normal series reach from the skull base to the vertex."""
+    """Consecutive slice positions: normal series reach from the skull base to above the
+    vertex (bone caps, then the holder alone in air, as real series end)."""
     dz = float(rng.uniform(0.04, 0.06))
     span = dz * max(n_slices - 1, 0)
-    lo, hi = {"normal": (0.0, 0.97), "intraventricular": (0.28, 0.64)}.get(
+    lo, hi = {"normal": (0.0, 1.08), "intraventricular": (0.28, 0.64)}.get(
         folder_type, (0.12, 0.86))
     z0 = float(rng.uniform(lo, max(lo, hi - span)))
     return z0 + dz * np.arange(n_slices, dtype=np.float64)
@@ -295,11 +338,17 @@ def make_patient(folder_type: str, n_slices: int, size: int,
 
 
 def _frame(anatomy: Anatomy, z: float, size: int) -> phantom._Frame:
-    """`phantom._frame` with this module's head profile along z (small at the vertex)."""
-    ratio = head_scale(z) / phantom.head_scale(z)
+    """`phantom._frame` with this module's head profile along z (small at the vertex; above
+    it no head: every pixel far outside)."""
+    scale = head_scale(z)
+    ratio = max(scale, 1e-3) / phantom.head_scale(z)
     scaled = replace(anatomy, semi_axes=(anatomy.semi_axes[0] * ratio,
                                          anatomy.semi_axes[1] * ratio))
-    return phantom._frame(scaled, z, size)
+    fr = phantom._frame(scaled, z, size)
+    if scale > 0.0:
+        return fr
+    far = np.full(fr.rho.shape, 1e6, dtype=np.float32)
+    return replace(fr, u=far, v=far, rho=far, depth=fr.rho_in - far)
 
 
 def _in_ellipse(fr: phantom._Frame, cu: float, cv: float, au: float, av: float,
@@ -504,7 +553,9 @@ def render_slice(anatomy: Anatomy, style: ScanStyle, z: float, size: int,
     """
     if size < 32:
         raise PhantomError(f"phantom size must be >= 32 pixels, got {size}")
+    anatomy = replace(anatomy, inner_scale=inner_scale(z))
     fr = _frame(anatomy, z, size)
+    bone = _bone_fraction(anatomy, fr, z)
     tissue = phantom._anatomy_tissue(anatomy, fr, z)
     base_bone = _skull_base(tissue, fr, z)
     type_masks, blood_hu, oedema, brain_fr = _paint_bleeds(tissue, fr, anatomy, z, bleeds)
@@ -515,7 +566,7 @@ def render_slice(anatomy: Anatomy, style: ScanStyle, z: float, size: int,
     under = tissue.copy()  # what the blood displaced: the partner of its partial volume
     tissue[mask.astype(bool)] = BLOOD
     calc_hu = _calcifications(tissue, brain_fr, style, z)
-    hu = _hu_image(anatomy, style, fr, under, base_bone, mask, blood_hu, calc_hu, z, rng)
+    hu = _hu_image(anatomy, style, fr, under, (base_bone, bone), mask, blood_hu, calc_hu, z, rng)
     types = tuple(t for t in TYPE_NAMES if t in type_masks)
     return PhantomSlice(hu, mask, types, {t: type_masks[t] for t in types}, tissue, float(z))
 
@@ -537,10 +588,69 @@ def _calcifications(tissue: np.ndarray, fr: phantom._Frame, style: ScanStyle,
     return hu
 
 
+def _bone_fraction(anatomy: Anatomy, fr: phantom._Frame, z: float) -> np.ndarray:
+    """Share of the slice's thickness (`SLICE_THICKNESS`, a box profile) that is skull at each
+    pixel, [size, size] float32. Above the widest slice the head's outer surface and the inner
+    table narrow with z (`head_scale`, `inner_scale`), so a pixel at radius a (units of the
+    widest head) lies in bone from where the inner table has shrunk inside it up to where the
+    outer table has: the overlap of that z interval with the slice, solved in closed form. At
+    and below the widest slice the skull runs nearly parallel to z: the slice's own skull."""
+    outer = 1.0 - anatomy.scalp
+    here = ((fr.rho >= fr.rho_in) & (fr.rho <= outer)).astype(np.float32)
+    half = 0.5 * SLICE_THICKNESS
+    if z - half <= 0.45 or head_scale(z) <= 0.0:
+        return here
+    a = fr.rho * np.float32(head_scale(z))
+    inner0 = phantom._inner_table(replace(anatomy, inner_scale=1.0), fr.theta)
+
+    def crossing(ratio: np.ndarray, span: float) -> np.ndarray:  # z where a surface meets radius a
+        return 0.45 + span * np.sqrt(np.clip(1.0 - ratio * ratio, 0.0, 1.0))
+
+    z_in = crossing(a / inner0, 0.6 - INNER_TOP_GAP)  # bone from here up
+    z_out = np.where(a < outer, crossing(a / outer, 0.6), 0.0)  # ... up to here
+    overlap = np.minimum(z + half, z_out) - np.maximum(z - half, z_in)
+    return np.clip(overlap / SLICE_THICKNESS, 0.0, 1.0).astype(np.float32)
+
+
+def _through_plane_bone(hu: np.ndarray, anatomy: Anatomy, fr: phantom._Frame, skull: np.ndarray,
+                        share: np.ndarray) -> np.ndarray:
+    """HU with the skull's through-plane partial volume: each pixel mixes bone (its own value
+    on the skull, the tables' 1,500 HU off it) with soft tissue (its own value off the skull,
+    CSF inside the skull's middle and scalp outside on it) by `_bone_fraction`'s share."""
+    mixed = (share > 0.0) & ((share < 1.0) | ~skull)
+    if not mixed.any():
+        return hu
+    middle = 0.5 * (fr.rho_in + 1.0 - anatomy.scalp)
+    soft = np.where(fr.rho < middle, anatomy.hu["csf"], anatomy.hu["scalp"]).astype(np.float32)
+    bone = np.where(skull, hu, np.float32(1500.0))
+    base = np.where(skull, soft, hu)
+    return np.where(mixed, share * bone + (1.0 - share) * base, hu).astype(np.float32)
+
+
+def _holder(anatomy: Anatomy, style: ScanStyle, size: int) -> np.ndarray:
+    """Bool [size, size]: the head holder's shell, a U under the occiput fixed to the scanner
+    (not turned with the head), its arc a half circle round the head centre and its sides
+    straight up; clipped to the reconstruction circle."""
+    out = np.zeros((size, size), dtype=bool)
+    if style.holder is None:
+        return out
+    dx, gap, thickness, _, wall = style.holder
+    ys, xs = (np.mgrid[0:size, 0:size].astype(np.float32) + 0.5) / size
+    cx, cy = anatomy.center[0] + dx, anatomy.center[1]
+    radius = max(anatomy.semi_axes) + gap
+    half = max(0.5 / size, 0.5 * thickness)
+    r = np.hypot(xs - cx, ys - cy)
+    out |= (np.abs(r - radius) <= half) & (ys >= cy)
+    out |= (np.abs(np.abs(xs - cx) - radius) <= half) & (ys < cy) & (ys >= cy - wall)
+    return out & ((xs - 0.5) ** 2 + (ys - 0.5) ** 2 <= 0.25)
+
+
 def _hu_image(anatomy: Anatomy, style: ScanStyle, fr: phantom._Frame, under: np.ndarray,
-              base_bone: np.ndarray, mask: np.ndarray, blood_hu: np.ndarray,
+              bones: tuple[np.ndarray, np.ndarray], mask: np.ndarray, blood_hu: np.ndarray,
               calc_hu: np.ndarray, z: float, rng: np.random.Generator) -> np.ndarray:
-    """HU from tissue: values, bone, partial-volume blood, calcifications, streaks, kernel."""
+    """HU from tissue: values, bone (skull base; the skull's through-plane partial volume,
+    ``bones``), the head holder, partial-volume blood, calcifications, streaks, kernel."""
+    base_bone, bone_share = bones
     size = under.shape[0]
     px = size / 512.0
     lut = np.array([
@@ -553,7 +663,10 @@ def _hu_image(anatomy: Anatomy, style: ScanStyle, fr: phantom._Frame, under: np.
     t = np.clip((1.0 - anatomy.scalp - fr.rho) / np.maximum(
         1.0 - anatomy.scalp - fr.rho_in, 1e-3), 0.0, 1.0)
     hu[skull] = (1500.0 - 750.0 * np.sin(np.pi * t) ** 2)[skull]
+    hu = _through_plane_bone(hu, anatomy, fr, skull, bone_share)
     hu[base_bone] = 1100.0
+    if style.holder is not None:
+        hu[_holder(anatomy, style, size) & (under == AIR)] = style.holder[3]
     if mask.any():
         # Partial volume in-plane: blood mixes with what it displaced across a blurred edge.
         sigma = style.pv_sigma * px
