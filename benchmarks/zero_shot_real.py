@@ -6,9 +6,12 @@ every slice with the easy phantom). Real slices with masks are not here, but rea
 labels unknown for most). Their Hounsfield units say where a predicted mask cannot be blood,
 so a model trained on a phantom can be checked on real scans without labels:
 
-- ``implausible``: the share of predicted mask pixels whose HU no bleed has, below 0 (fat, air)
-  or above 120 (bone, calcification, metal; acute blood reads ~40-90 HU, partial volume with
-  bone at a mask's edge stays under it). Pooled over slices.
+- ``implausible``: the share of the predicted masks' core pixels (each mask eroded by 2 px at
+  512) whose HU no bleed has, below 0 (fat, air) or above 120 (bone, calcification, metal;
+  acute blood reads ~40-90 HU). Pooled over slices. The core, because a true mask's edge does
+  cross such HU: blurred against bone by partial volume and the kernel, and drawn by a model
+  working at 96-256 px. On the real phantom's own true masks at 512 px (16 patients, seed 3)
+  9.3 % of all mask pixels, and 0.06 % of core pixels, are outside 0-120 HU.
 - ``no brain``: slices with under 2 % of their pixels in brain's 15-45 HU after a 5x5 median
   (above the vertex, the bone cap, the table; neck slices keep muscle and count as brain):
   any mask there is a false positive.
@@ -52,6 +55,8 @@ BLOOD_HU_RANGE = (0.0, 120.0)
 BRAIN_HU_RANGE = (15.0, 45.0)
 #: A slice with less of its pixels in `BRAIN_HU_RANGE` holds no brain worth a mask.
 MIN_BRAIN_SHARE = 0.02
+#: A mask's core: what a 5x5 disc erosion leaves (2 px in from its edge at 512 px).
+CORE_KERNEL = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
 
 
 def slice_figures(hu: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
@@ -60,12 +65,14 @@ def slice_figures(hu: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
         mask = cv2.resize(mask.astype(np.uint8), (hu.shape[1], hu.shape[0]),
                           interpolation=cv2.INTER_NEAREST)
     on = mask.astype(bool)
+    core = cv2.erode(on.astype(np.uint8), CORE_KERNEL).astype(bool)
     lo, hi = BLOOD_HU_RANGE
     smooth = cv2.medianBlur(np.clip(hu, -1024, 3071).astype(np.float32), 5)
     brain = (smooth >= BRAIN_HU_RANGE[0]) & (smooth <= BRAIN_HU_RANGE[1])
     return {
         "mask_pixels": int(on.sum()),
-        "implausible_pixels": int((on & ((hu < lo) | (hu > hi))).sum()),
+        "core_pixels": int(core.sum()),
+        "implausible_pixels": int((core & ((hu < lo) | (hu > hi))).sum()),
         "brain_share": round(float(brain.mean()), 4),
         "no_brain": bool(brain.mean() < MIN_BRAIN_SHARE),
     }
@@ -75,7 +82,7 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Pooled figures of `score_run`'s per-slice rows."""
     masked = [r for r in rows if r["mask_pixels"] > 0]
     empty_head = [r for r in rows if r["no_brain"]]
-    pixels = sum(r["mask_pixels"] for r in rows)
+    core = sum(r["core_pixels"] for r in rows)
     p_any = np.array([r["p_any"] for r in rows], dtype=np.float64)
     return {
         "slices": len(rows),
@@ -83,7 +90,7 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "called_any": sum(r["decision_any"] for r in rows),
         "slices_with_mask": len(masked),
         "mask_pixels_median": int(np.median([r["mask_pixels"] for r in masked])) if masked else 0,
-        "implausible_share": round(sum(r["implausible_pixels"] for r in rows) / pixels, 4) if pixels else 0.0,
+        "implausible_share": round(sum(r["implausible_pixels"] for r in rows) / core, 4) if core else 0.0,
         "no_brain_slices": len(empty_head),
         "no_brain_with_mask": sum(r["mask_pixels"] > 0 for r in empty_head),
         "no_brain_called_any": sum(r["decision_any"] for r in empty_head),
@@ -106,6 +113,8 @@ def score_run(predictions: Path) -> list[dict[str, Any]]:
     rows = []
     with predictions.open(newline="") as f:
         for rec in csv.DictReader(f):
+            if not rec.get("mask_png"):
+                raise SystemExit(f"{predictions} has no mask for {rec['id']}: the run has no mask head")
             hu, _ = dicom.read_hu(rec["path"])
             mask = cv2.imread(str(predictions.parent / rec["mask_png"]), cv2.IMREAD_GRAYSCALE)
             if mask is None:
@@ -117,7 +126,7 @@ def score_run(predictions: Path) -> list[dict[str, Any]]:
 
 COLUMNS = (("slices", "slices"), ("p_any_median", "median p(any)"), ("called_any", "called any"),
            ("slices_with_mask", "slices with a mask"), ("mask_pixels_median", "mask px, median"),
-           ("implausible_share", "mask px on HU < 0 or > 120"), ("no_brain_slices", "slices without brain"),
+           ("implausible_share", "mask core px on HU < 0 or > 120"), ("no_brain_slices", "slices without brain"),
            ("no_brain_with_mask", "of them with a mask"), ("no_brain_called_any", "of them called any"))
 
 

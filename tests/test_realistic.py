@@ -250,6 +250,29 @@ def test_a_slice_averages_the_oblique_skull_across_its_thickness() -> None:
         # The slice's own skull is where the average is at least half bone.
         own = (fr.rho >= fr.rho_in) & (fr.rho <= 1.0 - anatomy.scalp)
         assert ((share >= 0.5) == own).mean() > 0.98
+    # The closed form is the mean over the slice of the skull at each z (here 201 samples).
+    z = 0.93
+    sample = replace(anatomy, inner_scale=realistic.inner_scale(z))
+    fr = realistic._frame(sample, z, 64)
+    share = realistic._bone_fraction(sample, fr, z)
+    a = fr.rho * realistic.head_scale(z)
+    inner0 = phantom._inner_table(replace(anatomy, inner_scale=1.0), fr.theta)
+    count = np.zeros_like(share)
+    offsets = np.linspace(-0.5, 0.5, 201) * realistic.SLICE_THICKNESS
+    for dz in offsets:
+        there = realistic.head_scale(z + dz)
+        if there > 0.0:
+            rho = a / there
+            count += (rho >= inner0 * realistic.inner_scale(z + dz)) & (rho <= 1.0 - anatomy.scalp)
+    np.testing.assert_allclose(share, count / len(offsets), atol=0.01)
+    # ... and the rendered slice shows it: brain a fifth to half inside bone reads as bone-ish.
+    style = replace(realistic.random_style(np.random.default_rng(0)), holder=None, noise_sigma=0.1)
+    sample = replace(anatomy, inner_scale=realistic.inner_scale(z))
+    fr = realistic._frame(sample, z, 256)
+    share = realistic._bone_fraction(sample, fr, z)
+    sl = realistic.render_slice(anatomy, style, z, 256, (), np.random.default_rng(0))
+    rim = (share > 0.2) & (share < 0.5) & (sl.tissue != SKULL)
+    assert rim.sum() > 20 and float(np.median(sl.hu[rim])) > 300.0
 
 
 def test_a_head_holder_under_most_heads_and_no_other_draw_moved(monkeypatch) -> None:
@@ -266,7 +289,7 @@ def test_a_head_holder_under_most_heads_and_no_other_draw_moved(monkeypatch) -> 
             before = (drawn, after)
     assert (drawn, after) == before
     anatomy, style = _centred_head(2)
-    style = replace(style, holder=(0.0, 0.02, 0.012, 300.0, 0.2), noise_sigma=0.1)
+    style = replace(style, holder=realistic.Holder(0.0, 0.02, 0.012, 300.0, 0.2), noise_sigma=0.1)
     sl = realistic.render_slice(anatomy, style, 0.5, 256, (), np.random.default_rng(0))
     fr = realistic._frame(anatomy, 0.5, 256)
     outside = (fr.rho > 1.2) & (sl.hu > 100.0)  # bright, away from the head

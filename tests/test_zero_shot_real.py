@@ -40,11 +40,16 @@ def _head(size: int = 64) -> np.ndarray:
 def test_mask_pixels_on_bone_or_air_are_implausible() -> None:
     hu = _head()
     mask = np.zeros(hu.shape, dtype=np.uint8)
-    mask[28:36, 20:28] = 255  # the bleed: 64 plausible pixels
-    mask[5:7, 30:34] = 255  # bone ring: 8 pixels
-    mask[0:2, 0:4] = 255  # air: 8 pixels
+    mask[28:36, 20:28] = 255  # the bleed: its 4 x 4 core is plausible
+    mask[1:6, 1:6] = 255  # air: a 1-pixel core
     fig = ZS.slice_figures(hu, mask)
-    assert fig["mask_pixels"] == 80 and fig["implausible_pixels"] == 16
+    assert (fig["mask_pixels"], fig["core_pixels"], fig["implausible_pixels"]) == (89, 17, 1)
+    # The bleed's edge on bone does not count: only the core is scored.
+    edge = np.zeros(hu.shape, dtype=np.uint8)
+    edge[27:36, 20:28] = 255
+    hu_edge = hu.copy()
+    hu_edge[27, 20:28] = 900.0
+    assert ZS.slice_figures(hu_edge, edge)["implausible_pixels"] == 0
     assert not fig["no_brain"] and fig["brain_share"] > 0.3
     # A mask at another size is resized onto the HU grid (nearest).
     small = cv2.resize(mask, (32, 32), interpolation=cv2.INTER_NEAREST)
@@ -61,9 +66,12 @@ def test_a_slice_of_bone_and_air_has_no_brain() -> None:
 
 def test_summary_pools_slices() -> None:
     rows = [
-        {"p_any": 0.9, "decision_any": 1, "mask_pixels": 100, "implausible_pixels": 50, "no_brain": False},
-        {"p_any": 0.2, "decision_any": 0, "mask_pixels": 0, "implausible_pixels": 0, "no_brain": False},
-        {"p_any": 0.6, "decision_any": 1, "mask_pixels": 300, "implausible_pixels": 0, "no_brain": True},
+        {"p_any": 0.9, "decision_any": 1, "mask_pixels": 100, "core_pixels": 80, "implausible_pixels": 40,
+         "no_brain": False},
+        {"p_any": 0.2, "decision_any": 0, "mask_pixels": 0, "core_pixels": 0, "implausible_pixels": 0,
+         "no_brain": False},
+        {"p_any": 0.6, "decision_any": 1, "mask_pixels": 300, "core_pixels": 240, "implausible_pixels": 0,
+         "no_brain": True},
     ]
     s = ZS.summarise(rows)
     assert (s["slices"], s["called_any"], s["slices_with_mask"]) == (3, 2, 2)
@@ -86,9 +94,13 @@ def test_score_run_reads_predictions_against_the_dicoms(tmp_path: Path) -> None:
         w.writeheader()
         w.writerow({"id": "a", "path": str(dcm), "p_any": 0.7, "decision_any": 1, "mask_png": "masks/a.png"})
     (row,) = ZS.score_run(out / "predictions.csv")
-    assert (row["mask_pixels"], row["implausible_pixels"], row["p_any"]) == (64, 0, 0.7)
+    assert (row["mask_pixels"], row["core_pixels"], row["implausible_pixels"], row["p_any"]) == (64, 16, 0, 0.7)
     (out / "masks" / "a.png").unlink()
     with pytest.raises(SystemExit, match="cannot read the predicted mask"):
+        ZS.score_run(out / "predictions.csv")
+    text = (out / "predictions.csv").read_text().replace("masks/a.png", "")
+    (out / "predictions.csv").write_text(text)  # a run without a mask head writes no masks
+    with pytest.raises(SystemExit, match="no mask head"):
         ZS.score_run(out / "predictions.csv")
 
 

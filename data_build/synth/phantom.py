@@ -77,8 +77,9 @@ class Anatomy:
       ventricle_scale: size factor of the ventricles (hydrocephalus > 1).
       hu: tissue name -> mean HU (scalp, csf, grey, white, ventricle).
       noise_sigma: Gaussian image noise, HU.
-      inner_scale: the inner table's radius as a fraction of its usual one: 1 except near the
-        vertex of the "real" phantom, where a slice cuts the skull obliquely (`realistic`).
+      inner_scale: the inner table's radius as a fraction of its usual one: 1 in the easy
+        phantom; in the "real" one below 1 above the widest slice, falling to 0 near the
+        vertex as slices cut the skull more obliquely (`realistic.inner_scale`).
     """
 
     center: tuple[float, float]

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import cv2
 import numpy as np
@@ -103,11 +103,14 @@ MASS_KINDS = ("epidural", "subdural", "intraparenchymal")
 EFFACING_DEPTH = 0.02
 EFFACED_SULCI = 0.12
 #: The outer head surface ends at z = 1.05 (`head_scale`); the inner table's top lies this much
-#: lower (z units: 0.05 is one 5 mm slice, so ~6 mm of scalp and skull at the vertex).
+#: lower (z units: 0.05 is one 5 mm slice, so ~6 mm of skull at the vertex).
 INNER_TOP_GAP = 0.06
 #: Slice thickness in z units (0.05 ~ 5 mm, RSNA's usual): a slice averages the bone across
 #: it, so where the skull runs oblique to the slice the tables smear in-plane (`_bone_fraction`).
 SLICE_THICKNESS = 0.05
+#: Bone HU: the vault's tables (its diploe half of it) and the skull base's bone.
+TABLE_HU = 1500.0
+BASE_BONE_HU = 1100.0
 #: Head holder under the occiput, drawn in most series (`ScanStyle.holder`): its gap to the
 #: head and shell thickness (fractions of the image: 1.5-3.5 mm at a 250 mm field) and HU
 #: (carbon fibre and plastic read ~100-500 HU: a white arc in a brain window, as under most
@@ -131,6 +134,24 @@ class RealBleed(Bleed):
     cisterns: bool = True
 
 
+class Holder(NamedTuple):
+    """The head holder (`_holder`): a U fixed to the scanner under the occiput.
+
+    Attributes:
+      dx: its centre's offset from the head centre, fraction of the image.
+      gap: from the head's largest semi-axis to the shell, fraction of the image.
+      thickness: of the shell, fraction of the image.
+      hu: of the shell.
+      wall: height of its straight sides above the head centre, fraction of the image.
+    """
+
+    dx: float
+    gap: float
+    thickness: float
+    hu: float
+    wall: float
+
+
 @dataclass(frozen=True)
 class ScanStyle:
     """One series' acquisition and the patient's incidental findings (fixed across slices).
@@ -143,8 +164,7 @@ class ScanStyle:
       falx: (v lo, v hi, HU) of a calcified falx segment, or None.
       streaks: beam-hardening strength (0..1) at the skull base.
       hu_offset: the scanner's calibration offset, HU, added to the whole image.
-      holder: the head holder as (centre x offset, gap, thickness, HU, side wall height),
-        all but the HU fractions of the image; None: no holder in the field.
+      holder: the head holder, or None: no holder in the field.
     """
 
     kernel: str
@@ -154,7 +174,7 @@ class ScanStyle:
     falx: tuple[float, float, float] | None
     streaks: float
     hu_offset: float = 0.0
-    holder: tuple[float, float, float, float, float] | None = None
+    holder: Holder | None = None
 
 
 def random_anatomy(rng: np.random.Generator) -> tuple[Anatomy, float]:
@@ -205,9 +225,9 @@ def random_style(rng: np.random.Generator) -> ScanStyle:
     # every other draw of a seeded drop (patients, bleeds, noise) as it was.
     own = np.random.default_rng([int(noise * 1e9), int((offset + 10.0) * 1e9), _HOLDER_SALT])
     if own.random() < HOLDER_SHARE:
-        holder = (float(own.normal(0.0, 0.01)), float(own.uniform(*HOLDER_GAP)),
-                  float(own.uniform(*HOLDER_THICKNESS)), float(own.uniform(*HOLDER_HU)),
-                  float(own.uniform(0.0, 0.3)))
+        holder = Holder(float(own.normal(0.0, 0.01)), float(own.uniform(*HOLDER_GAP)),
+                        float(own.uniform(*HOLDER_THICKNESS)), float(own.uniform(*HOLDER_HU)),
+                        float(own.uniform(0.0, 0.3)))
         style = replace(style, holder=holder)
     return style
 
@@ -615,14 +635,14 @@ def _bone_fraction(anatomy: Anatomy, fr: phantom._Frame, z: float) -> np.ndarray
 def _through_plane_bone(hu: np.ndarray, anatomy: Anatomy, fr: phantom._Frame, skull: np.ndarray,
                         share: np.ndarray) -> np.ndarray:
     """HU with the skull's through-plane partial volume: each pixel mixes bone (its own value
-    on the skull, the tables' 1,500 HU off it) with soft tissue (its own value off the skull,
+    on the skull, the tables' `TABLE_HU` off it) with soft tissue (its own value off the skull,
     CSF inside the skull's middle and scalp outside on it) by `_bone_fraction`'s share."""
     mixed = (share > 0.0) & ((share < 1.0) | ~skull)
     if not mixed.any():
         return hu
     middle = 0.5 * (fr.rho_in + 1.0 - anatomy.scalp)
     soft = np.where(fr.rho < middle, anatomy.hu["csf"], anatomy.hu["scalp"]).astype(np.float32)
-    bone = np.where(skull, hu, np.float32(1500.0))
+    bone = np.where(skull, hu, np.float32(TABLE_HU))
     base = np.where(skull, soft, hu)
     return np.where(mixed, share * bone + (1.0 - share) * base, hu).astype(np.float32)
 
@@ -662,11 +682,13 @@ def _hu_image(anatomy: Anatomy, style: ScanStyle, fr: phantom._Frame, under: np.
     skull = under == SKULL
     t = np.clip((1.0 - anatomy.scalp - fr.rho) / np.maximum(
         1.0 - anatomy.scalp - fr.rho_in, 1e-3), 0.0, 1.0)
-    hu[skull] = (1500.0 - 750.0 * np.sin(np.pi * t) ** 2)[skull]
+    hu[skull] = (TABLE_HU - 0.5 * TABLE_HU * np.sin(np.pi * t) ** 2)[skull]
+    # Before the blood: blood by an oblique table keeps its own HU (the tables' share mixed
+    # into blood too made the demo's masks collapse on validation, docs/benchmarks.md).
     hu = _through_plane_bone(hu, anatomy, fr, skull, bone_share)
-    hu[base_bone] = 1100.0
+    hu[base_bone] = BASE_BONE_HU
     if style.holder is not None:
-        hu[_holder(anatomy, style, size) & (under == AIR)] = style.holder[3]
+        hu[_holder(anatomy, style, size) & (under == AIR)] = style.holder.hu
     if mask.any():
         # Partial volume in-plane: blood mixes with what it displaced across a blurred edge.
         sigma = style.pv_sigma * px
