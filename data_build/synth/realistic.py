@@ -28,6 +28,7 @@ All randomness comes from the generator passed in, so a seed fixes every pixel.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
 from typing import NamedTuple, Sequence
@@ -650,19 +651,25 @@ def _through_plane_bone(hu: np.ndarray, anatomy: Anatomy, fr: phantom._Frame, sk
 def _holder(anatomy: Anatomy, style: ScanStyle, size: int) -> np.ndarray:
     """Bool [size, size]: the head holder's shell, a U under the occiput fixed to the scanner
     (not turned with the head), its arc a half circle round the head centre and its sides
-    straight up; clipped to the reconstruction circle."""
-    out = np.zeros((size, size), dtype=bool)
+    straight up; clipped to the reconstruction circle. All zero without a holder."""
     if style.holder is None:
-        return out
+        return np.zeros((size, size), dtype=bool)
     dx, gap, thickness, _, wall = style.holder
+    return _holder_shell(anatomy.center[0] + dx, anatomy.center[1], max(anatomy.semi_axes) + gap,
+                         max(0.5 / size, 0.5 * thickness), wall, size)
+
+
+@functools.lru_cache(maxsize=4)  # one series' slices share it (~8 ms a slice at 512 px)
+def _holder_shell(cx: float, cy: float, radius: float, half: float, wall: float,
+                  size: int) -> np.ndarray:
+    """`_holder`'s shell in image fractions: centre, arc radius, half thickness, wall height."""
     ys, xs = (np.mgrid[0:size, 0:size].astype(np.float32) + 0.5) / size
-    cx, cy = anatomy.center[0] + dx, anatomy.center[1]
-    radius = max(anatomy.semi_axes) + gap
-    half = max(0.5 / size, 0.5 * thickness)
     r = np.hypot(xs - cx, ys - cy)
-    out |= (np.abs(r - radius) <= half) & (ys >= cy)
+    out = (np.abs(r - radius) <= half) & (ys >= cy)
     out |= (np.abs(np.abs(xs - cx) - radius) <= half) & (ys < cy) & (ys >= cy - wall)
-    return out & ((xs - 0.5) ** 2 + (ys - 0.5) ** 2 <= 0.25)
+    out &= (xs - 0.5) ** 2 + (ys - 0.5) ** 2 <= 0.25
+    out.flags.writeable = False
+    return out
 
 
 def _hu_image(anatomy: Anatomy, style: ScanStyle, fr: phantom._Frame, under: np.ndarray,
