@@ -2,10 +2,8 @@
 the commands' outputs, aggregation over folds and the table. Nothing here trains."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,20 +12,12 @@ import pytest
 
 from data_build.drop import discover
 from data_build.synth.writer import write_synthetic_drop
+from tests.benchmark_modules import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_module() -> Any:
-    path = ROOT / "benchmarks" / "proxy_benchmark.py"
-    spec = importlib.util.spec_from_file_location("proxy_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["proxy_benchmark"] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-PB = _load_module()
+PB = load_benchmark("proxy_benchmark")
 
 
 @pytest.fixture(scope="module")

@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
+from tests.benchmark_modules import load_benchmark
 
-def _load_module():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "tta_pairs.py"
-    spec = importlib.util.spec_from_file_location("tta_pairs", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["tta_pairs"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-TP = _load_module()
+TP = load_benchmark("tta_pairs")
 
 
 def _cell(name: str, group: str, dice_none: float, dice_flip: float, flip_scores: bool) -> dict:

@@ -3,27 +3,16 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from tests.benchmark_modules import load_benchmark
 from tests.factories import write_ct
 
-
-def _load_module():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "zero_shot_real.py"
-    spec = importlib.util.spec_from_file_location("zero_shot_real", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["zero_shot_real"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-ZS = _load_module()
+ZS = load_benchmark("zero_shot_real")
 
 
 def _head(size: int = 64) -> np.ndarray:
