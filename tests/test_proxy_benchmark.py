@@ -14,9 +14,6 @@ from data_build.drop import discover
 from data_build.synth.writer import write_synthetic_drop
 from tests.benchmark_modules import load_benchmark
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
 PB = load_benchmark("proxy_benchmark")
 
 
