@@ -48,6 +48,9 @@ import numpy as np  # noqa: E402
 from data_build import dicom  # noqa: E402
 from data_build.files import atomic_write_text  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from proxy_benchmark import ProxyError, command_path  # noqa: E402
+
 DEFAULT_DICOMS = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "rsna-dicom"
 #: HU no bleed reads: below fat/air's upper end, above acute blood plus partial volume.
 BLOOD_HU_RANGE = (0.0, 120.0)
@@ -68,13 +71,13 @@ def slice_figures(hu: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
     core = cv2.erode(on.astype(np.uint8), CORE_KERNEL).astype(bool)
     lo, hi = BLOOD_HU_RANGE
     smooth = cv2.medianBlur(np.clip(hu, -1024, 3071).astype(np.float32), 5)
-    brain = (smooth >= BRAIN_HU_RANGE[0]) & (smooth <= BRAIN_HU_RANGE[1])
+    brain = float(((smooth >= BRAIN_HU_RANGE[0]) & (smooth <= BRAIN_HU_RANGE[1])).mean())
     return {
         "mask_pixels": int(on.sum()),
         "core_pixels": int(core.sum()),
         "implausible_pixels": int((core & ((hu < lo) | (hu > hi))).sum()),
-        "brain_share": round(float(brain.mean()), 4),
-        "no_brain": bool(brain.mean() < MIN_BRAIN_SHARE),
+        "brain_share": round(brain, 4),
+        "no_brain": brain < MIN_BRAIN_SHARE,
     }
 
 
@@ -99,9 +102,11 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def predict(run: Path, dicoms: Path, out: Path) -> Path:
     """``fusion-predict RUN DICOMS --out OUT`` (the project's own command); its predictions.csv."""
-    exe = Path(sys.executable).with_name("fusion-predict")
-    cmd = [str(exe) if exe.exists() else "fusion-predict", str(run), str(dicoms), "--out", str(out),
-           "--overwrite"]
+    try:
+        exe = command_path("fusion-predict")
+    except ProxyError as e:
+        raise SystemExit(str(e)) from None
+    cmd = [exe, str(run), str(dicoms), "--out", str(out), "--overwrite"]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"fusion-predict failed on {run}:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
