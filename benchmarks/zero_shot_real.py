@@ -24,6 +24,10 @@ its export's TTA), then scores its mask PNGs against the DICOMs' HU. Prints a ta
 
     python benchmarks/zero_shot_real.py RUN [RUN ...] --out OUT [--dicoms ../shared/data/real/rsna-dicom]
 
+Each run's overlays (``fusion-predict``'s, mask in red) are also tiled into one contact sheet,
+``OUT/predict-N/sheet.png``, each tile labelled with its index, p(any) and mask pixels ("NB":
+no brain), to see at a glance where the masks fall.
+
 Several runs are predicted one after another on the same slices and printed side by side. These
 are not accuracy figures: a model that marks true bleeds scores the same as one that marks
 brain at random, as long as both avoid bone, air and empty slices. They catch what a phantom
@@ -46,7 +50,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from data_build import dicom  # noqa: E402
-from data_build.files import atomic_write_text  # noqa: E402
+from data_build.files import atomic_write_bytes, atomic_write_text  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from proxy_benchmark import ProxyError, command_path  # noqa: E402
@@ -129,6 +133,29 @@ def score_run(predictions: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def contact_sheet(predict_dir: Path, rows: Sequence[dict[str, Any]], tile: int = 160,
+                  columns: int = 10) -> Path:
+    """Tile PREDICT_DIR/overlays/<id>.png of `score_run`'s rows into PREDICT_DIR/sheet.png."""
+    tiles = []
+    for i, row in enumerate(rows):
+        image = cv2.imread(str(predict_dir / "overlays" / f"{row['id']}.png"), cv2.IMREAD_COLOR)
+        if image is None:  # an overlay fusion-predict did not write: a black tile, still labelled
+            image = np.zeros((tile, tile, 3), dtype=np.uint8)
+        image = cv2.resize(image, (tile, tile), interpolation=cv2.INTER_AREA)
+        label = f"{i} {row['p_any']:.2f} {row['mask_pixels']}" + (" NB" if row["no_brain"] else "")
+        cv2.putText(image, label, (2, 11), cv2.FONT_HERSHEY_SIMPLEX, 0.33, (0, 255, 255), 1)
+        tiles.append(image)
+    blank = np.zeros((tile, tile, 3), dtype=np.uint8)
+    tiles += [blank] * ((-len(tiles) % columns) if tiles else columns)
+    sheet = np.vstack([np.hstack(tiles[j:j + columns]) for j in range(0, len(tiles), columns)])
+    ok, png = cv2.imencode(".png", sheet)
+    if not ok:
+        raise SystemExit(f"cannot encode the contact sheet of {predict_dir}")
+    out = predict_dir / "sheet.png"
+    atomic_write_bytes(out, png.tobytes())
+    return out
+
+
 COLUMNS = (("slices", "slices"), ("p_any_median", "median p(any)"), ("called_any", "called any"),
            ("slices_with_mask", "slices with a mask"), ("mask_pixels_median", "mask px, median"),
            ("implausible_share", "mask core px on HU < 0 or > 120"), ("no_brain_slices", "slices without brain"),
@@ -156,8 +183,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: dict[str, dict[str, Any]] = {}
     for i, run in enumerate(args.runs):
         name = f"{i}:{run}"
-        rows = score_run(predict(run, args.dicoms, args.out / f"predict-{i}"))
-        results[name] = {"summary": summarise(rows), "slices": rows}
+        predictions = predict(run, args.dicoms, args.out / f"predict-{i}")
+        rows = score_run(predictions)
+        results[name] = {"summary": summarise(rows), "slices": rows,
+                         "sheet": str(contact_sheet(predictions.parent, rows))}
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "zero_shot_real.json", json.dumps(
         {"dicoms": str(args.dicoms), "blood_hu_range": BLOOD_HU_RANGE, "brain_hu_range": BRAIN_HU_RANGE,
