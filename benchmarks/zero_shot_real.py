@@ -129,20 +129,25 @@ def score_run(predictions: Path) -> list[dict[str, Any]]:
             if mask is None:
                 raise SystemExit(f"cannot read the predicted mask {rec['mask_png']} of {rec['id']}")
             rows.append({"id": rec["id"], "p_any": float(rec["p_any"]),
-                         "decision_any": int(rec["decision_any"]), **slice_figures(hu, mask)})
+                         "decision_any": int(rec["decision_any"]), "overlay_png": rec.get("overlay_png") or "",
+                         **slice_figures(hu, mask)})
     return rows
 
 
 def contact_sheet(predict_dir: Path, rows: Sequence[dict[str, Any]], tile: int = 160,
                   columns: int = 10) -> Path:
-    """Tile PREDICT_DIR/overlays/<id>.png of `score_run`'s rows into PREDICT_DIR/sheet.png."""
-    tiles = []
+    """Tile the overlays of `score_run`'s rows (predictions.csv's ``overlay_png``, relative to
+    PREDICT_DIR) into PREDICT_DIR/sheet.png; a missing overlay is a black tile, counted."""
+    tiles, missing = [], 0
     for i, row in enumerate(rows):
-        image = cv2.imread(str(predict_dir / "overlays" / f"{row['id']}.png"), cv2.IMREAD_COLOR)
+        name = row.get("overlay_png")
+        image = cv2.imread(str(predict_dir / name), cv2.IMREAD_COLOR) if name else None
         if image is None:  # an overlay fusion-predict did not write: a black tile, still labelled
             image = np.zeros((tile, tile, 3), dtype=np.uint8)
+            missing += 1
         image = cv2.resize(image, (tile, tile), interpolation=cv2.INTER_AREA)
         label = f"{i} {row['p_any']:.2f} {row['mask_pixels']}" + (" NB" if row["no_brain"] else "")
+        cv2.putText(image, label, (2, 11), cv2.FONT_HERSHEY_SIMPLEX, 0.33, (0, 0, 0), 3)  # outline
         cv2.putText(image, label, (2, 11), cv2.FONT_HERSHEY_SIMPLEX, 0.33, (0, 255, 255), 1)
         tiles.append(image)
     blank = np.zeros((tile, tile, 3), dtype=np.uint8)
@@ -153,6 +158,9 @@ def contact_sheet(predict_dir: Path, rows: Sequence[dict[str, Any]], tile: int =
         raise SystemExit(f"cannot encode the contact sheet of {predict_dir}")
     out = predict_dir / "sheet.png"
     atomic_write_bytes(out, png.tobytes())
+    if missing:
+        print(f"warning: {missing} of {len(rows)} overlays missing from {predict_dir}: black tiles in {out}",
+              file=sys.stderr)
     return out
 
 

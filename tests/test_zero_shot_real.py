@@ -98,16 +98,21 @@ def test_a_missing_dicom_folder_is_one_line(tmp_path: Path) -> None:
         ZS.main([str(tmp_path / "run"), "--out", str(tmp_path / "o"), "--dicoms", str(tmp_path / "none")])
 
 
-def test_contact_sheet_tiles_the_overlays_with_labels(tmp_path: Path) -> None:
+def test_contact_sheet_tiles_the_overlays_with_labels(tmp_path: Path, capsys) -> None:
     (tmp_path / "overlays").mkdir()
     red = np.zeros((64, 64, 3), dtype=np.uint8)
     red[..., 2] = 255
-    cv2.imwrite(str(tmp_path / "overlays" / "a.png"), red)
-    rows = [{"id": "a", "p_any": 0.7, "mask_pixels": 12, "no_brain": False},
-            {"id": "b", "p_any": 0.1, "mask_pixels": 0, "no_brain": True}]  # no overlay: black
-    sheet = cv2.imread(str(ZS.contact_sheet(tmp_path, rows, tile=32, columns=3)), cv2.IMREAD_COLOR)
+    # fusion-predict names files by a cleaned id: the sheet follows predictions.csv's column.
+    cv2.imwrite(str(tmp_path / "overlays" / "a_1.png"), red)
+    rows = [{"id": "a/1", "overlay_png": "overlays/a_1.png", "p_any": 0.7, "mask_pixels": 12, "no_brain": False},
+            {"id": "b", "overlay_png": "overlays/b.png", "p_any": 0.1, "mask_pixels": 0, "no_brain": True}]
+    out = ZS.contact_sheet(tmp_path, rows, tile=32, columns=3)
+    assert out == tmp_path / "sheet.png"
+    sheet = cv2.imread(str(out), cv2.IMREAD_COLOR)
     assert sheet.shape == (32, 96, 3)
     assert sheet[20:, :32, 2].mean() > 200 and sheet[20:, 40:, :].max() == 0  # a's red, b's black
     assert sheet[:12, 32:64].max() > 0  # b's label is written
+    assert "1 of 2 overlays missing" in capsys.readouterr().err
+    assert cv2.imread(str(ZS.contact_sheet(tmp_path, rows[:1] * 3, tile=32, columns=3))).shape == (32, 96, 3)
     empty = cv2.imread(str(ZS.contact_sheet(tmp_path, [], tile=32, columns=3)), cv2.IMREAD_COLOR)
     assert empty.shape == (32, 96, 3)
