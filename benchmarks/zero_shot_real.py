@@ -138,19 +138,19 @@ def contact_sheet(predict_dir: Path, rows: Sequence[dict[str, Any]], tile: int =
                   columns: int = 10) -> Path:
     """Tile the overlays of `score_run`'s rows (predictions.csv's ``overlay_png``, relative to
     PREDICT_DIR) into PREDICT_DIR/sheet.png; a missing overlay is a black tile, counted."""
+    blank = np.zeros((tile, tile, 3), dtype=np.uint8)
     tiles, missing = [], 0
     for i, row in enumerate(rows):
         name = row.get("overlay_png")
         image = cv2.imread(str(predict_dir / name), cv2.IMREAD_COLOR) if name else None
         if image is None:  # an overlay fusion-predict did not write: a black tile, still labelled
-            image = np.zeros((tile, tile, 3), dtype=np.uint8)
+            image = blank.copy()
             missing += 1
         image = cv2.resize(image, (tile, tile), interpolation=cv2.INTER_AREA)
         label = f"{i} {row['p_any']:.2f} {row['mask_pixels']}" + (" NB" if row["no_brain"] else "")
         cv2.putText(image, label, (2, 11), cv2.FONT_HERSHEY_SIMPLEX, 0.33, (0, 0, 0), 3)  # outline
         cv2.putText(image, label, (2, 11), cv2.FONT_HERSHEY_SIMPLEX, 0.33, (0, 255, 255), 1)
         tiles.append(image)
-    blank = np.zeros((tile, tile, 3), dtype=np.uint8)
     tiles += [blank] * ((-len(tiles) % columns) if tiles else columns)
     sheet = np.vstack([np.hstack(tiles[j:j + columns]) for j in range(0, len(tiles), columns)])
     ok, png = cv2.imencode(".png", sheet)
