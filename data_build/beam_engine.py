@@ -21,7 +21,9 @@ In the pipeline (`data_build.beam_steps`, which imports Beam):
    lines to ``OUT/.beam/skipped-*.jsonl``. Record bytes go to the bundle's spill file in
    ``OUT/.beam/spill/``; only small metadata goes on through the shuffle.
 5. Results are grouped by planned shard and written in plan order with `tfrecord.frame`, to
-   ``.<shard>.tmp`` then renamed, through `FileSystems`: byte-identical to the local engine.
+   ``.<shard>.<attempt>.tmp`` (a name of its own for each attempt: a runner may retry a bundle
+   while the first attempt still writes) then renamed, through `FileSystems`: byte-identical to
+   the local engine.
    A split without cases has no planned shard, so no 0-byte file.
 6. A final step, run once after every shard's entry exists, lists the shards through
    `FileSystems`, checks each planned one is there with the size its writer reported, merges

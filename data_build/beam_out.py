@@ -16,6 +16,7 @@ Imports Apache Beam: used only by a Beam build.
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any, Iterable, Mapping
 
 from apache_beam.io.filesystem import CompressionTypes
@@ -44,10 +45,19 @@ def read_text(path: str) -> str | None:
         return None
 
 
+def attempt_tmp(folder: str, name: str) -> str:
+    """A temporary name for `name` in `folder`, new for every call (``records._OUR_TMP``'s form).
+
+    A runner may run one bundle twice at once (a retry beside a worker it gave up on): with one
+    fixed name both would write the same temporary, and a rename could publish their interleaved
+    bytes as a whole shard. Each attempt writes its own file; the renames publish equal bytes."""
+    return FileSystems.join(folder, f".{name}.{uuid.uuid4().hex}{records.TMP_SUFFIX}")
+
+
 def write_text(path: str, text: str) -> None:
     """Write `text` to a temporary name beside `path`, then rename it over `path`."""
     folder, name = FileSystems.split(path)
-    tmp = FileSystems.join(folder, f".{name}.beam{records.TMP_SUFFIX}")
+    tmp = attempt_tmp(folder, name)
     with FileSystems.create(tmp, compression_type=_PLAIN) as handle:
         handle.write(text.encode("utf-8"))
     FileSystems.rename([tmp], [path])

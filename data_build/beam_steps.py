@@ -23,7 +23,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from data_build import build_plan, convert, records, tfrecord
+from data_build import beam_out, build_plan, convert, records, tfrecord
 from data_build.cases import Skip
 
 #: Beam metrics namespace of the skip counters (``skipped:<reason>``).
@@ -125,7 +125,7 @@ def write_shard(grouped: tuple[str, Any], out: str) -> Iterator[dict[str, Any]]:
     shard, results = grouped
     counts, skips, digest, size = records._empty_counts(), [], hashlib.sha256(), 0
     final = FileSystems.join(out, shard)
-    tmp = FileSystems.join(out, f".{shard}{records.TMP_SUFFIX}")  # records._OUR_TMP's form
+    tmp = beam_out.attempt_tmp(out, shard)
     reader = _SpillReader()
     try:
         with FileSystems.create(tmp, compression_type=_PLAIN) as handle:
@@ -192,12 +192,8 @@ def finish(_: Any, entries: Sequence[Mapping[str, Any]], out: str, driver_path: 
 def _save_manifest(manifest: Any, out: str) -> str:
     """`Manifest.save` for any `FileSystems` path: a temporary name, renamed over manifest.json."""
     final = FileSystems.join(out, records.MANIFEST)
-    tmp = FileSystems.join(out, f".{records.MANIFEST}.beam{records.TMP_SUFFIX}")  # records._OUR_TMP
     # The same text as `Manifest.save` (json, indent 1), so both engines' manifests read alike.
-    text = json.dumps(manifest.to_dict(), indent=1, default=str) + "\n"
-    with FileSystems.create(tmp, compression_type=_PLAIN) as handle:
-        handle.write(text.encode("utf-8"))
-    FileSystems.rename([tmp], [final])
+    beam_out.write_text(final, json.dumps(manifest.to_dict(), indent=1, default=str) + "\n")
     return final
 
 

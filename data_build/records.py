@@ -263,10 +263,11 @@ def _presets_dict(presets: Mapping[str, Any] | None) -> dict[str, list[float]]:
 # --- output folder ---------------------------------------------------------------------------
 
 
-#: The build's own temporaries: ``.<split>-NNNNN-of-NNNNN.tfrecord.tmp`` (`_write_shard`) and
-#: ``.manifest.json.<random>.tmp`` (`files.atomic_write_text`).
+#: The build's own temporaries: ``.<split>-NNNNN-of-NNNNN.tfrecord.tmp`` (`_write_shard`),
+#: ``.<split>-NNNNN-of-NNNNN.tfrecord.<attempt>.tmp`` (the Beam engine: one name per attempt,
+#: `beam_out.attempt_tmp`) and ``.manifest.json.<random>.tmp`` (`files.atomic_write_text`).
 _OUR_TMP = re.compile(
-    rf"^\.(({'|'.join(splits.SPLITS)})-\d{{5}}-of-\d{{5}}\{SHARD_SUFFIX}|{re.escape(MANIFEST)}\.\w+)"
+    rf"^\.(({'|'.join(splits.SPLITS)})-\d{{5}}-of-\d{{5}}\{SHARD_SUFFIX}(\.\w+)?|{re.escape(MANIFEST)}\.\w+)"
     rf"\{TMP_SUFFIX}$"
 )
 

@@ -155,6 +155,38 @@ def test_record_bytes_bypass_the_shuffle(drop: Path, tmp_path: Path) -> None:
     reader.close()
 
 
+def test_two_attempts_at_one_shard_at_once_publish_a_whole_shard(
+        drop: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A runner may run a bundle again while the first attempt still writes (a worker it gave up
+    on): each attempt writes its own temporary, so the shard renamed into place is whole."""
+    import hashlib
+
+    from data_build import beam_steps, build_plan, convert, tfrecord
+    from data_build.drop import discover
+
+    plans = records.plan_shards(discover(drop, source="render").cases, 4, (0.8, 0.1, 0.1), "salt")
+    (tmp_path / "spill").mkdir()
+    fn = beam_steps.ConvertFn(convert.ConvertOptions(), str(tmp_path / "spill"))
+    fn.start_bundle()
+    sent = [o[1] for line in build_plan.plan_lines(plans[:1]) for o in fn.process(line) if isinstance(o, tuple)]
+    fn.finish_bundle()
+    grouped, out = (plans[0].file, sent), tmp_path / "out"
+    out.mkdir()
+    frame, inner, started = tfrecord.frame, [], []
+
+    def frame_and_start_a_second_attempt(data: bytes) -> bytes:
+        if not started:  # the first attempt is writing its first record: a second one runs whole
+            started.append(True)
+            inner.extend(beam_steps.write_shard(grouped, str(out)))
+        return frame(data)
+
+    monkeypatch.setattr(tfrecord, "frame", frame_and_start_a_second_attempt)
+    outer = list(beam_steps.write_shard(grouped, str(out)))
+    assert inner and outer[0]["sha256"] == inner[0]["sha256"]
+    assert hashlib.sha256((out / plans[0].file).read_bytes()).hexdigest() == outer[0]["sha256"]
+    assert sorted(p.name for p in out.iterdir()) == [plans[0].file]  # no temporary left
+
+
 def test_a_failed_bundle_leaves_no_spill_file_open(tmp_path: Path) -> None:
     # A bundle that fails before finish_bundle: the next bundle (or teardown) closes its file.
     from data_build import beam_steps, convert
