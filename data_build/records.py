@@ -265,10 +265,11 @@ def _presets_dict(presets: Mapping[str, Any] | None) -> dict[str, list[float]]:
 
 #: The build's own temporaries: ``.<split>-NNNNN-of-NNNNN.tfrecord.tmp`` (`_write_shard`),
 #: ``.<split>-NNNNN-of-NNNNN.tfrecord.<attempt>.tmp`` (the Beam engine: one name per attempt,
-#: `beam_out.attempt_tmp`) and ``.manifest.json.<random>.tmp`` (`files.atomic_write_text`).
+#: `beam_out.attempt_tmp`), ``.manifest.json.<random>.tmp`` (`files.atomic_write_text`) and
+#: ``..progress.jsonl.<random>.tmp`` (the Beam driver's progress log, `beam_out.write_text`).
 _OUR_TMP = re.compile(
-    rf"^\.(({'|'.join(splits.SPLITS)})-\d{{5}}-of-\d{{5}}\{SHARD_SUFFIX}(\.\w+)?|{re.escape(MANIFEST)}\.\w+)"
-    rf"\{TMP_SUFFIX}$"
+    rf"^\.(({'|'.join(splits.SPLITS)})-\d{{5}}-of-\d{{5}}\{SHARD_SUFFIX}(\.\w+)?"
+    rf"|({re.escape(MANIFEST)}|{re.escape(PROGRESS)})\.\w+)\{TMP_SUFFIX}$"
 )
 
 

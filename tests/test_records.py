@@ -149,7 +149,7 @@ def test_refuses_existing_build_and_overwrites(render_drop: FakeDrop, tmp_path: 
     # Temporaries a killed build left: the local engine's, a Beam attempt's, a manifest's; and
     # a user's own dot-file, which is not ours.
     leftovers = [".train-00000-of-00001.tfrecord.tmp", ".val-00000-of-00001.tfrecord.3f2a9c.tmp",
-                 ".manifest.json.k2j4.tmp"]
+                 ".manifest.json.k2j4.tmp", "..progress.jsonl.77ab.tmp"]
     for name in leftovers + [".mine.tmp"]:
         (out / name).write_bytes(b"half")
     report = _write(render_drop, out, overwrite=True, shard_size=100)
