@@ -6,7 +6,8 @@ For every variant (a preset, optionally with model fields replaced) and size: th
 built and compiled exactly as `fusion-train` does (`fusion.optim.compile_model`), one batch of
 random images and targets (batch size of the preset, a bleed on half the slices) is trained on
 `--steps` times after two warm-up steps, and the median milliseconds per step over
-`--repeats` rounds is printed, with the ratio to the first variant at that size. Rounds
+`--repeats` rounds is printed, per slice too, with the ratio to the first variant at that size
+per slice (variants may differ in batch size: the default's 4 against the baselines' 8). Rounds
 interleave the variants, so load on a shared machine hits them alike.
 
 Variants ("fusion ..." rows are the `fusion-attention` preset, the default until 2026-11-30,
@@ -49,6 +50,7 @@ VARIANTS: tuple[tuple[str, str, dict[str, dict[str, Any]]], ...] = (
     ("fusion + plain blocks, stride 2", "fusion-attention",
      {"model": {"block": "plain", "fusion": "attention", "fusion_stride": 2}}),
     ("default (fusion preset)", "fusion", {}),
+    ("default at batch 8", "fusion", {"train": {"batch_size": 8}}),
     ("default + weight EMA", "fusion", {"train": {"ema_momentum": 0.98}}),
     ("default without deep supervision", "fusion", {"model": {"deep_supervision": 0}}),
     ("default, depth 5", "fusion", {"model": {"depth": 5}}),
@@ -107,7 +109,7 @@ def main() -> None:
     import keras
 
     print(f"backend {keras.backend.backend()}, {os.cpu_count()} cores, {args.steps} steps x {args.repeats} rounds")
-    print("| size | variant | batch | ms / step | ms / slice | vs first |")
+    print("| size | variant | batch | ms / step | ms / slice | vs first, per slice |")
     print("|---|---|---|---|---|---|")
     for size in (int(s) for s in args.sizes.split(",")):
         cfgs = [(label, preset(name).replace(**{**over, "model": {**over.get("model", {}), "image_size": size}}))
@@ -120,11 +122,12 @@ def main() -> None:
                 for _ in range(args.steps):
                     step()
                 times[i].append((time.perf_counter() - start) / args.steps * 1e3)
-        first = statistics.median(times[0])
+        first = statistics.median(times[0]) / cfgs[0][1].train.batch_size
         for (label, cfg), t in zip(cfgs, times):
             ms = statistics.median(t)
-            print(f"| {size} | {label} | {cfg.train.batch_size} | {ms:.0f} | {ms / cfg.train.batch_size:.1f} "
-                  f"| {ms / first:.2f}x |")
+            per_slice = ms / cfg.train.batch_size
+            print(f"| {size} | {label} | {cfg.train.batch_size} | {ms:.0f} | {per_slice:.1f} "
+                  f"| {per_slice / first:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -106,7 +106,9 @@ def build_config(
 @click.option("--epochs", type=click.IntRange(min=1), help="Maximum epochs.")
 @click.option("--image-size", type=click.IntRange(min=1),
               help="Training size in pixels (multiple of the encoder stride).")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Global batch size.")
+@click.option("--batch-size", type=click.IntRange(min=1),
+              help="Global batch size [preset's: fusion 4, sized for a few hundred slices; raise it "
+                   "for a large drop on an accelerator].")
 @click.option("--seed", type=int, help="Seed of weights, shuffling and augmentation.")
 @click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), help="Peak AdamW learning rate.")
 @click.option("--width", type=click.IntRange(min=1), help="Encoder width (channels of the first stage).")
