@@ -96,7 +96,7 @@ def our_files(out: str) -> list[str]:
     names = {n for n in listed if n.endswith(records.SHARD_SUFFIX) and "/" not in n} | {records.PROGRESS}
     if manifest_shards is not None:
         names.add(records.MANIFEST)
-    return sorted(n for n in present if n in names or records._OUR_TMP.match(n))
+    return sorted(n for n in present if n in names or records._OUR_TMP.fullmatch(n))
 
 
 def refuse_existing(out: str, overwrite: bool) -> None:

@@ -263,13 +263,17 @@ def _presets_dict(presets: Mapping[str, Any] | None) -> dict[str, list[float]]:
 # --- output folder ---------------------------------------------------------------------------
 
 
-#: The build's own temporaries: ``.<split>-NNNNN-of-NNNNN.tfrecord.tmp`` (`_write_shard`),
-#: ``.<split>-NNNNN-of-NNNNN.tfrecord.<attempt>.tmp`` (the Beam engine: one name per attempt,
-#: `beam_out.attempt_tmp`), ``.manifest.json.<random>.tmp`` (`files.atomic_write_text`) and
-#: ``..progress.jsonl.<random>.tmp`` (the Beam driver's progress log, `beam_out.write_text`).
+#: The build's own temporaries (whole names, `re.fullmatch`): ``.<split>-NNNNN-of-NNNNN.tfrecord.tmp``
+#: (`_write_shard`), ``.<split>-NNNNN-of-NNNNN.tfrecord.<uuid hex>.tmp`` (the Beam engine: one
+#: name per attempt, `beam_out.attempt_tmp`), ``.manifest.json.<8 random>.tmp``
+#: (`files.atomic_write_text`) or ``.<uuid hex>.tmp`` (Beam), ``..progress.jsonl.<uuid hex>.tmp``
+#: (the Beam driver's progress log), and the Beam engine's older fixed ``.beam.tmp`` names.
+#: Nothing looser: a user's ``.train-00000-of-00001.tfrecord.bak.tmp`` is not ours.
+_ATTEMPT = r"\.[0-9a-f]{32}"
 _OUR_TMP = re.compile(
-    rf"^\.(({'|'.join(splits.SPLITS)})-\d{{5}}-of-\d{{5}}\{SHARD_SUFFIX}(\.\w+)?"
-    rf"|({re.escape(MANIFEST)}|{re.escape(PROGRESS)})\.\w+)\{TMP_SUFFIX}$"
+    rf"\.(({'|'.join(splits.SPLITS)})-\d{{5}}-of-\d{{5}}\{SHARD_SUFFIX}({_ATTEMPT})?"
+    rf"|({re.escape(MANIFEST)}|{re.escape(PROGRESS)})(\.[a-z0-9_]{{8}}|{_ATTEMPT}|\.beam))\{TMP_SUFFIX}",
+    re.ASCII,
 )
 
 
@@ -305,7 +309,7 @@ def _our_files(out: Path) -> list[Path]:
     if _is_build_manifest(out / MANIFEST):
         names.add(MANIFEST)
     found = [out / n for n in sorted(names) if (out / n).is_file()]
-    found += [p for p in sorted(out.iterdir()) if _OUR_TMP.match(p.name) and p.is_file()]
+    found += [p for p in sorted(out.iterdir()) if _OUR_TMP.fullmatch(p.name) and p.is_file()]
     return found
 
 

@@ -148,14 +148,17 @@ def test_refuses_existing_build_and_overwrites(render_drop: FakeDrop, tmp_path: 
         _write(render_drop, out)
     # Temporaries a killed build left: the local engine's, a Beam attempt's, a manifest's; and
     # a user's own dot-file, which is not ours.
-    leftovers = [".train-00000-of-00001.tfrecord.tmp", ".val-00000-of-00001.tfrecord.3f2a9c.tmp",
-                 ".manifest.json.k2j4.tmp", "..progress.jsonl.77ab.tmp"]
-    for name in leftovers + [".mine.tmp"]:
+    attempt = "3f2a9c0d" * 4  # a uuid4's hex
+    leftovers = [".train-00000-of-00001.tfrecord.tmp", f".val-00000-of-00001.tfrecord.{attempt}.tmp",
+                 ".manifest.json.k2j4_x9q.tmp", f"..progress.jsonl.{attempt}.tmp"]
+    mine = [".mine.tmp", ".train-00000-of-00001.tfrecord.bak.tmp", ".manifest.json.old.tmp"]
+    for name in leftovers + mine:
         (out / name).write_bytes(b"half")
     report = _write(render_drop, out, overwrite=True, shard_size=100)
     assert len(list(out.glob("*.tfrecord"))) == len(json.loads((out / "manifest.json").read_text())["shards"])
     assert report.examples == 12 and (out / "notes.txt").read_text() == "mine"
-    assert not any((out / name).exists() for name in leftovers) and (out / ".mine.tmp").exists()
+    assert not any((out / name).exists() for name in leftovers)
+    assert all((out / name).exists() for name in mine)
     with pytest.raises(records.BuildError, match="either"):
         _write(render_drop, out, overwrite=True, resume=True)
 
