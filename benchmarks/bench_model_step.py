@@ -7,7 +7,7 @@ built and compiled exactly as `fusion-train` does (`fusion.optim.compile_model`)
 random images and targets (batch size of the preset, a bleed on half the slices) is trained on
 `--steps` times after two warm-up steps, and the median milliseconds per step over
 `--repeats` rounds is printed, per slice too, with the ratio to the first variant at that size
-per slice (variants may differ in batch size: the default's 4 against the baselines' 8). Rounds
+per slice (variants may differ in batch size: the default's rows train at 4, the others at 8). Rounds
 interleave the variants, so load on a shared machine hits them alike.
 
 Variants ("fusion ..." rows are the `fusion-attention` preset, the default until 2026-11-30,

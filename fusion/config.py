@@ -458,14 +458,16 @@ def _presets() -> dict[str, RunConfig]:
     # (GroupNorm does not depend on the batch size). On the proxy's 4 folds x 2 seeds (the
     # phantom with the oblique skull): Dice 0.791 / 0.812 against 0.775 / 0.776, no fold worse,
     # macro AUC 0.766 / 0.755 against 0.705 / 0.737, the same cost per slice (1.22x against
-    # 1.25x `plain-unet`'s step; docs/benchmarks.md, "Batch 4"). A drop of thousands of slices
-    # on an accelerator wants a larger `--batch-size` for throughput.
+    # 1.25x `plain-unet`'s step, per slice; docs/benchmarks.md, "Batch 4"). A drop of
+    # thousands of slices on an accelerator wants a larger `--batch-size` for throughput.
+    # `fusion-attention` keeps batch 8, the recipe it was measured with.
     fusion = RunConfig(
         preset="fusion", model=ModelConfig(fusion="early", deep_supervision=2),
         loss=LossConfig(auto_pos_weight=True),
         train=TrainConfig(batch_size=4, learning_rate=3e-3, monitor="val_mask_loss"),
     )
-    fusion_attention = dataclasses.replace(fusion, preset="fusion-attention", model=ModelConfig())
+    fusion_attention = dataclasses.replace(fusion, preset="fusion-attention", model=ModelConfig(),
+                                           train=dataclasses.replace(fusion.train, batch_size=8))
     peer_unet = RunConfig(
         preset="peer-unet",
         model=ModelConfig(fusion="early"),

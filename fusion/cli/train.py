@@ -107,7 +107,7 @@ def build_config(
 @click.option("--image-size", type=click.IntRange(min=1),
               help="Training size in pixels (multiple of the encoder stride).")
 @click.option("--batch-size", type=click.IntRange(min=1),
-              help="Global batch size [preset's: fusion 4, sized for a few hundred slices; raise it "
+              help="Global batch size [preset's: fusion 4, chosen on ~60 training slices; raise it "
                    "for a large drop on an accelerator].")
 @click.option("--seed", type=int, help="Seed of weights, shuffling and augmentation.")
 @click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), help="Peak AdamW learning rate.")
