@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -133,22 +134,29 @@ def test_local_only_flags_are_refused_with_beam(drop: Path, tmp_path: Path, flag
     assert result.exit_code == 2 and f"{flag} works with --engine local only" in result.output
 
 
-def test_record_bytes_bypass_the_shuffle(drop: Path, tmp_path: Path) -> None:
-    """The shuffle carries metadata only; the bytes are read back from the bundle's spill file
-    (DirectRunner keeps its shuffle in memory: 9 GiB for 10,000 slices when it held records)."""
+def _convert_first_shard(drop: Path, spill: Path) -> tuple[Any, list]:
+    """The drop's first planned shard through one `ConvertFn` bundle: the plan, and what the
+    bundle sends on to the shuffle, ``(position, result, where)`` per slice."""
     from data_build import beam_steps, build_plan, convert
     from data_build.drop import discover
 
-    found = discover(drop, source="render")
-    plans = records.plan_shards(found.cases, 4, (0.8, 0.1, 0.1), "salt")
-    fn = beam_steps.ConvertFn(convert.ConvertOptions(), str(tmp_path / "spill"))
+    plans = records.plan_shards(discover(drop, source="render").cases, 4, (0.8, 0.1, 0.1), "salt")
+    fn = beam_steps.ConvertFn(convert.ConvertOptions(), str(spill))
     fn.start_bundle()
     outputs = [o for line in build_plan.plan_lines(plans[:1]) for o in fn.process(line)]
     fn.finish_bundle()
-    sent = [o[1] for o in outputs if isinstance(o, tuple)]  # (shard, (position, result, where))
+    return plans[0], [o[1] for o in outputs if isinstance(o, tuple)]  # (shard, (position, result, where))
+
+
+def test_record_bytes_bypass_the_shuffle(drop: Path, tmp_path: Path) -> None:
+    """The shuffle carries metadata only; the bytes are read back from the bundle's spill file
+    (DirectRunner keeps its shuffle in memory: 9 GiB for 10,000 slices when it held records)."""
+    from data_build import beam_steps, convert
+
+    plan, sent = _convert_first_shard(drop, tmp_path / "spill")
     converted = [(r, where) for _, r, where in sent if where is not None]
     assert converted and all(r.serialized == b"" for r, _ in converted)
-    cases = {c.id: c for c in plans[0].cases}
+    cases = {c.id: c for c in plan.cases}
     reader = beam_steps._SpillReader()
     for result, where in converted:
         assert reader.read(where) == convert.make_example(cases[result.id]).serialized
@@ -161,16 +169,10 @@ def test_two_attempts_at_one_shard_at_once_publish_a_whole_shard(
     on): each attempt writes its own temporary, so the shard renamed into place is whole."""
     import hashlib
 
-    from data_build import beam_steps, build_plan, convert, tfrecord
-    from data_build.drop import discover
+    from data_build import beam_steps, tfrecord
 
-    plans = records.plan_shards(discover(drop, source="render").cases, 4, (0.8, 0.1, 0.1), "salt")
-    (tmp_path / "spill").mkdir()
-    fn = beam_steps.ConvertFn(convert.ConvertOptions(), str(tmp_path / "spill"))
-    fn.start_bundle()
-    sent = [o[1] for line in build_plan.plan_lines(plans[:1]) for o in fn.process(line) if isinstance(o, tuple)]
-    fn.finish_bundle()
-    grouped, out = (plans[0].file, sent), tmp_path / "out"
+    plan, sent = _convert_first_shard(drop, tmp_path / "spill")
+    grouped, out = (plan.file, sent), tmp_path / "out"
     out.mkdir()
     frame, inner, started = tfrecord.frame, [], []
 
@@ -183,8 +185,8 @@ def test_two_attempts_at_one_shard_at_once_publish_a_whole_shard(
     monkeypatch.setattr(tfrecord, "frame", frame_and_start_a_second_attempt)
     outer = list(beam_steps.write_shard(grouped, str(out)))
     assert inner and outer[0]["sha256"] == inner[0]["sha256"]
-    assert hashlib.sha256((out / plans[0].file).read_bytes()).hexdigest() == outer[0]["sha256"]
-    assert sorted(p.name for p in out.iterdir()) == [plans[0].file]  # no temporary left
+    assert hashlib.sha256((out / plan.file).read_bytes()).hexdigest() == outer[0]["sha256"]
+    assert sorted(p.name for p in out.iterdir()) == [plan.file]  # no temporary left
 
 
 def test_a_failed_bundle_leaves_no_spill_file_open(tmp_path: Path) -> None:
