@@ -232,6 +232,12 @@ def test_cli_mixed_and_bad_inputs(model_dir: Path, tmp_path: Path) -> None:
     # second run refuses to overwrite
     again = CliRunner().invoke(cli.main, [str(model_dir), str(inp), "--out", str(out)])
     assert again.exit_code != 0 and "--overwrite" in again.output
+    # --overwrite with a MODEL that does not open keeps the earlier masks
+    masks_before = sorted(p.name for p in (out / "masks").iterdir())
+    again = CliRunner().invoke(cli.main, [str(tmp_path / "no-such-model"), str(inp), "--out",
+                                          str(out), "--overwrite"])
+    assert again.exit_code != 0
+    assert sorted(p.name for p in (out / "masks").iterdir()) == masks_before
     # --overwrite replaces the outputs: masks of inputs no longer given disappear
     again = CliRunner().invoke(cli.main, [str(model_dir), str(inp / "windows.npy"), "--out",
                                           str(out), "--overwrite"])

@@ -81,15 +81,12 @@ def main(model: Path, inputs: tuple[Path, ...], out: Path, mask_format: tuple[st
         raise click.ClickException(
             f"{out / 'predictions.csv'} already exists; pass --overwrite or choose another --out"
         )
-    if overwrite:
-        # Masks and overlays of the previous run would otherwise linger next to the new ones.
-        for sub, pattern in STALE_OUTPUTS:
-            for stale in (out / sub).glob(pattern) if (out / sub).is_dir() else ():
-                stale.unlink()
     try:
         predictor = open_model(model, backend, tta)
     except ModelLoadError as err:
         raise click.ClickException(str(err)) from err
+    if overwrite:  # only once the model opened: a wrong MODEL path keeps the earlier output
+        _remove_stale_outputs(out)
     headers = tqdm(unit="file", desc="read headers", delay=0.5)
     bar = None
 
@@ -114,6 +111,19 @@ def main(model: Path, inputs: tuple[Path, ...], out: Path, mask_format: tuple[st
         headers.close()
         if bar is not None:
             bar.close()
+    _report(summary, out, predictor.mask_threshold)
+    raise SystemExit(summary.exit_code)
+
+
+def _remove_stale_outputs(out: Path) -> None:
+    """--overwrite: masks and overlays of the previous run would otherwise linger next to the new ones."""
+    for sub, pattern in STALE_OUTPUTS:
+        for stale in (out / sub).glob(pattern) if (out / sub).is_dir() else ():
+            stale.unlink()
+
+
+def _report(summary, out: Path, mask_threshold: float) -> None:
+    """What was predicted, what was skipped and why, and where the files are."""
     reasons = Counter(s.reason for s in summary.skipped)
     detail = ", ".join(f"{n} {r}" for r, n in sorted(reasons.items()))
     click.echo(
@@ -132,8 +142,7 @@ def main(model: Path, inputs: tuple[Path, ...], out: Path, mask_format: tuple[st
         folders = [f"{d}/" for d in ("masks", "overlays", "nifti", "seg") if (out / d).is_dir()]
         click.echo(f"wrote {out}/predictions.csv, series.csv{', ' if folders else ''}"
                    f"{', '.join(folders)}; masks are pixels with bleed probability >= "
-                   f"{predictor.mask_threshold:.2f} (the model's thresholds.json)")
-    raise SystemExit(summary.exit_code)
+                   f"{mask_threshold:.2f} (the model's thresholds.json)")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -223,23 +223,8 @@ def main(
 
     data_loss = data_loss_error(backend)
     try:
-        if export_only and recalibrate:
-            from fusion.export import reexport_tta
-            from fusion.train import recalibrate as recalibrate_run
-
-            tta = reexport_tta(run_dir, export_tta)
-            result = recalibrate_run(run_dir, shards, export_version, tta)
-            seg = result.metrics.get("segmentation") or {}
-            click.echo(f"recalibrated on {shards} (val): mask threshold {seg.get('mask_threshold')}, "
-                       f"mean val Dice {(seg.get('dice') or {}).get('mean')}; exported "
-                       f"{run_dir / 'export' / str(export_version)} (test-time augmentation: {tta})")
-            return
         if export_only:
-            from fusion.export import export_run, reexport_tta
-
-            tta = reexport_tta(run_dir, export_tta)
-            path = export_run(run_dir, shards, version=export_version, tta=tta)
-            click.echo(f"exported {path} (test-time augmentation: {tta})")
+            _export_only(run_dir, shards, export_version, export_tta, recalibrate)
             return
         check_inputs(shards, cfg)  # fail fast, before TensorFlow builds anything
         if cache_dir is not None and not resume:  # (a resumed run's size is in RUN/config.json)
@@ -271,3 +256,22 @@ def main(
     note = run_dir / EXPORT_NOTE
     if not no_export and note.is_file():
         click.echo(note.read_text(encoding="utf-8"), nl=False)
+
+
+def _export_only(run_dir: Path, shards: Path, export_version: int, export_tta: str | None,
+                 recalibrate: bool) -> None:
+    """``--export-only`` (and ``--recalibrate``): re-export, or re-pick thresholds, of a finished run."""
+    from fusion.export import export_run, reexport_tta
+
+    tta = reexport_tta(run_dir, export_tta)
+    if not recalibrate:
+        path = export_run(run_dir, shards, version=export_version, tta=tta)
+        click.echo(f"exported {path} (test-time augmentation: {tta})")
+        return
+    from fusion.train import recalibrate as recalibrate_run
+
+    result = recalibrate_run(run_dir, shards, export_version, tta)
+    seg = result.metrics.get("segmentation") or {}
+    click.echo(f"recalibrated on {shards} (val): mask threshold {seg.get('mask_threshold')}, "
+               f"mean val Dice {(seg.get('dice') or {}).get('mean')}; exported "
+               f"{run_dir / 'export' / str(export_version)} (test-time augmentation: {tta})")
