@@ -15,6 +15,13 @@ so a model trained on a phantom can be checked on real scans without labels:
 - ``no brain``: slices with under 2 % of their pixels in brain's 15-45 HU after a 5x5 median
   (above the vertex, the bone cap, the table; neck slices keep muscle and count as brain):
   any mask there is a false positive.
+- ``outside the skull``: on slices whose skull closes round the brain (the skull base's
+  foramina and sinuses open it on the lowest ones, which are left out), the share of mask
+  pixels outside it: on temporalis, masseter and neck muscle, scalp, the holder. Outside is
+  what the image border reaches without crossing bone (over 300 HU, dilated 2 px to close
+  sutures and noise); the skull is closed when what it encloses holds at least half of the
+  slice's brain-HU pixels. Pooled over those slices, with the number of them that carry a
+  mask of 20 or more pixels outside.
 - the "any" probability and how many slices get a mask at all (most RSNA slices do not bleed:
   ~14 % of the challenge's slices).
 
@@ -64,6 +71,26 @@ BRAIN_HU_RANGE = (15.0, 45.0)
 MIN_BRAIN_SHARE = 0.02
 #: A mask's core: what a 5x5 disc erosion leaves (2 px in from its edge at 512 px).
 CORE_KERNEL = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+#: Bone for `outside_skull`: HU above this, dilated by `CORE_KERNEL` (2 px) to close sutures.
+BONE_HU = 300.0
+#: A slice's skull is closed when it encloses at least this share of the brain-HU pixels.
+MIN_ENCLOSED_BRAIN = 0.5
+#: A mask with at least this many pixels outside the skull counts as marking it.
+OUTSIDE_PIXELS = 20
+
+
+def outside_skull(smooth: np.ndarray, brain: np.ndarray) -> np.ndarray | None:
+    """Bool [H, W]: what the image border reaches without crossing bone, or None where the
+    skull does not close round the brain (``smooth``: median-filtered HU; ``brain``: its
+    brain-HU pixels)."""
+    bone = cv2.dilate((smooth > BONE_HU).astype(np.uint8), CORE_KERNEL).astype(bool)
+    n, labels = cv2.connectedComponents((~bone).astype(np.uint8), connectivity=4)
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    outside = np.isin(labels, border[border > 0])
+    inside = ~outside & ~bone
+    if not brain.any() or (inside & brain).sum() < MIN_ENCLOSED_BRAIN * brain.sum():
+        return None
+    return outside
 
 
 def slice_figures(hu: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
@@ -75,13 +102,17 @@ def slice_figures(hu: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
     core = cv2.erode(on.astype(np.uint8), CORE_KERNEL).astype(bool)
     lo, hi = BLOOD_HU_RANGE
     smooth = cv2.medianBlur(np.clip(hu, -1024, 3071).astype(np.float32), 5)
-    brain = float(((smooth >= BRAIN_HU_RANGE[0]) & (smooth <= BRAIN_HU_RANGE[1])).mean())
+    brain_px = (smooth >= BRAIN_HU_RANGE[0]) & (smooth <= BRAIN_HU_RANGE[1])
+    brain = float(brain_px.mean())
+    outside = outside_skull(smooth, brain_px)
     return {
         "mask_pixels": int(on.sum()),
         "core_pixels": int(core.sum()),
         "implausible_pixels": int((core & ((hu < lo) | (hu > hi))).sum()),
         "brain_share": round(brain, 4),
         "no_brain": brain < MIN_BRAIN_SHARE,
+        "skull_closed": outside is not None,
+        "outside_pixels": None if outside is None else int((on & outside).sum()),
     }
 
 
@@ -91,6 +122,8 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     empty_head = [r for r in rows if r["no_brain"]]
     core = sum(r["core_pixels"] for r in rows)
     p_any = np.array([r["p_any"] for r in rows], dtype=np.float64)
+    closed = [r for r in rows if r.get("outside_pixels") is not None]
+    closed_mask = sum(r["mask_pixels"] for r in closed)
     return {
         "slices": len(rows),
         "p_any_median": round(float(np.median(p_any)), 3) if rows else None,
@@ -101,6 +134,9 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "no_brain_slices": len(empty_head),
         "no_brain_with_mask": sum(r["mask_pixels"] > 0 for r in empty_head),
         "no_brain_called_any": sum(r["decision_any"] for r in empty_head),
+        "skull_closed_slices": len(closed),
+        "outside_share": round(sum(r["outside_pixels"] for r in closed) / closed_mask, 4) if closed_mask else 0.0,
+        "outside_slices": sum(r["outside_pixels"] >= OUTSIDE_PIXELS for r in closed),
     }
 
 
@@ -167,7 +203,10 @@ def contact_sheet(predict_dir: Path, rows: Sequence[dict[str, Any]], tile: int =
 COLUMNS = (("slices", "slices"), ("p_any_median", "median p(any)"), ("called_any", "called any"),
            ("slices_with_mask", "slices with a mask"), ("mask_pixels_median", "mask px, median"),
            ("implausible_share", "mask core px on HU < 0 or > 120"), ("no_brain_slices", "slices without brain"),
-           ("no_brain_with_mask", "of them with a mask"), ("no_brain_called_any", "of them called any"))
+           ("no_brain_with_mask", "of them with a mask"), ("no_brain_called_any", "of them called any"),
+           ("skull_closed_slices", "slices with a closed skull"),
+           ("outside_share", "of their mask px, outside the skull"),
+           ("outside_slices", f"of them with >= {OUTSIDE_PIXELS} mask px outside"))
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:

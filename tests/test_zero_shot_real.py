@@ -116,3 +116,28 @@ def test_contact_sheet_tiles_the_overlays_with_labels(tmp_path: Path, capsys) ->
     assert cv2.imread(str(ZS.contact_sheet(tmp_path, rows[:1] * 3, tile=32, columns=3))).shape == (32, 96, 3)
     empty = cv2.imread(str(ZS.contact_sheet(tmp_path, [], tile=32, columns=3)), cv2.IMREAD_COLOR)
     assert empty.shape == (32, 96, 3)
+
+
+def test_mask_pixels_outside_a_closed_skull() -> None:
+    hu = _head()
+    ys, xs = np.mgrid[0:64, 0:64]
+    r = np.hypot(ys - 32, xs - 32)
+    hu[(r >= 28) & (r < 31)] = 50.0  # muscle on the outside of the bone, at blood HU
+    mask = np.zeros(hu.shape, dtype=np.uint8)
+    mask[28:36, 20:28] = 255  # the bleed inside
+    fig = ZS.slice_figures(hu, mask)
+    assert fig["skull_closed"] and fig["outside_pixels"] == 0
+    mask[30:34, 62:64] = 255  # on the muscle, outside the bone (2 px off it: the dilation)
+    assert ZS.slice_figures(hu, mask)["outside_pixels"] == 8
+    # A skull open to the outside (the skull base's foramina): no figure, not zero.
+    hu[30:34, 52:64] = 35.0
+    fig = ZS.slice_figures(hu, mask)
+    assert not fig["skull_closed"] and fig["outside_pixels"] is None
+    rows = [{"p_any": 0.9, "decision_any": 1, "mask_pixels": 100, "core_pixels": 0, "implausible_pixels": 0,
+             "no_brain": False, "outside_pixels": 25},
+            {"p_any": 0.9, "decision_any": 1, "mask_pixels": 300, "core_pixels": 0, "implausible_pixels": 0,
+             "no_brain": False, "outside_pixels": 0},
+            {"p_any": 0.9, "decision_any": 1, "mask_pixels": 500, "core_pixels": 0, "implausible_pixels": 0,
+             "no_brain": False, "outside_pixels": None}]
+    s = ZS.summarise(rows)
+    assert (s["skull_closed_slices"], s["outside_share"], s["outside_slices"]) == (2, 0.0625, 1)
