@@ -5,6 +5,7 @@ import logging
 import os
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -12,6 +13,9 @@ import click
 
 from fusion.cli.evaluate import BACKEND_OPTION, BATCH_OPTION, OVERWRITE_OPTION, TTA_OPTION, start_backend
 from fusion.mask_formats import MASK_FORMATS
+
+if TYPE_CHECKING:  # fusion.predict imports numpy and the readers: not before --help
+    from fusion.predict import PredictSummary
 
 #: Output sub-folders a previous run may have left, emptied by --overwrite (file kinds listed).
 STALE_OUTPUTS = (("masks", "*.png"), ("overlays", "*.png"), ("nifti", "*.nii.gz"), ("seg", "*.dcm"))
@@ -122,7 +126,7 @@ def _remove_stale_outputs(out: Path) -> None:
             stale.unlink()
 
 
-def _report(summary, out: Path, mask_threshold: float) -> None:
+def _report(summary: PredictSummary, out: Path, mask_threshold: float) -> None:
     """What was predicted, what was skipped and why, and where the files are."""
     reasons = Counter(s.reason for s in summary.skipped)
     detail = ", ".join(f"{n} {r}" for r, n in sorted(reasons.items()))
