@@ -81,8 +81,13 @@ OUTSIDE_PIXELS = 20
 
 def outside_skull(smooth: np.ndarray, brain: np.ndarray) -> np.ndarray | None:
     """Bool [H, W]: what the image border reaches without crossing bone, or None where the
-    skull does not close round the brain (``smooth``: median-filtered HU; ``brain``: its
-    brain-HU pixels)."""
+    skull does not close round the brain or the slice has no brain-HU pixels (``smooth``:
+    median-filtered HU; ``brain``: its brain-HU pixels).
+
+    ``brain`` also holds muscle and scalp outside the skull (15-45 HU): a slice with much of
+    it can read as open and drop out, so the figure leans low where muscle is thick; and on a
+    skull-base slice that is only partly enclosed, brain beyond a gap counts as outside.
+    """
     bone = cv2.dilate((smooth > BONE_HU).astype(np.uint8), CORE_KERNEL).astype(bool)
     n, labels = cv2.connectedComponents((~bone).astype(np.uint8), connectivity=4)
     border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
@@ -135,8 +140,9 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "no_brain_with_mask": sum(r["mask_pixels"] > 0 for r in empty_head),
         "no_brain_called_any": sum(r["decision_any"] for r in empty_head),
         "skull_closed_slices": len(closed),
-        "outside_share": round(sum(r["outside_pixels"] for r in closed) / closed_mask, 4) if closed_mask else 0.0,
-        "outside_slices": sum(r["outside_pixels"] >= OUTSIDE_PIXELS for r in closed),
+        # None, not 0: rows scored before the figure existed, or no mask on a closed skull.
+        "outside_share": round(sum(r["outside_pixels"] for r in closed) / closed_mask, 4) if closed_mask else None,
+        "outside_slices": sum(r["outside_pixels"] >= OUTSIDE_PIXELS for r in closed) if closed else None,
     }
 
 
@@ -215,7 +221,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
              "|---|" + "---|" * len(COLUMNS)]
     for run, res in results.items():
         s = res["summary"]
-        lines.append(f"| {run} | " + " | ".join(str(s[key]) for key, _ in COLUMNS) + " |")
+        lines.append(f"| {run} | " + " | ".join(str(s.get(key)) for key, _ in COLUMNS) + " |")
     return "\n".join(lines)
 
 
@@ -237,7 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "zero_shot_real.json", json.dumps(
         {"dicoms": str(args.dicoms), "blood_hu_range": BLOOD_HU_RANGE, "brain_hu_range": BRAIN_HU_RANGE,
-         "min_brain_share": MIN_BRAIN_SHARE, "runs": results}, indent=1) + "\n")
+         "min_brain_share": MIN_BRAIN_SHARE, "bone_hu": BONE_HU, "min_enclosed_brain": MIN_ENCLOSED_BRAIN,
+         "outside_pixels": OUTSIDE_PIXELS, "runs": results}, indent=1) + "\n")
     print(table(results))
     return 0
 

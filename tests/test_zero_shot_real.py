@@ -141,3 +141,7 @@ def test_mask_pixels_outside_a_closed_skull() -> None:
              "no_brain": False, "outside_pixels": None}]
     s = ZS.summarise(rows)
     assert (s["skull_closed_slices"], s["outside_share"], s["outside_slices"]) == (2, 0.0625, 1)
+    # Rows scored before the figure existed: no figure, not a measured zero.
+    old = ZS.summarise([{k: v for k, v in r.items() if k != "outside_pixels"} for r in rows])
+    assert (old["skull_closed_slices"], old["outside_share"], old["outside_slices"]) == (0, None, None)
+    assert "None" in ZS.table({"0:r": {"summary": {k: v for k, v in old.items() if k != "outside_slices"}}})
