@@ -89,7 +89,7 @@ def outside_skull(smooth: np.ndarray, brain: np.ndarray) -> np.ndarray | None:
     skull-base slice that is only partly enclosed, brain beyond a gap counts as outside.
     """
     bone = cv2.dilate((smooth > BONE_HU).astype(np.uint8), CORE_KERNEL).astype(bool)
-    n, labels = cv2.connectedComponents((~bone).astype(np.uint8), connectivity=4)
+    _, labels = cv2.connectedComponents((~bone).astype(np.uint8), connectivity=4)
     border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
     outside = np.isin(labels, border[border > 0])
     inside = ~outside & ~bone
