@@ -1,0 +1,142 @@
+"""How far from the cut are the bleeds a run misses, and what does the class head say there?
+
+Issue 10's goal allows at most 10 % of bleeding slices with an empty predicted mask; the proxy's
+fold 0 misses 3-4 of 23 (iso-dense subdurals). A cheap remedy would be a rescue at inference: a
+slice the class head calls bleeding (p(any) >= the run's threshold) whose mask is empty at the
+cut keeps the pixels at a fraction of its own peak mask probability. This script measures what
+such a rule can do before anyone builds it:
+
+- per bleeding slice left empty at the run's mask threshold: its peak mask probability, its
+  p(any), and the Dice a peak-relative cut (``--fraction`` x the peak) would give it;
+- on bleeding slices: the mean Dice at the cut, and with the reverse rule (no mask where
+  p(any) is under its threshold), with the count of bleeding slices the class head misses;
+- on slices with a known empty mask (normal slices, e.g. ``--normals-of``): how many get a mask
+  at the cut, how many the class head calls bleeding, and how many a rescue would add.
+
+    python benchmarks/missed_bleeds.py RUN SHARDS [--split test] --out OUT.json
+    python benchmarks/missed_bleeds.py RUN --normals-of PROXY_OUT --fold 0 --out OUT.json
+
+``--normals-of`` builds (once) shards of the proxy drop's normal slices whose patients the
+fold's run never trained on (the fold's own patients and those left out of every fold), from
+``benchmarks/proxy_benchmark.py``'s ``OUT/drop`` and ``OUT/folds.json``.
+Masks at the model's size, the run's thresholds, flip TTA; docs/benchmarks.md, "An empty-mask
+rescue".
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+#: A peak below this is no guess at all (what a rescue would require).
+PEAK_FLOOR = 0.1
+
+
+def summarise(prob: np.ndarray, true: np.ndarray, p_any: np.ndarray, cut: float, any_cut: float,
+              fraction: float) -> dict[str, Any]:
+    """The figures of the module docstring from [N, H, W] mask probabilities, [N, H, W] bool
+    truth and [N] p(any) at the run's mask cut and "any" threshold."""
+    pred = np.nan_to_num(prob, nan=0.0) >= cut
+    peak = np.nan_to_num(prob, nan=0.0).reshape(len(prob), -1).max(axis=1, initial=0.0)
+    bleeding, found = true.reshape(len(true), -1).any(axis=1), pred.reshape(len(pred), -1).any(axis=1)
+    called = p_any >= any_cut
+    rescuable = ~found & called & (peak >= PEAK_FLOOR)
+    missed = []
+    for i in np.flatnonzero(bleeding & ~found):
+        guess = prob[i] >= fraction * peak[i]
+        dice = 2.0 * np.sum(guess & true[i]) / max(int(guess.sum() + true[i].sum()), 1)
+        missed.append({"index": int(i), "peak": float(peak[i]), "p_any": float(p_any[i]),
+                       "called": bool(called[i]), "peak_relative_dice": float(dice)})
+    normal = ~bleeding
+    both = np.sum(pred & true, axis=(1, 2))
+    dice = 2.0 * both / np.maximum(np.sum(pred, axis=(1, 2)) + np.sum(true, axis=(1, 2)), 1)
+    vetoed = np.where(called, dice, 0.0)  # the reverse rule: no mask where the head says no bleed
+    return {"slices": int(len(prob)), "bleeding": int(bleeding.sum()), "mask_threshold": cut,
+            "dice_bleeding": _mean(dice[bleeding]), "bleeding_not_called": int(np.sum(bleeding & ~called)),
+            "dice_bleeding_vetoed": _mean(vetoed[bleeding]),
+            "any_threshold": any_cut, "fraction": fraction, "peak_floor": PEAK_FLOOR,
+            "missed": missed, "missed_rescuable": int(np.sum(rescuable & bleeding)),
+            "normal": int(normal.sum()), "normal_with_mask": int(np.sum(found & normal)),
+            "normal_called": int(np.sum(called & normal)),
+            "normal_rescue_adds": int(np.sum(rescuable & normal))}
+
+
+def _mean(values: np.ndarray) -> float | None:
+    return float(np.mean(values)) if values.size else None
+
+
+def collect(run: Path, shards: Path, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
+    """Flip-TTA mask probabilities, truth and p(any) of a split, and the loaded predictor."""
+    from fusion.keras_predictor import open_model
+    from fusion.reader import ShardSequence
+
+    predictor = open_model(run, "tensorflow", tta="flip")
+    size = predictor.image_size
+    probs, truth, p_any = [], [], []
+    for batch in ShardSequence(shards, split, image_size=size, batch_size=8, as_dicts=True):
+        out = predictor.predict(np.asarray(batch["image"], np.float32), batch_size=8, tta="flip")
+        probs.append(out["mask"][..., 0])
+        p_any.append(out["probabilities"][:, 0])
+        truth.append(np.asarray(batch["mask"])[..., 0] >= 0.5)
+    return np.concatenate(probs), np.concatenate(truth), np.concatenate(p_any), predictor
+
+
+def normal_shards(proxy_out: Path, fold: int) -> Path:
+    """Shards (all test) of the proxy drop's normal slices of patients outside the fold's
+    training folds; built once under PROXY_OUT/normals/foldK."""
+    from proxy_benchmark import command_path, write_subdrop
+
+    from data_build.drop import discover
+
+    folder = proxy_out / "normals" / f"fold{fold}"
+    if (folder / "shards" / "manifest.json").exists():
+        return folder / "shards"
+    groups = json.loads((proxy_out / "folds.json").read_text())["groups"]
+    trained = {g for k, gs in enumerate(groups) if k != fold for g in gs}
+    drop = discover(proxy_out / "drop", workers=1, progress=False)
+    cases = [c for c in drop.cases if c.labels is not None and c.labels[0] == 0 and c.group not in trained]
+    if not (folder / "drop").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        write_subdrop(proxy_out / "drop", cases, folder / "drop")
+    subprocess.run([command_path("fusion-build"), str(folder / "drop"), "--out", str(folder / "shards"),
+                    "--split-fractions", "0,0,1", "--workers", "1", "--overwrite", "--no-progress"], check=True)
+    return folder / "shards"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("run", type=Path, help="A run folder (fusion-train --out).")
+    p.add_argument("shards", type=Path, nargs="?", help="Shards to score (or --normals-of).")
+    p.add_argument("--split", default="test")
+    p.add_argument("--normals-of", type=Path, help="A proxy_benchmark.py --out folder.")
+    p.add_argument("--fold", type=int, default=0, help="The fold the run was trained for [0].")
+    p.add_argument("--fraction", type=float, default=0.5, help="Peak-relative cut [0.5].")
+    p.add_argument("--out", type=Path, required=True, help="JSON file to write.")
+    args = p.parse_args(argv)
+    if (args.shards is None) == (args.normals_of is None):
+        p.error("give SHARDS or --normals-of, not both")
+    shards = args.shards if args.shards is not None else normal_shards(args.normals_of, args.fold)
+    prob, true, p_any, predictor = collect(args.run, shards, args.split)
+    result = summarise(prob, true, p_any, predictor.mask_threshold,
+                       float(predictor.thresholds[0]) if predictor.thresholds is not None else 0.5,
+                       args.fraction)
+    result.update(run=str(args.run), shards=str(shards), split=args.split)
+    from data_build.files import atomic_write_text
+
+    atomic_write_text(args.out, json.dumps(result, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "missed"}))
+    for m in result["missed"]:
+        print(f"  missed slice {m['index']}: peak {m['peak']:.3f}, p(any) {m['p_any']:.3f}, "
+              f"peak-relative Dice {m['peak_relative_dice']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
