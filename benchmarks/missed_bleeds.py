@@ -21,7 +21,8 @@ Only slices with a known mask are scored (``has_mask``), as ``fusion-evaluate`` 
 
 ``--normals-of`` builds (once) shards of the proxy drop's normal slices whose patients the
 fold's run never trained on (the fold's own patients and those left out of every fold), from
-``benchmarks/proxy_benchmark.py``'s ``OUT/drop`` and ``OUT/folds.json``.
+``benchmarks/proxy_benchmark.py``'s ``OUT/folds.json`` and its drop (``OUT/drop``, or the
+``--drop`` that ``OUT/protocol.json`` records).
 Masks at the model's size, the run's thresholds, flip TTA; docs/benchmarks.md, "An empty-mask
 rescue".
 """
