@@ -52,26 +52,27 @@ def summarise(prob: np.ndarray, true: np.ndarray, p_any: np.ndarray, cut: float,
     """The figures of the module docstring from [N, H, W] mask probabilities, [N, H, W] bool
     truth (slices with a known mask only) and [N] p(any), at the run's mask cut and "any"
     threshold. A slice is bleeding when its truth has a pixel, normal when it has none."""
+    from fusion.metrics import dice
+    from fusion.targets import binary_mask
+
     p = np.nan_to_num(prob, nan=0.0)
     n = len(p)
     ids = list(ids) if ids is not None else [str(i) for i in range(n)]
-    pred = p >= cut
+    pred = binary_mask(p, cut)
     peak = p.reshape(n, -1).max(axis=1, initial=0.0)
     bleeding, found = true.reshape(n, -1).any(axis=1), pred.reshape(n, -1).any(axis=1)
     called = p_any >= any_cut
     rescuable = ~found & called & (peak >= PEAK_FLOOR)
-    missed = []
-    for i in np.flatnonzero(bleeding & ~found):
-        guess = (p[i] >= fraction * peak[i]) & (peak[i] > 0)  # before the floor: what it would mark
-        dice = 2.0 * np.sum(guess & true[i]) / max(int(guess.sum() + true[i].sum()), 1)
-        missed.append({"index": int(i), "id": ids[i], "peak": float(peak[i]), "p_any": float(p_any[i]),
-                       "called": bool(called[i]), "peak_relative_dice": float(dice)})
+    # What a peak-relative cut marks, before the floor (a zero peak marks nothing).
+    guesses = (p >= fraction * peak[:, None, None]) & (peak > 0)[:, None, None]
+    guess_dice, slice_dice = dice(guesses, true), dice(pred, true)
+    missed = [{"index": int(i), "id": ids[i], "peak": float(peak[i]), "p_any": float(p_any[i]),
+               "called": bool(called[i]), "peak_relative_dice": float(guess_dice[i])}
+              for i in np.flatnonzero(bleeding & ~found)]
     normal = ~bleeding
-    both = np.sum(pred & true, axis=(1, 2))
-    dice = 2.0 * both / np.maximum(np.sum(pred, axis=(1, 2)) + np.sum(true, axis=(1, 2)), 1)
-    vetoed = np.where(called, dice, 0.0)  # the reverse rule: no mask where the head says no bleed
+    vetoed = np.where(called, slice_dice, 0.0)  # the reverse rule: no mask where the head says no bleed
     return {"slices": n, "bleeding": int(bleeding.sum()), "mask_threshold": cut,
-            "dice_bleeding": _mean(dice[bleeding]), "bleeding_not_called": int(np.sum(bleeding & ~called)),
+            "dice_bleeding": _mean(slice_dice[bleeding]), "bleeding_not_called": int(np.sum(bleeding & ~called)),
             "dice_bleeding_vetoed": _mean(vetoed[bleeding]),
             "any_threshold": any_cut, "fraction": fraction, "peak_floor": PEAK_FLOOR,
             "missed": missed, "missed_rescuable": int(np.sum(rescuable & bleeding)),
@@ -105,10 +106,14 @@ def collect(run: Path, shards: Path, split: str) -> tuple[np.ndarray, np.ndarray
     return np.concatenate(probs), np.concatenate(truth), np.concatenate(p_any), ids, predictor
 
 
-def unseen_normals(cases: Sequence[Any], groups: Sequence[Sequence[str]], fold: int) -> list[Any]:
-    """Normal slices (any = 0, mask known empty) of patients outside every fold but `fold`."""
+def _check_fold(groups: Sequence[Sequence[str]], fold: int) -> None:
     if not 0 <= fold < len(groups):
         raise MissedError(f"--fold {fold} is not a fold of this proxy run (0-{len(groups) - 1})")
+
+
+def unseen_normals(cases: Sequence[Any], groups: Sequence[Sequence[str]], fold: int) -> list[Any]:
+    """Normal slices (any = 0, mask known empty) of patients outside every fold but `fold`."""
+    _check_fold(groups, fold)
     trained = {g for k, gs in enumerate(groups) if k != fold for g in gs}
     return [c for c in cases if c.labels is not None and c.labels[0] == 0 and c.polygons == ()
             and c.group not in trained]
@@ -129,7 +134,7 @@ def normal_shards(proxy_out: Path, fold: int) -> Path:
         raise MissedError(f"{proxy_out} is not a proxy_benchmark.py --out folder ({err}); run "
                           f"benchmarks/proxy_benchmark.py --plan-only first") from None
     drop_root = Path(drop_info.get("path", proxy_out / "drop"))
-    cases = unseen_normals([], groups, fold)  # checks --fold before the drop is read
+    _check_fold(groups, fold)  # before the drop is read
     if (folder / "shards" / "manifest.json").exists():
         return folder / "shards"
     try:
