@@ -1,9 +1,11 @@
 """Training-only augmentation in NumPy + OpenCV: the one augmentation, every Keras backend.
 
 `fusion.reader.ShardSequence` applies it to training batches on TensorFlow, JAX and PyTorch
-(the tf.data augmentation it replaced was removed in issue 11). Three steps, with the
+(the tf.data augmentation it replaced was removed in issue 11). Its steps, with the
 `AugmentConfig` parameters, per slice of a batched reader dict:
 
+0. bleed fading (``bleed_fade_prob`` > 0, `fusion.bleed_fade`): a traced bleed's density lowered
+   towards the brain around it, for faint and iso-dense bleeds to learn from;
 1. window jitter: each window's level moves by up to ``level_jitter_hu`` HU and its width by up
    to ``width_jitter`` (relative); HU records (``is_hu`` = 1) are re-windowed from ``hu`` with
    `data_build.windows.apply_windows`, render records only with ``jitter_renders`` (the grey
@@ -32,6 +34,7 @@ import cv2
 import numpy as np
 
 from data_build import windows
+from fusion.bleed_fade import fade_bleeds
 from fusion.config import AugmentConfig
 
 #: HU used outside the rotated/zoomed field of view: air.
@@ -160,6 +163,9 @@ def augment_batch(batch: dict[str, Any], cfg: AugmentConfig, rng: np.random.Gene
     out = dict(batch)
     image = out["image"]
     presets = presets or [windows.PRESETS[n] for n in windows.WINDOW_NAMES]
+    if cfg.bleed_fade_prob > 0:
+        out = fade_bleeds(out, cfg.bleed_fade_prob, cfg.bleed_fade_min, rng, presets)
+        image = out["image"]
     if cfg.level_jitter_hu > 0 or cfg.width_jitter > 0:
         if "hu" in out:
             image = _jitter_windows(out, cfg, presets, rng)

@@ -261,6 +261,10 @@ class AugmentConfig:
       jitter_renders: apply the window jitter to render records too, from the rendered grey
         (`fusion.augment_numpy`: exact inside each window, clipped pixels stay clipped).
       noise_std: standard deviation of Gaussian noise added to the [0, 1] image.
+      bleed_fade_prob: share of the slices with a traced mask whose bleed is faded towards the
+        brain around it (`fusion.bleed_fade`): faint and iso-dense bleeds to learn from.
+      bleed_fade_min: the least share of its contrast a faded bleed keeps (alpha is drawn
+        uniform in [bleed_fade_min, 1]).
     """
 
     enabled: bool = True
@@ -272,6 +276,8 @@ class AugmentConfig:
     width_jitter: float = 0.1
     jitter_renders: bool = False
     noise_std: float = 0.01
+    bleed_fade_prob: float = 0.0
+    bleed_fade_min: float = 0.2
 
     def __post_init__(self) -> None:
         _check(0 <= self.rotation_deg <= 180, f"augment.rotation_deg must be in [0, 180], got {self.rotation_deg}")
@@ -279,6 +285,10 @@ class AugmentConfig:
         _check(self.level_jitter_hu >= 0, f"augment.level_jitter_hu must be >= 0, got {self.level_jitter_hu}")
         _check(0 <= self.width_jitter < 1, f"augment.width_jitter must be in [0, 1), got {self.width_jitter}")
         _check(self.noise_std >= 0, f"augment.noise_std must be >= 0, got {self.noise_std}")
+        _check(0 <= self.bleed_fade_prob <= 1,
+               f"augment.bleed_fade_prob must be in [0, 1], got {self.bleed_fade_prob}")
+        _check(0 <= self.bleed_fade_min <= 1,
+               f"augment.bleed_fade_min must be in [0, 1], got {self.bleed_fade_min}")
 
 
 @dataclass(frozen=True)
