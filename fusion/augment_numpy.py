@@ -80,8 +80,9 @@ def _jitter_renders(image: np.ndarray, cfg: AugmentConfig, presets: Sequence[win
                     rng: np.random.Generator) -> np.ndarray:
     """The window jitter on rendered windows: each channel's grey back to HU with its preset
     (`windows.unwindow`) and through the jittered window again (`windows.window`). Exact where
-    the render kept the pixel; where it clipped (0 or 1: the HU is unknown) the pixel stays
-    clipped. Returns a new [B, H, W, C] float32 image."""
+    the render kept the pixel; where it clipped (`windows.render_clipped`: within 4 grey levels
+    of 0 or 1, as JPEG ringing leaves a clipped pixel; the HU is unknown) the pixel keeps its
+    grey. Returns a new [B, H, W, C] float32 image."""
     shift, stretch = _jitter_draws(cfg, image.shape[0], len(presets), rng)
     out = np.empty(image.shape, np.float32)
     for k, p in enumerate(presets):
@@ -89,7 +90,7 @@ def _jitter_renders(image: np.ndarray, cfg: AugmentConfig, presets: Sequence[win
         level = (p.level + shift[:, k])[:, None, None]
         width = (p.width * stretch[:, k])[:, None, None]
         moved = windows.window(windows.unwindow(grey, p.level, p.width), level, width)
-        out[..., k] = np.where(grey <= 0.0, 0.0, np.where(grey >= 1.0, 1.0, moved))
+        out[..., k] = np.where(windows.render_clipped(grey), grey, moved)
     return out
 
 

@@ -41,9 +41,6 @@ _SHOWN_HU = (10.0, 70.0)
 #: pixels of ~0.45 mm); scaled with the slice's size.
 _RING_PX_512 = 7.0
 _EDGE_SIGMA_PX_512 = 2.0
-#: Greys this close to 0 or 1 count as clipped: a JPEG render of a clipped pixel decodes to
-#: 254 or 253 as often as 255.
-_CLIP_MARGIN = 4.0 / 255.0
 
 
 def estimating_channel(presets: Sequence[windows.Window]) -> int | None:
@@ -103,7 +100,7 @@ def _fade_render(image: np.ndarray, mask: np.ndarray, alpha: float, presets: Seq
     unmeasurable."""
     est = presets[k_est]
     grey_est = image[..., k_est]
-    shown = (grey_est > _CLIP_MARGIN) & (grey_est < 1.0 - _CLIP_MARGIN)
+    shown = ~windows.render_clipped(grey_est)
     hu_est = windows.unwindow(grey_est, est.level, est.width)
     shift = contrast_shift(hu_est, shown, mask, alpha, side)
     if shift is None:
@@ -111,7 +108,7 @@ def _fade_render(image: np.ndarray, mask: np.ndarray, alpha: float, presets: Seq
     moving = shift > 0.0
     for k, p in enumerate(presets):
         grey = image[..., k]
-        clipped = (grey <= _CLIP_MARGIN) | (grey >= 1.0 - _CLIP_MARGIN)
+        clipped = windows.render_clipped(grey)
         hu = np.where(clipped, hu_est, windows.unwindow(grey, p.level, p.width))
         moved = windows.window(hu - shift, p.level, p.width)
         image[..., k] = np.where(moving, moved, grey)

@@ -194,10 +194,22 @@ def test_render_jitter_rewindows_the_grey_as_the_jittered_window_would() -> None
     for k, p in enumerate(presets):
         for i in range(3):
             expected = windows.window(hu[i], p.level + shift[i, k], p.width * stretch[i, k])
-            kept = (batch["image"][i, ..., k] > 0) & (batch["image"][i, ..., k] < 1)
+            kept = ~windows.render_clipped(batch["image"][i, ..., k])
             np.testing.assert_allclose(out[i, ..., k][kept], expected[kept], atol=1e-5)
             clipped = batch["image"][i, ..., k][~kept]
             np.testing.assert_array_equal(out[i, ..., k][~kept], clipped)  # unknown HU: stays clipped
+    assert np.abs(out - batch["image"]).max() > 0.02  # it moved
+
+
+def test_render_jitter_leaves_a_jpeg_decoded_clipped_pixel_clipped() -> None:
+    """A clipped pixel decodes to 251-255 (or 0-4) after JPEG ringing: its HU is unknown, so the
+    jitter must not read 254 as 79.7 HU and darken the skull."""
+    batch, _ = _render_batch()
+    batch["image"][:, 0, 0, 0] = 254.0 / 255.0  # brain window: bone that JPEG left at 254
+    batch["image"][:, 0, 1, 0] = 2.0 / 255.0  # and air left at 2
+    cfg = AugmentConfig(**{**STILL, "level_jitter_hu": 10.0, "width_jitter": 0.1, "jitter_renders": True})
+    out = augment_batch(batch, cfg, np.random.default_rng(5))["image"]
+    np.testing.assert_array_equal(out[:, 0, :2, 0], batch["image"][:, 0, :2, 0])
     assert np.abs(out - batch["image"]).max() > 0.02  # it moved
 
 
