@@ -1,11 +1,10 @@
-"""``fusion-train --cache DIR`` (`fusion.decoded_cache`): equal batches, keys, space, atomicity, resume.
+"""``fusion-train --cache DIR`` (`fusion.decoded_cache`): equal batches, keys, space, atomicity.
 
 Shards are built by the product's builder (`records.build`) from synthetic drops
 (`write_synthetic_drop`); the caches by `fusion.decoded_cache` itself.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -29,8 +28,6 @@ from fusion.config import preset
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"image_size": 32, "width": 4, "depth": 2, "fusion_width": 4, "groups": 2}
-needs_jax = pytest.mark.skipif(importlib.util.find_spec("jax") is None,
-                               reason="jax is not installed (pip install -e .[test])")
 
 
 def _build(work: Path, name: str, seed: int, source: str = "render", patients: int = 6) -> Path:
@@ -264,48 +261,8 @@ def test_unwritable_cache_folder_is_one_line(shards: Path, tmp_path: Path) -> No
         decoded_cache.open_caches(blocker / "cache", shards, ("train",), 16)
 
 
-RESUME = textwrap.dedent(
-    """
-    import csv, logging, os, sys
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    from fusion.backend import select_backend
-    select_backend("jax")
-    import keras
-    from fusion.config import RunConfig, preset
-    from fusion.train import train
-
-    class Kill(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            raise KeyboardInterrupt("simulated kill")
-
-    shards, run, cache = sys.argv[1:4]
-    cfg = preset("demo").replace(model={TINY}, train={{"epochs": 2, "batch_size": 4, "patience": 0}})
-    try:
-        train(shards, run, cfg, verbose=0, callbacks=[Kill()], cache_dir=cache, export=False)
-    except KeyboardInterrupt:
-        pass
-    print("MARK resume", file=sys.stderr, flush=True)
-    result = train(shards, run, cfg, resume=True, verbose=0, cache_dir=cache, export=False)
-    with open(run + "/history.csv") as handle:
-        epochs = [int(r["epoch"]) for r in csv.DictReader(handle)]
-    print("RESUMED", result.epochs_run, epochs, os.path.exists(run + "/backup"))
-    imported = any(m.split(".")[0] == "tensorflow" for m in sys.modules)
-    print("TF_IMPORTED", imported)
-    """
-).format(TINY=TINY)
-
-
-@needs_jax
-def test_resume_reuses_the_cache(shards: Path, tmp_path: Path) -> None:
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-c", RESUME, str(shards), str(tmp_path / "run"), str(tmp_path / "c")],
-                          cwd=REPO, capture_output=True, text=True, env=env, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    assert "RESUMED 1 [0, 1] False" in proc.stdout and "TF_IMPORTED False" in proc.stdout
-    first, resumed = proc.stderr.split("MARK resume")
-    assert first.count("building it now (there is none)") == 2 and first.count("built") >= 2  # train, val
-    assert resumed.count("reusing it") == 2 and "building" not in resumed
-    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["train-32px", "val-32px"]
+# Resume on JAX reusing the cache: tests/test_train_backends.py
+# (test_jax_resume_continues_from_backup_and_reuses_the_cache, one JAX subprocess for both).
 
 
 def test_tensorflow_backend_trains_from_the_cache(shards: Path, tmp_path: Path) -> None:

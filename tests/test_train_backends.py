@@ -122,10 +122,14 @@ def test_jax_run_trains_without_tensorflow(shards: Path, tiny_config: Path, tmp_
 
 
 @needs_jax
-def test_jax_resume_continues_from_backup(shards: Path, tiny_config: Path, tmp_path: Path) -> None:
+def test_jax_resume_continues_from_backup_and_reuses_the_cache(shards: Path, tiny_config: Path,
+                                                                tmp_path: Path) -> None:
+    """A killed JAX run resumes from RUN/backup, and the decoded cache (`--cache`) built by the
+    first attempt is reused, not rebuilt (one test: each JAX subprocess costs about a minute)."""
     script = textwrap.dedent(
         f"""
-        import csv
+        import csv, logging
+        logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
         from fusion.backend import select_backend
         select_backend("jax")
         import keras
@@ -136,15 +140,16 @@ def test_jax_resume_continues_from_backup(shards: Path, tiny_config: Path, tmp_p
             def on_epoch_end(self, epoch, logs=None):
                 raise KeyboardInterrupt("simulated kill")
 
-        run, shards = {str(tmp_path / "run")!r}, {str(shards)!r}
+        run, shards, cache = {str(tmp_path / "run")!r}, {str(shards)!r}, {str(tmp_path / "c")!r}
         cfg = RunConfig.load({str(tiny_config)!r})
         try:
-            train(shards, run, cfg, verbose=0, callbacks=[Kill()])
+            train(shards, run, cfg, verbose=0, callbacks=[Kill()], cache_dir=cache)
         except KeyboardInterrupt:
             pass
         import os
         assert os.path.isdir(run + "/backup")
-        result = train(shards, run, cfg, resume=True, verbose=0)
+        print("MARK resume", file=sys.stderr, flush=True)
+        result = train(shards, run, cfg, resume=True, verbose=0, cache_dir=cache)
         with open(run + "/history.csv") as handle:
             epochs = [int(r["epoch"]) for r in csv.DictReader(handle)]
         print("RESUMED", result.epochs_run, epochs, os.path.exists(run + "/backup"))
@@ -154,6 +159,10 @@ def test_jax_resume_continues_from_backup(shards: Path, tiny_config: Path, tmp_p
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "RESUMED 1 [0, 1] False" in proc.stdout  # one more epoch after the kill; backup removed
     assert tf_imports(proc).startswith("TF_IMPORTS 0 "), tf_imports(proc)
+    first, resumed = proc.stderr.split("MARK resume")
+    assert first.count("building it now (there is none)") == 2 and first.count("built") >= 2  # train, val
+    assert resumed.count("reusing it") == 2 and "building" not in resumed
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["train-32px", "val-32px"]
 
 
 @needs_jax
