@@ -11,8 +11,9 @@ such a rule can do before anyone builds it:
 - on bleeding slices: the mean Dice at the cut, and with the reverse rule (no mask where
   p(any) is under its threshold), with the count of bleeding slices the class head misses;
 - on slices with a known empty mask (normal slices, e.g. ``--normals-of``): how many get a mask
-  at the cut, how many the class head calls bleeding, how many a rescue would add, and how
-  many masks the reverse rule would keep.
+  at the cut (and its size in pixels at the model's size: median and largest), how many the
+  class head calls bleeding, how many a rescue would add, and how many masks the reverse rule
+  would keep.
 
 Only slices with a known mask are scored (``has_mask``), as ``fusion-evaluate`` does.
 
@@ -70,6 +71,7 @@ def summarise(prob: np.ndarray, true: np.ndarray, p_any: np.ndarray, cut: float,
                "called": bool(called[i]), "peak_relative_dice": float(guess_dice[i])}
               for i in np.flatnonzero(bleeding & ~found)]
     normal = ~bleeding
+    normal_pixels = pred.reshape(n, -1).sum(axis=1)[found & normal]
     vetoed = np.where(called, slice_dice, 0.0)  # the reverse rule: no mask where the head says no bleed
     return {"slices": n, "bleeding": int(bleeding.sum()), "mask_threshold": cut,
             "dice_bleeding": _mean(slice_dice[bleeding]), "bleeding_not_called": int(np.sum(bleeding & ~called)),
@@ -79,7 +81,9 @@ def summarise(prob: np.ndarray, true: np.ndarray, p_any: np.ndarray, cut: float,
             "normal": int(normal.sum()), "normal_with_mask": int(np.sum(found & normal)),
             "normal_called": int(np.sum(called & normal)),
             "normal_rescue_adds": int(np.sum(rescuable & normal)),
-            "normal_with_mask_vetoed": int(np.sum(found & normal & called))}
+            "normal_with_mask_vetoed": int(np.sum(found & normal & called)),
+            "normal_mask_pixels_median": float(np.median(normal_pixels)) if normal_pixels.size else None,
+            "normal_mask_pixels_max": int(normal_pixels.max()) if normal_pixels.size else None}
 
 
 def _mean(values: np.ndarray) -> float | None:

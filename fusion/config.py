@@ -262,7 +262,10 @@ class AugmentConfig:
         (`fusion.augment_numpy`: exact inside each window, clipped pixels stay clipped).
       noise_std: standard deviation of Gaussian noise added to the [0, 1] image.
       bleed_fade_prob: share of the slices with a traced mask whose bleed is faded towards the
-        brain around it (`fusion.bleed_fade`): faint and iso-dense bleeds to learn from.
+        brain around it (`fusion.bleed_fade`): faint and iso-dense bleeds to learn from. Off
+        (0) in every preset: at 0.3 on the low-data proxy it found none of the iso-dense
+        subdurals and put a mask on 3-4x as many unseen normal slices (docs/benchmarks.md,
+        "Bleed fading").
       bleed_fade_min: the least share of its contrast a faded bleed keeps (alpha is drawn
         uniform in [bleed_fade_min, 1]).
     """

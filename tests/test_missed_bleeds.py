@@ -35,6 +35,7 @@ def test_summary_separates_faint_misses_from_blind_ones_and_counts_normals() -> 
     assert s["missed"][1]["peak"] == np.float32(0.002) and s["missed_rescuable"] == 1
     assert (s["normal_with_mask"], s["normal_called"], s["normal_rescue_adds"]) == (2, 2, 1)
     assert s["normal_with_mask_vetoed"] == 1
+    assert (s["normal_mask_pixels_median"], s["normal_mask_pixels_max"]) == (2.5, 4)  # slices 4 and 6
     assert s["dice_bleeding"] == s["dice_bleeding_vetoed"] == 1 / 3 and s["bleeding_not_called"] == 0
     wider = MB.summarise(prob, true, p_any, cut=0.5, any_cut=0.9, fraction=0.3)
     assert wider["missed"][0]["peak_relative_dice"] == pytest.approx(8 / 10)
