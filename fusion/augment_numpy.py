@@ -9,7 +9,8 @@
 1. window jitter: each window's level moves by up to ``level_jitter_hu`` HU and its width by up
    to ``width_jitter`` (relative); HU records (``is_hu`` = 1) are re-windowed from ``hu`` with
    `data_build.windows.apply_windows`, render records only with ``jitter_renders`` (the grey
-   unwindowed to HU and windowed again: exact inside the window, clipped pixels stay clipped);
+   unwindowed to HU and windowed again: exact inside the window, clipped pixels keep their grey,
+   `windows.render_clipped`);
 2. geometry: flips, a rotation up to ``rotation_deg`` and a zoom up to ``scale`` about the image
    centre, one affine map per slice applied to image (bilinear, 0 outside), mask (bilinear then
    >= 0.5) and hu (air, -1024 HU, outside); ``area_fraction`` is rescaled by the mask's change
@@ -152,7 +153,7 @@ def augment_batch(batch: dict[str, Any], cfg: AugmentConfig, rng: np.random.Gene
         is_hu [B], and hu [B, H, W, 1] for DICOM shards; other keys pass through.
       cfg: the settings; ``cfg.enabled`` False returns `batch` unchanged.
       rng: the generator of this batch's draws.
-      presets: the shards' windows (`Manifest.presets`), for the jitter.
+      presets: the shards' windows (`Manifest.presets`), for the jitter and the bleed fading.
       noise_key: seeds the noise field the batches share (e.g. (seed, epoch)); None draws a
         field for this batch from `rng`.
 

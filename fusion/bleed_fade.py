@@ -16,11 +16,18 @@ with ``contrast`` the median HU inside the mask minus the median HU of a ring of
 presets), every pixel moves by ``-(1 - alpha) x contrast x w``, alpha uniform in
 [`bleed_fade_min`, 1] and w the mask blurred over ~1 mm, so the edge fades as smoothly as partial
 volume does and no rim of the old density is left. A shift, not a scaling towards the brain:
-the bleed keeps its noise and texture, so a faded bleed is not told by being smoother. Only
-pixels that window shows unclipped move (bone, air and fat keep their values); in each channel a
-pixel that channel clipped takes its HU from the estimating window. HU records (``is_hu``) are
-shifted in HU and windowed again. Labels, masks and areas do not change: a faded bleed is the
-same bleed.
+the bleed keeps its noise and texture, so a faded bleed is not told by being smoother. The ring
+is issue 10's (`data_build.synth.stats.brain_ring`). On render records only pixels the
+estimating window shows unclipped move (bone, air and fat keep their values, and so do blood
+pixels over its ceiling, ~79 HU in the brain window); in each channel a pixel that channel
+clipped takes its HU from the estimating window where that HU is clipped there too, and keeps
+its grey where not (skull that JPEG ringing left just under the brain window's ceiling). HU
+records (``is_hu``) are shifted in HU from 0 to 100 HU (blood included, bone not) and windowed
+again. Labels, masks and areas do not change: a faded bleed is the same bleed.
+
+Off in every preset: on the low-data proxy it found none of the iso-dense subdurals it was
+meant for and put masks on 2.3-4.2x as many unseen normal slices (docs/benchmarks.md, "Bleed
+fading").
 """
 from __future__ import annotations
 
@@ -32,14 +39,17 @@ import cv2
 import numpy as np
 
 from data_build import windows
+from data_build.synth import stats
 
 log = logging.getLogger(__name__)
 
 #: The HU range the estimating window must show unclipped: brain (~30-40) to acute blood (~75).
 _SHOWN_HU = (10.0, 70.0)
-#: Width of the ring of brain around the bleed, and of the edge's blur, at 512 px (~7 and ~2
-#: pixels of ~0.45 mm); scaled with the slice's size.
-_RING_PX_512 = 7.0
+#: On HU records the fade moves pixels up to this HU: clotted blood reaches ~90 HU, bone and
+#: calcification lie above.
+_BLOOD_MAX_HU = 100.0
+#: The edge's blur at 512 px (~2 pixels of ~0.45 mm), scaled with the slice's size. The ring of
+#: brain is issue 10's measurement (`data_build.synth.stats.brain_ring`, 7 pixels at 512).
 _EDGE_SIGMA_PX_512 = 2.0
 
 
@@ -51,24 +61,14 @@ def estimating_channel(presets: Sequence[windows.Window]) -> int | None:
     return min(shown)[1] if shown else None
 
 
-def _widths(side: int) -> tuple[int, float]:
-    """The ring's radius and the edge blur's sigma in pixels on a slice `side` pixels wide."""
-    scale = side / 512.0
-    return max(1, round(_RING_PX_512 * scale)), max(0.5, _EDGE_SIGMA_PX_512 * scale)
-
-
-def _ring(mask: np.ndarray, side: int) -> np.ndarray:
-    """[H, W] bool: the pixels within ~3 mm of the mask, outside it."""
-    radius = _widths(side)[0]
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-    grown = cv2.dilate(mask.astype(np.uint8), kernel)
-    return (grown > 0) & ~mask
+def _edge_sigma(side: int) -> float:
+    """The edge blur's sigma in pixels on a slice `side` pixels high."""
+    return max(0.5, _EDGE_SIGMA_PX_512 * side / 512.0)
 
 
 def _edge_weight(mask: np.ndarray, side: int) -> np.ndarray:
     """[H, W] float32 in [0, 1]: 1 inside the mask, falling off smoothly over ~1 mm outside."""
-    sigma = _widths(side)[1]
-    blurred = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), sigma)
+    blurred = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), _edge_sigma(side))
     return np.maximum(blurred * 2.0, mask).clip(0.0, 1.0)
 
 
@@ -82,10 +82,10 @@ def contrast_shift(hu: np.ndarray, shown: np.ndarray, mask: np.ndarray, alpha: f
       shown: [H, W] bool, the pixels that window did not clip.
       mask: [H, W] bool, the traced bleed.
       alpha: the share of the contrast to keep, in [0, 1].
-      side: the whole slice's width in pixels when these are a crop of it (default: theirs).
+      side: the whole slice's height in pixels when these are a crop of it (default: theirs).
     """
     side = side or mask.shape[0]
-    inside, ring = mask & shown, _ring(mask, side) & shown
+    inside, ring = mask & shown, stats.brain_ring(hu, mask, side) & shown
     if not inside.any() or not ring.any():
         return None
     contrast = float(np.median(hu[inside]) - np.median(hu[ring]))
@@ -109,17 +109,22 @@ def _fade_render(image: np.ndarray, mask: np.ndarray, alpha: float, presets: Seq
     for k, p in enumerate(presets):
         grey = image[..., k]
         clipped = windows.render_clipped(grey)
+        # A pixel this channel clipped takes the estimating window's HU only where that HU is
+        # clipped here too, on the same side (a bleed above 60 HU in a 20-60 HU window); where
+        # they disagree (JPEG ringing left skull at 77 HU in the brain window) it keeps its grey.
+        est_here = windows.window(hu_est, p.level, p.width)
+        agree = ((grey >= 0.5) & (est_here >= 1.0 - windows.RENDER_CLIP_MARGIN)) | (
+            (grey < 0.5) & (est_here <= windows.RENDER_CLIP_MARGIN))
         hu = np.where(clipped, hu_est, windows.unwindow(grey, p.level, p.width))
         moved = windows.window(hu - shift, p.level, p.width)
-        image[..., k] = np.where(moving, moved, grey)
+        image[..., k] = np.where(moving & (~clipped | agree), moved, grey)
     return True
 
 
 def _fade_hu(hu: np.ndarray, mask: np.ndarray, alpha: float, side: int) -> bool:
     """Fade one HU slice (or crop) [H, W] in place; False when its contrast is unmeasurable."""
-    lo, hi = _SHOWN_HU
-    shown = (hu > lo - 10.0) & (hu < hi + 10.0)  # what the brain window (0-80 HU) shows
-    shift = contrast_shift(hu, shown, mask, alpha, side)
+    blood_or_brain = (hu >= stats.RING_HU_RANGE[0]) & (hu <= _BLOOD_MAX_HU)
+    shift = contrast_shift(hu, blood_or_brain, mask, alpha, side)
     if shift is None:
         return False
     hu -= shift
@@ -156,7 +161,7 @@ def fade_bleeds(batch: dict[str, Any], prob: float, min_alpha: float, rng: np.ra
     k_est = estimating_channel(presets)
     if "hu" in batch:
         out["hu"] = batch["hu"].copy()
-    side = masks.shape[1]
+    side = masks.shape[1]  # the slices' height (square at the training size)
     for i in picked:
         box = _box(masks[i])
         if "hu" in batch and is_hu[i] > 0.5:
@@ -175,8 +180,8 @@ def _box(mask: np.ndarray) -> tuple[slice, slice]:
     reads or moves (beyond it the shift is under 1e-4 of the contrast), at a fraction of the
     whole slice's CPU."""
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    radius, sigma = _widths(mask.shape[0])
-    grow = int(math.ceil(max(radius, 4.0 * sigma))) + 2
+    side = mask.shape[0]
+    grow = int(math.ceil(max(stats.ring_width(side), 4.0 * _edge_sigma(side)))) + 2
     return (slice(max(rows[0] - grow, 0), rows[-1] + grow + 1),
             slice(max(cols[0] - grow, 0), cols[-1] + grow + 1))
 
@@ -188,5 +193,8 @@ def _warn_no_window(presets: Sequence[windows.Window]) -> None:
     key = tuple(presets)
     if key not in _warned:
         _warned.add(key)
-        log.warning("bleed fading skipped: no channel's window shows %g-%g HU unclipped (windows %s); "
-                    "render shards need one (the brain window, 40/80, does)", *_SHOWN_HU, key)
+        shown = ", ".join(f"{p.level:g}/{p.width:g}" for p in presets)
+        log.warning("bleed fading (augment.bleed_fade_prob) skipped on render records: no channel's "
+                    "window (level/width HU: %s) shows %g-%g HU unclipped; the brain window, 40/80, "
+                    "does. Add one to the shards' windows or set augment.bleed_fade_prob to 0.",
+                    shown, *_SHOWN_HU)

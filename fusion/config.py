@@ -259,12 +259,13 @@ class AugmentConfig:
         `jitter_renders`): a scanner's calibration offset, a few HU.
       width_jitter: maximum relative window width change (likewise).
       jitter_renders: apply the window jitter to render records too, from the rendered grey
-        (`fusion.augment_numpy`: exact inside each window, clipped pixels stay clipped).
+        (`fusion.augment_numpy`: exact inside each window; clipped pixels, and pixels within
+        4 grey levels of 0 or 255 where JPEG ringing leaves them, keep their grey).
       noise_std: standard deviation of Gaussian noise added to the [0, 1] image.
       bleed_fade_prob: share of the slices with a traced mask whose bleed is faded towards the
         brain around it (`fusion.bleed_fade`): faint and iso-dense bleeds to learn from. Off
         (0) in every preset: at 0.3 on the low-data proxy it found none of the iso-dense
-        subdurals and put a mask on 3-4x as many unseen normal slices (docs/benchmarks.md,
+        subdurals and put a mask on 2.3-4.2x as many unseen normal slices (docs/benchmarks.md,
         "Bleed fading").
       bleed_fade_min: the least share of its contrast a faded bleed keeps (alpha is drawn
         uniform in [bleed_fade_min, 1]).

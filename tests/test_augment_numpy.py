@@ -202,7 +202,7 @@ def test_render_jitter_rewindows_the_grey_as_the_jittered_window_would() -> None
 
 
 def test_render_jitter_leaves_a_jpeg_decoded_clipped_pixel_clipped() -> None:
-    """A clipped pixel decodes to 251-255 (or 0-4) after JPEG ringing: its HU is unknown, so the
+    """A clipped pixel decodes to 246-255 (or 0-10) after JPEG ringing: its HU is unknown, so the
     jitter must not read 254 as 79.7 HU and darken the skull."""
     batch, _ = _render_batch()
     batch["image"][:, 0, 0, 0] = 254.0 / 255.0  # brain window: bone that JPEG left at 254

@@ -155,12 +155,50 @@ def test_the_crop_round_the_bleed_fades_as_the_whole_slice_would() -> None:
         assert np.abs(out["image"][i] - batch["image"][i]).max() > 0.01  # it moved
 
 
-def test_render_shards_without_a_brain_window_are_left_as_they_are(caplog: pytest.LogCaptureFixture) -> None:
+def test_render_shards_without_a_brain_window_are_left_as_they_are(caplog: pytest.LogCaptureFixture,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from fusion import bleed_fade
+
+    monkeypatch.setattr(bleed_fade, "_warned", set())  # whatever earlier tests warned
     batch = _batch(False)
     narrow = [PRESETS[3]] * 4  # 20-60 HU: clips acute blood, so no contrast can be measured
     with caplog.at_level("WARNING", logger="fusion.bleed_fade"):
         out = fade_bleeds(batch, 1.0, 0.2, np.random.default_rng(0), narrow)
         fade_bleeds(batch, 1.0, 0.2, np.random.default_rng(0), narrow)
     np.testing.assert_array_equal(out["image"], batch["image"])
-    warnings = [r for r in caplog.records if "bleed fading skipped" in r.getMessage()]
-    assert len(warnings) == 1 and "brain window" in warnings[0].getMessage()  # once per set of windows
+    warnings = [r.getMessage() for r in caplog.records if "skipped on render records" in r.getMessage()]
+    assert len(warnings) == 1, warnings  # once per set of windows
+    assert "augment.bleed_fade_prob" in warnings[0] and "40/40" in warnings[0] and "brain window" in warnings[0]
+
+
+def test_skull_that_jpeg_left_under_the_brain_windows_ceiling_stays_bright() -> None:
+    """A skull pixel next to the bleed that JPEG ringing decoded to 248 in the brain window
+    (~77.8 HU there) is clipped at 255 in the subdural window: its HU is unknown, so it keeps
+    its grey in every channel instead of being rewritten from 77.8 HU (mid-grey)."""
+    batch = _batch(False)
+    mask = batch["mask"][0, ..., 0] > 0
+    ys, xs = np.nonzero(mask)
+    y, x = ys.min() - 1, xs[0]  # just outside the bleed, where the shift is near full
+    batch["image"][0, y, x] = [248.0 / 255.0, 1.0, 0.6, 1.0]
+    out = fade_bleeds(batch, 1.0, 0.0, np.random.default_rng(4), PRESETS)
+    assert out["image"][0, y, x, 1] == 1.0 and out["image"][0, y, x, 3] == 1.0
+    assert out["image"][0, y, x, 0] < 248.0 / 255.0  # the brain window shows it: it is shifted
+
+
+def test_hu_records_fade_dense_blood_keep_their_input_and_survive_the_jitter() -> None:
+    batch = _batch(True)
+    mask = batch["mask"][0, ..., 0] > 0
+    batch["hu"][0, ..., 0][mask & (np.arange(SIZE)[None, :] % 3 == 0)] = 85.0  # clotted, > 80 HU
+    before = {k: v.copy() for k, v in batch.items()}
+    out = fade_bleeds(batch, 1.0, 0.0, np.random.default_rng(1), PRESETS)
+    for key, value in before.items():
+        np.testing.assert_array_equal(batch[key], value)  # the input is not written
+    moved = out["hu"][0, ..., 0] < batch["hu"][0, ..., 0] - 1.0
+    assert moved[mask].all()  # every blood pixel, the 85 HU ones too
+    # With the window jitter on, HU records are windowed again from the faded HU.
+    jitter = AugmentConfig(rotation_deg=0.0, scale=0.0, noise_std=0.0, flip_left_right=False,
+                           level_jitter_hu=5.0, width_jitter=0.05, bleed_fade_prob=1.0, bleed_fade_min=0.0)
+    plain = AugmentConfig(**{**jitter.__dict__, "bleed_fade_prob": 0.0})
+    faded = augment_batch(batch, jitter, np.random.default_rng(0))["image"][0, ..., 0]
+    kept = augment_batch(batch, plain, np.random.default_rng(0))["image"][0, ..., 0]
+    assert faded[mask].mean() < kept[mask].mean() - 0.05

@@ -52,14 +52,20 @@ class BleedContrast:
     ring_std: float
 
 
-def brain_ring(hu: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def ring_width(side: int) -> int:
+    """The ring's width in pixels on a slice `side` pixels high (`RING_PX_AT_512` scaled)."""
+    return max(1, int(round(RING_PX_AT_512 * side / 512.0)))
+
+
+def brain_ring(hu: np.ndarray, mask: np.ndarray, side: int | None = None) -> np.ndarray:
     """Bool [H, W] ring of brain, `RING_PX_AT_512` px wide at 512 (scaled), around ``mask``.
 
     Args:
       hu: [H, W] HU (any float or int dtype).
       mask: [H, W] 0/1 bleed mask.
+      side: the whole slice's height in pixels when `hu` is a crop of it (default: its own).
     """
-    width = max(1, int(round(RING_PX_AT_512 * hu.shape[0] / 512.0)))
+    width = ring_width(side or hu.shape[0])
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * width + 1, 2 * width + 1))
     inside = mask.astype(bool)
     grown = cv2.dilate(inside.astype(np.uint8), kernel).astype(bool)
