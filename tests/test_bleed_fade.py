@@ -202,3 +202,19 @@ def test_hu_records_fade_dense_blood_keep_their_input_and_survive_the_jitter() -
     faded = augment_batch(batch, jitter, np.random.default_rng(0))["image"][0, ..., 0]
     kept = augment_batch(batch, plain, np.random.default_rng(0))["image"][0, ..., 0]
     assert faded[mask].mean() < kept[mask].mean() - 0.05
+
+
+def test_a_bleed_against_the_skull_leaves_the_bone_alone() -> None:
+    """A crescent along the inner table (a subdural's place): the bone beside it is clipped in
+    the brain window, so no channel moves it, the bone window (which shows it) included."""
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    r = np.hypot(yy - SIZE / 2, xx - SIZE / 2)
+    mask = (r >= 23) & (r < 28) & (xx > 40)
+    noise = np.random.default_rng(0).normal(0.0, 3.0, (SIZE, SIZE))
+    hu = np.where(r < 28, np.where(mask, BLEED_HU, BRAIN_HU) + noise, 1000.0).astype(np.float32)
+    image = (np.round(windows.apply_windows(hu, PRESETS) * 255.0) / 255.0).astype(np.float32)
+    batch = {"image": image[None], "mask": mask[None, ..., None].astype(np.float32), "is_hu": np.zeros(1)}
+    out = fade_bleeds(batch, 1.0, 0.0, np.random.default_rng(6), PRESETS)
+    bone = hu >= 1000.0
+    np.testing.assert_array_equal(out["image"][0][bone], batch["image"][0][bone])
+    assert np.abs(out["image"][0][mask] - batch["image"][0][mask]).max() > 0.05  # the crescent faded
