@@ -66,8 +66,10 @@ def test_the_bleed_keeps_alpha_of_its_contrast(hu_record: bool) -> None:
     before, after = _brain_hu(batch["image"][0]), _brain_hu(out["image"][0])
     contrast = np.median(before[mask]) - BRAIN_HU
     assert np.median(after[mask]) - BRAIN_HU == pytest.approx(alpha * contrast, abs=0.6)
-    # a shift, not a squeeze: the bleed keeps its texture
+    # a shift, not a squeeze: the bleed keeps its texture, and its edge pixels move in full
     assert np.std(after[mask]) == pytest.approx(np.std(before[mask]), rel=0.05)
+    drop = (before - after)[mask]
+    assert drop.min() > 0.95 * (1.0 - alpha) * contrast - 0.4  # 0.4 HU: the 8-bit renders
     # every channel tells the same HU where it shows it (a channel's clipped pixels take the
     # HU of the brain window: the 20-60 HU window clips half of this bleed before fading)
     for k in (1, 3):
@@ -180,9 +182,11 @@ def test_skull_that_jpeg_left_under_the_brain_windows_ceiling_stays_bright() -> 
     ys, xs = np.nonzero(mask)
     y, x = ys.min() - 1, xs[0]  # just outside the bleed, where the shift is near full
     batch["image"][0, y, x] = [248.0 / 255.0, 1.0, 0.6, 1.0]
+    batch["image"][0, y, x + 1] = [253.0 / 255.0, 1.0, 0.6, 1.0]  # within 4 levels: clipped
     out = fade_bleeds(batch, 1.0, 0.0, np.random.default_rng(4), PRESETS)
     assert out["image"][0, y, x, 1] == 1.0 and out["image"][0, y, x, 3] == 1.0
     assert out["image"][0, y, x, 0] < 248.0 / 255.0  # the brain window shows it: it is shifted
+    np.testing.assert_array_equal(out["image"][0, y, x + 1], batch["image"][0, y, x + 1])
 
 
 def test_hu_records_fade_dense_blood_keep_their_input_and_survive_the_jitter() -> None:
