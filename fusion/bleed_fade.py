@@ -95,16 +95,16 @@ def contrast_shift(hu: np.ndarray, shown: np.ndarray, mask: np.ndarray, alpha: f
 
 
 def _fade_render(image: np.ndarray, mask: np.ndarray, alpha: float, presets: Sequence[windows.Window],
-                 k_est: int, side: int) -> bool:
-    """Fade one rendered slice (or crop) [H, W, C] in place; False when its contrast is
-    unmeasurable."""
+                 k_est: int, side: int) -> None:
+    """Fade one rendered slice (or crop) [H, W, C] in place (unchanged when its contrast is
+    unmeasurable)."""
     est = presets[k_est]
     grey_est = image[..., k_est]
     shown = ~windows.render_clipped(grey_est)
     hu_est = windows.unwindow(grey_est, est.level, est.width)
     shift = contrast_shift(hu_est, shown, mask, alpha, side)
     if shift is None:
-        return False
+        return
     moving = shift > 0.0
     for k, p in enumerate(presets):
         grey = image[..., k]
@@ -113,12 +113,10 @@ def _fade_render(image: np.ndarray, mask: np.ndarray, alpha: float, presets: Seq
         # clipped here too, on the same side (a bleed above 60 HU in a 20-60 HU window); where
         # they disagree (JPEG ringing left skull at 77 HU in the brain window) it keeps its grey.
         est_here = windows.window(hu_est, p.level, p.width)
-        agree = ((grey >= 0.5) & (est_here >= 1.0 - windows.RENDER_CLIP_MARGIN)) | (
-            (grey < 0.5) & (est_here <= windows.RENDER_CLIP_MARGIN))
+        agree = windows.render_clipped(est_here) & ((grey >= 0.5) == (est_here >= 0.5))
         hu = np.where(clipped, hu_est, windows.unwindow(grey, p.level, p.width))
         moved = windows.window(hu - shift, p.level, p.width)
         image[..., k] = np.where(moving & (~clipped | agree), moved, grey)
-    return True
 
 
 def _fade_hu(hu: np.ndarray, mask: np.ndarray, alpha: float, side: int) -> bool:
